@@ -1,0 +1,78 @@
+"""Command line: `mmsrarec <stage> --config FILE [--set key=value ...] [--force]`.
+
+Each stage command runs the stages it needs first, skipping those that are up to date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import MmsrarecError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (keys not given keep their defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set cf.train.epochs=5 (repeatable)")
+    p.add_argument("--force", action="store_true", help="redo this stage even if it is up to date")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import STAGES
+
+    parser = argparse.ArgumentParser(prog="mmsrarec", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, stage in STAGES.items():
+        _common(sub.add_parser(name, help=stage.help, description=stage.help))
+    run = sub.add_parser("run", help="run every stage the config's evaluate section needs, in order")
+    _common(run)
+    keys = sub.add_parser("keys", help="list every config key with its default and help")
+    keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. data.")
+    check = sub.add_parser("check-config", help="load and validate a config, print it, do nothing else")
+    _common(check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except MmsrarecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .config import RunConfig, load_config
+    from .configtools import help_rows, to_dict
+
+    if args.command == "keys":
+        for key, default, text in help_rows(RunConfig):
+            if key.startswith(args.prefix):
+                print(f"{key:40s} {default:28s} {text}")
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.command == "check-config":
+        import yaml
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .pipeline import Runner
+
+    runner = Runner(cfg)
+    target = "evaluate" if args.command == "run" else args.command
+    runner.run(target, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

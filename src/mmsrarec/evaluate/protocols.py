@@ -1,0 +1,73 @@
+"""The two evaluation protocols, over any scorer.
+
+- sampled: each case's stored candidate list (the target + N negatives drawn at prepare time);
+  every method ranks exactly the same lists.
+- full: all items, except the items in the case's history (never the target), as RecBole ranks
+  for general recommenders; the valid item is in a LOO test case's history, so it is excluded too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..cf.base import Cases
+from .metrics import count_ranks, per_case
+
+CandidateScorer = Callable[[list[np.ndarray], np.ndarray], np.ndarray]  # histories, [B, C] -> [B, C]
+FullScorer = Callable[[list[np.ndarray]], torch.Tensor]                  # histories -> [B, n_items + 1]
+
+
+def _batches(n: int, size: int, desc: str, progress: bool):
+    starts = range(0, n, size)
+    return tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress or len(starts) < 4)
+
+
+def evaluate_sampled(score: CandidateScorer, cases: Cases, names: list[str], batch_size: int = 256,
+                     progress: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-case metrics and the [n_cases, 1 + N] score matrix (target in column 0)."""
+    candidates = cases.candidates()
+    scores = np.empty(candidates.shape, dtype=np.float64)
+    for start in _batches(len(cases), batch_size, "sampled", progress):
+        stop = start + batch_size
+        scores[start:stop] = score(cases.histories[start:stop], candidates[start:stop])
+    if not np.isfinite(scores).all():
+        bad = np.argwhere(~np.isfinite(scores))[0]
+        raise ValueError(f"a scorer returned a non-finite score (case {bad[0]}, candidate {bad[1]})")
+    s = torch.from_numpy(scores)
+    greater, ties, n = count_ranks(s[:, 0], s[:, 1:])
+    return per_case(names, greater, ties, n), scores
+
+
+def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, device) -> torch.Tensor:
+    """[B, n_items + 1] True where an item competes with the target: not padding, not history, not the target."""
+    mask = torch.ones(len(histories), n_items + 1, dtype=torch.bool, device=device)
+    mask[:, 0] = False
+    rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]) if histories else np.array([])
+    cols = np.concatenate(histories) if histories else np.array([])
+    if len(rows):
+        mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = False
+    mask[torch.arange(len(targets), device=device), torch.as_tensor(targets, device=device)] = False
+    return mask
+
+
+def evaluate_full(full_scores: FullScorer, cases: Cases, n_items: int, names: list[str], batch_size: int = 256,
+                  progress: bool = True) -> dict[str, np.ndarray]:
+    greater, ties, n = [], [], []
+    for start in _batches(len(cases), batch_size, "full", progress):
+        hist = cases.histories[start:start + batch_size]
+        targets = cases.targets[start:start + batch_size]
+        with torch.no_grad():
+            scores = full_scores(hist).float()
+        mask = full_mask(hist, targets, n_items, scores.device)
+        pos = scores[torch.arange(len(targets), device=scores.device), torch.as_tensor(targets, device=scores.device)]
+        g, t, c = count_ranks(pos, scores, mask)
+        greater.append(g), ties.append(t), n.append(c)
+    return per_case(names, np.concatenate(greater), np.concatenate(ties), np.concatenate(n))
+
+
+def summarize(per: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(values.mean()) for name, values in per.items()}

@@ -1,0 +1,207 @@
+"""Stage orchestration over a run directory.
+
+Each stage writes under `runs/<name>/<stage>/`. While it runs it writes into `<stage>.partial/`,
+which survives a kill so long stages can resume from what they already wrote; when it finishes,
+a manifest (config section, hashes of its inputs and outputs, package versions, wall time, peak
+memory) is written and the folder is renamed into place. A stage whose config section and inputs
+are unchanged is skipped; `force` redoes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .artifacts import hash_tree, read_json, sha256_json, write_json
+from .config import RunConfig
+from .configtools import to_dict
+from .errors import ArtifactError, MmsrarecError
+
+PACKAGES = ("torch", "numpy", "pandas", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
+            "datasets", "accelerate")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    entry: str  # "module:function"; the function takes a StageContext
+    needs: Callable[[RunConfig], list[str]]
+    section: Callable[[RunConfig], Any]  # the part of the config this stage's output depends on
+    help: str = ""
+
+
+def _stages() -> dict[str, Stage]:
+    return {s.name: s for s in [
+        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], lambda c: {"data": c.data, "seed": c.seed},
+              "read the dataset, filter, remap IDs, split, draw candidate lists"),
+        Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
+              lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
+        Stage("evaluate", "mmsrarec.evaluate.stage:run", lambda c: ["prepare", "train-cf"],
+              lambda c: {"evaluate": c.evaluate}, "score every method on both protocols, write the leaderboard"),
+    ]}
+
+
+STAGES = _stages()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "mmsrarec": __version__}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a block runs (Linux: resets VmHWM via clear_refs)."""
+
+    def __enter__(self) -> "PeakMemory":
+        self._reset = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+        except OSError:
+            pass
+        self.peak_mb = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.peak_mb = current_peak_mb()
+
+
+def current_peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class StageContext:
+    cfg: RunConfig
+    stage: str
+    run_dir: Path
+    out: Path  # write here; it persists across kills until the stage finishes
+    summary: dict = field(default_factory=dict)  # small facts to put into the manifest (counts, metrics)
+
+    def input(self, stage: str) -> Path:
+        path = self.run_dir / stage
+        if not (path / "manifest.json").is_file():
+            raise ArtifactError(f"stage '{self.stage}' needs the output of stage '{stage}' at {path}, which is missing;"
+                                f" run `mmsrarec {stage} --config ...` first")
+        return path
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.stage}] {msg}", file=sys.stderr, flush=True)
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, stages: dict[str, Stage] | None = None):
+        self.cfg = cfg
+        self.stages = stages or STAGES
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self._done: dict[str, dict] = {}
+
+    def plan(self, target: str) -> list[str]:
+        """The target and everything it needs, in dependency order."""
+        order: list[str] = []
+
+        def visit(name: str, chain: tuple[str, ...]) -> None:
+            if name not in self.stages:
+                raise MmsrarecError(f"unknown stage {name!r}; stages are: {', '.join(self.stages)}")
+            if name in chain:
+                raise MmsrarecError(f"stage dependency cycle: {' -> '.join((*chain, name))}")
+            for dep in self.stages[name].needs(self.cfg):
+                visit(dep, (*chain, name))
+            if name not in order:
+                order.append(name)
+
+        visit(target, ())
+        return order
+
+    def run(self, target: str, force: bool = False) -> dict:
+        """Run `target` and the stages it needs; `force` redoes the target even if it is up to date."""
+        manifest: dict = {}
+        for name in self.plan(target):
+            manifest = self.ensure(name, force=force and name == target)
+        return manifest
+
+    def key(self, name: str) -> tuple[str, dict]:
+        stage = self.stages[name]
+        inputs = {dep: self._done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
+        config = to_dict(stage.section(self.cfg))
+        return sha256_json({"config": config, "inputs": inputs, "version": __version__}), inputs
+
+    def ensure(self, name: str, force: bool = False) -> dict:
+        key, inputs = self.key(name)
+        final = self.run_dir / name
+        manifest_path = final / "manifest.json"
+        if not force and manifest_path.is_file():
+            manifest = read_json(manifest_path)
+            if manifest.get("key") == key:
+                changed = self._changed_outputs(final, manifest)
+                if not changed:
+                    print(f"[{name}] up to date, skipped ({final}); use --force to redo it", file=sys.stderr)
+                    self._done[name] = manifest
+                    return manifest
+                print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
+                      file=sys.stderr)
+        return self._execute(name, key, inputs, force)
+
+    @staticmethod
+    def _changed_outputs(folder: Path, manifest: dict) -> list[str]:
+        actual = hash_tree(folder)
+        expected = manifest.get("outputs", {})
+        return sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
+
+    def _execute(self, name: str, key: str, inputs: dict, force: bool) -> dict:
+        stage = self.stages[name]
+        final = self.run_dir / name
+        partial = self.run_dir / f"{name}.partial"
+        marker = partial / ".key"
+        if partial.exists() and (force or not marker.is_file() or marker.read_text() != key):
+            shutil.rmtree(partial)  # leftovers of another config (or --force): start clean
+        resumed = partial.exists()
+        partial.mkdir(parents=True, exist_ok=True)
+        marker.write_text(key)
+        ctx = StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=partial)
+        ctx.log(("resuming" if resumed else "running") + f" -> {final}")
+        module, func = stage.entry.split(":")
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        with PeakMemory() as mem:
+            getattr(importlib.import_module(module), func)(ctx)
+        wall = time.perf_counter() - t0
+        marker.unlink()
+        outputs = hash_tree(partial)
+        manifest = {
+            "stage": name, "key": key, "config": to_dict(stage.section(self.cfg)), "inputs": inputs,
+            "outputs": outputs, "outputs_digest": sha256_json(outputs), "versions": package_versions(),
+            "wall_time_s": round(wall, 3), "peak_rss_mb": round(mem.peak_mb, 1),
+            "started_at": started.isoformat(timespec="seconds"), "summary": ctx.summary,
+        }
+        write_json(partial / "manifest.json", manifest)
+        if final.exists():
+            trash = self.run_dir / f".{name}.old"
+            shutil.rmtree(trash, ignore_errors=True)
+            final.rename(trash)
+            shutil.rmtree(trash)
+        partial.rename(final)
+        ctx.log(f"done in {wall:.1f} s, peak memory {mem.peak_mb:.0f} MB")
+        self._done[name] = manifest
+        return manifest
