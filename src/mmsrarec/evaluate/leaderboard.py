@@ -1,0 +1,68 @@
+"""Leaderboard files: one row per method x protocol, as Markdown, CSV, JSON and a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..artifacts import atomic_write_bytes, write_json, write_text
+
+KEY_METRICS = {"sampled": ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "auc"],
+               "full": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"]}
+
+
+def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> str:
+    lines = [f"# Leaderboard — {title}", ""]
+    lines += [
+        "Ties are scored as the expected value under a random tie-break (see mmsrarec.evaluate.metrics).",
+        "`sampled`: the stored 1 + N candidate lists; `full`: all items except the case's history.",
+        "Model selection (early stopping) used the valid split only.", ""]
+    for protocol, part in board.groupby("protocol", sort=False):
+        metrics = [m for m in KEY_METRICS.get(protocol, []) if f"test_{m}" in part]
+        lines.append(f"## {protocol} ({int(part['test_cases'].iloc[0])} test cases)")
+        lines.append("")
+        header = ["method"] + [f"test {m}" for m in metrics] + ["valid " + metrics[min(3, len(metrics) - 1)],
+                                                                 "train s", "peak MB"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        ranked = part.sort_values(f"test_{metrics[min(3, len(metrics) - 1)]}", ascending=False)
+        for _, r in ranked.iterrows():
+            cells = [str(r["method"])] + [f"{r[f'test_{m}']:.4f}" for m in metrics]
+            cells.append(f"{r['valid_' + metrics[min(3, len(metrics) - 1)]]:.4f}")
+            cells.append("" if pd.isna(r.get("train_time_s")) else f"{r['train_time_s']:.1f}")
+            cells.append("" if pd.isna(r.get("peak_rss_mb")) else f"{r['peak_rss_mb']:.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(board: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import io
+    import matplotlib.pyplot as plt
+
+    protocols = list(dict.fromkeys(board["protocol"]))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 3.6), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        part = board[board["protocol"] == protocol]
+        metric = "ndcg@5" if protocol == "sampled" else "ndcg@10"
+        part = part.sort_values(f"test_{metric}")
+        ax.barh(part["method"], part[f"test_{metric}"], color="#4c72b0")
+        for y, v in enumerate(part[f"test_{metric}"]):
+            ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+        ax.set_title(f"{protocol}: test {metric.upper()}")
+        ax.set_xlim(0, max(part[f"test_{metric}"].max() * 1.25, 1e-3))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_leaderboard(board: pd.DataFrame, out: Path, title: str, stats: dict | None = None) -> None:
+    write_text(out / "leaderboard.md", to_markdown(board, title, stats))
+    write_text(out / "leaderboard.csv", board.to_csv(index=False, float_format="%.6f"))
+    write_json(out / "leaderboard.json", {"title": title, "rows": board.to_dict(orient="records")})
+    plot(board, out / "leaderboard.png")

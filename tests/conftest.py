@@ -1,0 +1,47 @@
+"""Shared fixtures: small datasets written in the real formats, and configs pointing at tmp runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def write_atomic(folder: Path, name: str = "toy", n_users: int = 30, n_items: int = 40, length: int = 12,
+                 seed: int = 0, with_item: bool = True) -> Path:
+    """A RecBole atomic dataset where each user walks forward through the items (i -> i+1)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(n_users):
+        start = int(rng.integers(0, n_items - length))
+        for j in range(length):
+            lines.append(f"u{u}\ti{start + j}\t{1000 + 10 * j}")
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if with_item:
+        rows = ["item_id:token\ttitle:token_seq\tgenre:token_seq"]
+        rows += [f"i{i}\tItem number {i}\tgenre{i % 3}" for i in range(n_items)]
+        (folder / f"{name}.item").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def toy_dataset(tmp_path: Path) -> Path:
+    return write_atomic(tmp_path / "toy")
+
+
+@pytest.fixture
+def toy_overrides(toy_dataset: Path, tmp_path: Path) -> list[str]:
+    """--set overrides for a run on the toy dataset in a private runs folder."""
+    return [f"runs_dir={tmp_path / 'runs'}", "name=toy", "data.source=atomic", f"data.path={toy_dataset}",
+            "data.name=toy", "data.num_negatives=5"]
