@@ -13,6 +13,8 @@ from .cf.config import CFConfig
 from .configtools import InvalidValue, field, load
 from .data.config import DataConfig
 from .evaluate.config import EvaluateConfig
+from .index.config import IndexConfig
+from .summarize.config import SummarizeConfig
 
 
 @dataclass
@@ -23,6 +25,8 @@ class RunConfig:
     threads: int = field(0, help="torch CPU threads (0 = leave torch's default)")
     data: DataConfig = field(default_factory=DataConfig)
     cf: CFConfig = field(default_factory=CFConfig)
+    summarize: SummarizeConfig = field(default_factory=SummarizeConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
@@ -34,6 +38,9 @@ class RunConfig:
         if missing:
             raise InvalidValue("evaluate.methods", f"names {missing}, which cf.models does not train "
                                f"(cf.models = {self.cf.models}); add them there or remove them here")
+        if self.index.cf_model not in self.cf.models:
+            raise InvalidValue("index.cf_model", f"is {self.index.cf_model!r}, which cf.models does not train "
+                               f"(cf.models = {self.cf.models}); add it there or pick one of those")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -45,6 +45,11 @@ def _stages() -> dict[str, Stage]:
               "read the dataset, filter, remap IDs, split, draw candidate lists"),
         Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
               lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
+        Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
+              lambda c: {"index": c.index, "seed": c.seed},
+              "build the FAISS index over training users and retrieve neighbours for every case"),
+        Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
+              lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy"),
         Stage("evaluate", "mmsrarec.evaluate.stage:run", lambda c: ["prepare", "train-cf"],
               lambda c: {"evaluate": c.evaluate}, "score every method on both protocols, write the leaderboard"),
     ]}

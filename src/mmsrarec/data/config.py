@@ -11,7 +11,7 @@ from ..configtools import InvalidValue, field
 @dataclass
 class ImagesConfig:
     download: bool = field(True, help="download image URLs (amazon2023) into the cache folder")
-    cache_dir: str = field("", help="image cache folder; empty = <runs_dir>/_cache/images/<source>")
+    cache_dir: str = field("", help="image cache folder; empty = <data.path>/_images")
     workers: int = field(8, help="concurrent downloads")
     timeout_s: float = field(10.0, help="per-request timeout in seconds")
     retries: int = field(2, help="retries after a failed request (network errors and 5xx only)")

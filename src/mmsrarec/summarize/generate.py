@@ -1,0 +1,38 @@
+"""Batched greedy generation for causal LMs and VLMs, with prompts built by the model's chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def chat_prompt(tokenizer: Any, text: str, with_image: bool = False) -> str:
+    """The prompt string for one user turn, ready for generation."""
+    content: Any = text
+    if with_image:
+        content = [{"type": "image"}, {"type": "text", "text": text}]
+    messages = [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+@torch.no_grad()
+def generate(model: Any, processor: Any, prompts: list[str], images: list[Any] | None = None,
+             max_new_tokens: int = 48) -> list[str]:
+    """Greedy completions of already-templated prompts (one batch; left padding)."""
+    device = next(model.parameters()).device
+    tokenizer = getattr(processor, "tokenizer", processor)  # a VLM's processor wraps its tokenizer
+    if images is None:
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    else:
+        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return tokenizer.batch_decode(new, skip_special_tokens=True)

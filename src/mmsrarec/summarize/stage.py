@@ -1,0 +1,133 @@
+"""The summarize stages: every item -> keywords, with the zero-shot or the GRPO-tuned policy.
+
+`summarize` runs the configured model as is (the zero-shot policy); `summarize-tuned` runs it with
+the LoRA adapter that `train-summarizer` wrote. Text and image are summarized separately, as in
+the paper, then merged (text keywords first, duplicates removed, capped). Results go to a
+resumable chunk store, then to keywords.parquet with columns item, keywords, text_keywords,
+image_keywords, raw_text, raw_image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..artifacts import write_json, write_parquet
+from .config import SummarizeConfig
+from .generate import chat_prompt, generate, truncate_tokens
+from .keywords import parse_keywords
+from .store import ChunkStore
+
+
+def merge_keywords(text_kw: list[str], image_kw: list[str], cap: int) -> list[str]:
+    return list(dict.fromkeys([*text_kw, *image_kw]))[:cap]
+
+
+def load_policy(cfg: SummarizeConfig, adapter: str = ""):
+    """(model, processor-or-tokenizer, is_vlm) for the summarizer policy, optionally with a LoRA adapter."""
+    from ..models.loading import load_causal_lm, load_vlm
+
+    model_cfg = dataclasses.replace(cfg.model, adapter=adapter) if adapter else cfg.model
+    if model_cfg.kind == "vlm":
+        model, processor = load_vlm(model_cfg)
+        return model, processor, True
+    model, tokenizer = load_causal_lm(model_cfg)
+    return model, tokenizer, False
+
+
+def text_prompts(cfg: SummarizeConfig, tokenizer, items: pd.DataFrame) -> list[str]:
+    out = []
+    for title, text in zip(items["title"], items["text"]):
+        body = truncate_tokens(tokenizer, text or title or "(no description)", cfg.max_text_tokens)
+        out.append(cfg.text_prompt.format(text=body, title=title, max_keywords=cfg.max_keywords))
+    return out
+
+
+def summarize_items(items: pd.DataFrame, cfg: SummarizeConfig, store: ChunkStore, adapter: str = "",
+                    log=print) -> dict:
+    """Summarize the items not yet in `store`; returns throughput facts."""
+    todo = items[~items["item"].isin(store.done())]
+    if todo.empty:
+        return {"items_generated": 0}
+    model, processor, is_vlm = load_policy(cfg, adapter)
+    tokenizer = processor.tokenizer if is_vlm else processor
+    prompts = text_prompts(cfg, tokenizer, todo)
+    todo = todo.assign(prompt=prompts, length=[len(p) for p in prompts]).sort_values(["length", "item"])
+    with_images = is_vlm and cfg.use_images
+    log(f"summarizing {len(todo):,} items ({len(items) - len(todo):,} already done), batch {cfg.batch_size}"
+        + (", with images" if with_images else ""))
+    t0, n = time.perf_counter(), 0
+    bar = tqdm(total=len(todo), desc="summarize", unit="item")
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo.iloc[start:start + cfg.batch_size]
+        templated = [chat_prompt(processor, p) for p in batch["prompt"]]
+        raw_text = generate(model, processor, templated, None, cfg.max_new_tokens)
+        raw_image = [""] * len(batch)
+        if with_images:
+            raw_image = image_summaries(model, processor, batch, cfg)
+        rows = []
+        for item, rt, ri in zip(batch["item"], raw_text, raw_image):
+            tk, ik = parse_keywords(rt, cfg.max_keywords), parse_keywords(ri, cfg.max_keywords)
+            rows.append({"item": int(item), "keywords": merge_keywords(tk, ik, cfg.max_keywords),
+                         "text_keywords": tk, "image_keywords": ik, "raw_text": rt, "raw_image": ri})
+        store.append(pd.DataFrame(rows))
+        n += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    wall = time.perf_counter() - t0
+    return {"items_generated": n, "generation_s": round(wall, 2), "items_per_s": round(n / max(wall, 1e-9), 3)}
+
+
+def image_summaries(model, processor, batch: pd.DataFrame, cfg: SummarizeConfig) -> list[str]:
+    """Image keywords for the items of a batch that have a usable image ('' for the others)."""
+    from ..data.images import load_image
+
+    out = [""] * len(batch)
+    pics = [(i, load_image(path)) for i, path in enumerate(batch["image"]) if path]
+    pics = [(i, img) for i, img in pics if img is not None]
+    if not pics:
+        return out
+    prompt = chat_prompt(processor, cfg.image_prompt.format(text="", title="", max_keywords=cfg.max_keywords),
+                         with_image=True)
+    answers = generate(model, processor, [prompt] * len(pics), [[img] for _, img in pics], cfg.max_new_tokens)
+    for (i, _), answer in zip(pics, answers):
+        out[i] = answer
+    return out
+
+
+def _items(ctx) -> pd.DataFrame:
+    items = pd.read_parquet(ctx.input("prepare") / "items.parquet")
+    limit = ctx.cfg.summarize.max_items
+    return items.head(limit) if limit else items
+
+
+def _finish(ctx, store: ChunkStore, facts: dict) -> None:
+    table = store.merged()
+    write_parquet(ctx.out / "keywords.parquet", table)
+    lengths = table["keywords"].map(len)
+    facts.update({"items": len(table), "mean_keywords": round(float(lengths.mean()), 3),
+                  "items_without_keywords": int((lengths == 0).sum())})
+    write_json(ctx.out / "summary.json", facts)
+    shutil.rmtree(store.folder)  # merged into keywords.parquet
+    ctx.summary.update(facts)
+    ctx.log(f"{len(table):,} items, {facts['mean_keywords']:.2f} keywords on average; e.g. item "
+            f"{int(table['item'].iloc[0])}: {', '.join(table['keywords'].iloc[0])}")
+
+
+def run(ctx) -> None:
+    """Zero-shot policy."""
+    store = ChunkStore(ctx.out / "chunks")
+    facts = summarize_items(_items(ctx), ctx.cfg.summarize, store, log=ctx.log)
+    _finish(ctx, store, facts)
+
+
+def run_tuned(ctx) -> None:
+    """The policy tuned by train-summarizer (its LoRA adapter)."""
+    adapter = ctx.input("train-summarizer") / "adapter"
+    store = ChunkStore(ctx.out / "chunks")
+    facts = summarize_items(_items(ctx), ctx.cfg.summarize, store, adapter=str(adapter), log=ctx.log)
+    _finish(ctx, store, facts)
