@@ -7,10 +7,20 @@ import torch
 from .errors import ConfigError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; an unavailable accelerator is an error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+        raise ConfigError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU; "
+                          "set device: cpu (or auto), or install a CUDA build of torch")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available here; set device: cpu or auto")
     return device

@@ -1,0 +1,1 @@
+"""Item keyword summaries: prompts, batched generation, keyword parsing, resumable store, GRPO training."""
