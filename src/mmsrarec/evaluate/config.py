@@ -15,6 +15,9 @@ class EvaluateConfig:
     protocols: list[Literal["sampled", "full"]] = field(
         default_factory=lambda: ["sampled", "full"],
         help="sampled: the stored 1+N candidate lists; full: rank all items except the case's history")
+    full_exclude_history: bool = field(
+        True, help="full protocol: drop the case's history items from the ranking (false = keep them, as RecBole "
+                   "1.2.1 does for sequential models)")
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20], help="cut-offs for HR/NDCG/MRR")
     batch_size: int = field(256, help="cases scored per batch")
 

@@ -4,6 +4,7 @@
   every method ranks exactly the same lists.
 - full: all items, except the items in the case's history (never the target), as RecBole ranks
   for general recommenders; the valid item is in a LOO test case's history, so it is excluded too.
+  With exclude_history=False only padding is excluded, as RecBole 1.2.1 ranks for sequential models.
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ def evaluate_sampled(score: CandidateScorer, cases: Cases, names: list[str], bat
     return per_case(names, greater, ties, n), scores
 
 
-def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, device) -> torch.Tensor:
-    """[B, n_items + 1] True where an item competes with the target: not padding, not history, not the target."""
+def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, device,
+              exclude_history: bool = True) -> torch.Tensor:
+    """[B, n_items + 1] True where an item competes with the target: not padding, not the target, and
+    (with exclude_history) not in the case's history."""
     mask = torch.ones(len(histories), n_items + 1, dtype=torch.bool, device=device)
     mask[:, 0] = False
+    if not exclude_history:
+        histories = [h[:0] for h in histories]
     rows = np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]) if histories else np.array([])
     cols = np.concatenate(histories) if histories else np.array([])
     if len(rows):
@@ -55,14 +60,16 @@ def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, de
 
 
 def evaluate_full(full_scores: FullScorer, cases: Cases, n_items: int, names: list[str], batch_size: int = 256,
-                  progress: bool = True) -> dict[str, np.ndarray]:
+                  progress: bool = True, exclude_history: bool = True) -> dict[str, np.ndarray]:
+    """Rank every item for each case. exclude_history=False keeps history items in the ranking, as
+    RecBole 1.2.1 does for sequential models (it masks only padding)."""
     greater, ties, n = [], [], []
     for start in _batches(len(cases), batch_size, "full", progress):
         hist = cases.histories[start:start + batch_size]
         targets = cases.targets[start:start + batch_size]
         with torch.no_grad():
             scores = full_scores(hist).float()
-        mask = full_mask(hist, targets, n_items, scores.device)
+        mask = full_mask(hist, targets, n_items, scores.device, exclude_history)
         pos = scores[torch.arange(len(targets), device=scores.device), torch.as_tensor(targets, device=scores.device)]
         g, t, c = count_ranks(pos, scores, mask)
         greater.append(g), ties.append(t), n.append(c)

@@ -41,7 +41,8 @@ def run(ctx) -> None:
                     write_parquet(ctx.out / "scores" / f"{method}_{split}.parquet", pd.DataFrame({
                         "user": c.users, "candidates": c.candidates().tolist(), "scores": scores.tolist()}))
                 else:
-                    per = evaluate_full(model.full_scores, c, n_items, names, ev.batch_size)
+                    per = evaluate_full(model.full_scores, c, n_items, names, ev.batch_size,
+                                        exclude_history=ev.full_exclude_history)
                 row[f"{split}_cases"] = len(c)
                 row[f"{split}_eval_time_s"] = round(time.perf_counter() - t0, 3)
                 row.update({f"{split}_{k}": v for k, v in summarize(per).items()})

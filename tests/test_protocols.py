@@ -1,0 +1,43 @@
+"""Protocols over a hand-made scorer: what competes with the target, and what the stored lists hold."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmsrarec.cf.base import Cases
+from mmsrarec.evaluate.protocols import evaluate_full, evaluate_sampled
+
+N_ITEMS = 6
+
+
+def scores_by_item(histories):
+    # item i scores i: item 6 is always first, then 5, 4, ...
+    return torch.arange(N_ITEMS + 1, dtype=torch.float32).repeat(len(histories), 1)
+
+
+def test_full_ranking_excludes_history_but_never_the_target():
+    cases = Cases(users=np.array([0, 1]), histories=[np.array([6, 5]), np.array([6])], targets=np.array([4, 6]))
+    per = evaluate_full(scores_by_item, cases, N_ITEMS, ["hr@1", "mrr"], progress=False)
+    assert per["hr@1"].tolist() == [1.0, 1.0]  # 6 and 5 are history for user 0; 6 is the target of user 1
+    kept = evaluate_full(scores_by_item, cases, N_ITEMS, ["mrr"], progress=False, exclude_history=False)
+    assert kept["mrr"].tolist() == pytest.approx([1 / 3, 1.0])  # RecBole's rule for sequential models
+
+
+def test_sampled_ranks_exactly_the_stored_lists():
+    cases = Cases(users=np.array([0]), histories=[np.array([1])], targets=np.array([3]),
+                  negatives=np.array([[2, 5]]))
+    seen = []
+
+    def scorer(histories, candidates):
+        seen.append(candidates.copy())
+        return candidates.astype(float)
+
+    per, scores = evaluate_sampled(scorer, cases, ["hr@1", "auc"], progress=False)
+    assert seen[0].tolist() == [[3, 2, 5]] and scores.tolist() == [[3, 2, 5]]
+    assert per["hr@1"][0] == 0 and per["auc"][0] == 0.5
+
+
+def test_non_finite_scores_are_an_error():
+    cases = Cases(users=np.array([0]), histories=[np.array([1])], targets=np.array([3]), negatives=np.array([[2]]))
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluate_sampled(lambda h, c: np.array([[np.inf, 0.0]]), cases, ["hr@1"], progress=False)
