@@ -33,11 +33,12 @@ def run(ctx) -> None:
             continue
         model = build_model(name, n_items, cfg.cf.params.get(name), cfg.cf.train, cfg.seed, device)
         ctx.log(f"{name}: training on {len(sequences):,} sequences, {n_items:,} items, device {device}")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with PeakMemory() as mem:
             info = model.fit(sequences, valid, ctx.log)
-        info = {**info, "train_time_s": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(mem.peak_mb, 1),
-                "device": str(device)}
+        info = {**info, "train_time_s": round(time.perf_counter() - t0, 3),
+                "train_cpu_s": round(time.process_time() - cpu0, 3),  # robust to other load on the machine
+                "peak_rss_mb": round(mem.peak_mb, 1), "device": str(device)}
         model.save(weights)
         write_json(info_path, info)
         ctx.summary[name] = info
