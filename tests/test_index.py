@@ -1,0 +1,277 @@
+"""The index stage: training-only windows, exact vs approximate search, self-exclusion, leakage-free
+context, checksummed and config-checked persistence, item mode, keyword ranking."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmsrarec.config import load_config
+from mmsrarec.errors import ArtifactError, ConfigError
+from mmsrarec.index.backends import TorchIndex, build_index, normalise
+from mmsrarec.index.context import context_keywords, context_string
+from mmsrarec.index.neighbours import UserIndex
+from mmsrarec.index.store import load_index, load_neighbours
+from mmsrarec.index.windows import training_windows
+from mmsrarec.pipeline import Runner
+
+faiss = pytest.importorskip("faiss")
+faiss.omp_set_num_threads(1)  # 2 shared cores: OpenMP threads spinning against each other only slow the tests
+
+N_USERS, POOL, TRAIN_LEN = 24, 30, 10
+
+
+def write_leaky_dataset(folder: Path, seed: int = 0) -> Path:
+    """Users walk through a shared pool of items in training; every user's valid and test items are
+    unique items nobody else ever touches, each carrying a planted keyword in its title."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(N_USERS):
+        start = int(rng.integers(0, POOL))
+        walk = [f"p{(start + j) % POOL}" for j in range(TRAIN_LEN)] + [f"valid{u}", f"test{u}"]
+        lines += [f"u{u}\t{item}\t{1000 + 10 * j}" for j, item in enumerate(walk)]
+    (folder / "leaky.inter").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = ["item_id:token\ttitle:token_seq"]
+    rows += [f"p{i}\tshared{i % 7}" for i in range(POOL)]
+    rows += [f"{kind}{u}\tPLANTED{kind}{u}" for u in range(N_USERS) for kind in ("valid", "test")]
+    (folder / "leaky.item").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """prepare -> train-cf (real SASRec, 2 epochs) -> index on the leaky dataset, once per module."""
+    root = tmp_path_factory.mktemp("index")
+    data = write_leaky_dataset(root / "leaky")
+    overrides = [f"runs_dir={root / 'runs'}", "name=leaky", "data.source=atomic", f"data.path={data}",
+                 "data.name=leaky", "data.num_negatives=5", "cf.models=[sasrec]", "evaluate.methods=[sasrec]",
+                 "cf.train.epochs=2", "cf.params.sasrec.hidden_size=16", "cf.params.sasrec.inner_size=32",
+                 "cf.train.max_len=12"]
+    cfg = load_config(None, overrides)
+    Runner(cfg).run("index")
+    run_dir = root / "runs" / "leaky"
+    return {"cfg": cfg, "overrides": overrides, "root": root, "run_dir": run_dir, "index": run_dir / "index",
+            "model_file": run_dir / "train-cf" / "sasrec.pt"}
+
+
+def _prepared(run_dir: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(run_dir / "prepare" / f"{name}.parquet") for name in ("items", "train", "valid", "test")}
+
+
+def test_no_valid_or_test_interaction_reaches_any_context(built):
+    tables = _prepared(built["run_dir"])
+    items = tables["items"]
+    # the caller decides what describes an item: here the title is its keyword (the no-summary ablation)
+    keywords = {int(i): [t] for i, t in zip(items["item"], items["title"])}
+    planted = {t for t in items["title"] if t.startswith("PLANTED")}
+    assert len(planted) == 2 * N_USERS  # the test is not vacuous: every held-out item is planted...
+    held_out = set(tables["valid"]["target"]) | set(tables["test"]["target"])
+    assert {keywords[i][0] for i in held_out} == planted  # ...and is a valid or test target
+
+    train_seqs = {int(u): list(s) for u, s in zip(tables["train"]["user"], tables["train"]["items"])}
+    windows = pd.read_parquet(built["index"] / "windows.parquet")
+    expected = [(u, t, s[t + 1]) for u, s in train_seqs.items() for t in range(len(s) - 1)]
+    assert sorted(map(tuple, windows[["user", "position", "next_item"]].to_numpy().tolist())) == sorted(expected)
+
+    for split in ("train", "valid", "test"):
+        frame = load_neighbours(built["index"], split)
+        assert len(frame) == {"train": len(expected), "valid": len(tables["valid"]),
+                              "test": len(tables["test"])}[split]
+        for row in frame.itertuples():
+            assert row.user not in list(row.neighbours)  # never the query user itself
+            assert len(set(row.neighbours)) == len(row.neighbours) == 3
+            for v, t, item in zip(row.neighbours, row.neighbour_positions, row.next_items):
+                assert train_seqs[v][t + 1] == item  # every next item is a training interaction
+            text = context_string(row.next_items, row.similarities, keywords, cap=20)
+            assert text and not any(p in text for p in planted), (split, row)
+
+
+def test_reloaded_index_reproduces_the_stored_neighbours(built):
+    from mmsrarec.cf.stage import load_trained
+    from mmsrarec.index.neighbours import similar_users
+
+    cfg = built["cfg"]
+    index = load_index(built["index"], cfg.index, built["model_file"])
+    model, _ = load_trained(built["run_dir"] / "train-cf", "sasrec", cfg, len(_prepared(built["run_dir"])["items"]))
+    test = _prepared(built["run_dir"])["test"]
+    found = similar_users(index, model, list(test["history"]), test["user"].to_numpy(), cfg.index)
+    stored = load_neighbours(built["index"], "test")
+    assert found.columns()["neighbours"] == [list(v) for v in stored["neighbours"]]
+    np.testing.assert_allclose(np.array(found.columns()["similarities"]),
+                               np.array(stored["similarities"].tolist()), rtol=1e-5)
+
+
+def test_corrupted_index_files_are_refused(built, tmp_path):
+    cfg = built["cfg"].index
+    for name in ("index.faiss", "windows.parquet"):
+        folder = tmp_path / name
+        shutil.copytree(built["index"], folder)
+        data = bytearray((folder / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / name).write_bytes(bytes(data))
+        with pytest.raises(ArtifactError, match=f"{name} is corrupted"):
+            load_index(folder, cfg, built["model_file"])
+    folder = tmp_path / "no-manifest"
+    shutil.copytree(built["index"], folder)
+    (folder / "index_manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="index_manifest.json is missing"):
+        load_index(folder, cfg, built["model_file"])
+
+
+def test_mismatched_config_or_cf_model_is_refused(built, tmp_path):
+    cfg = built["cfg"].index
+    with pytest.raises(ArtifactError, match="k: index has 3, now 4"):
+        load_index(built["index"], dataclasses.replace(cfg, k=4), built["model_file"])
+    with pytest.raises(ArtifactError, match="factory: index has 'Flat', now 'HNSW32'"):
+        load_index(built["index"], dataclasses.replace(cfg, factory="HNSW32"), built["model_file"])
+    other_model = tmp_path / "sasrec.pt"
+    other_model.write_bytes(built["model_file"].read_bytes() + b"retrained")
+    with pytest.raises(ArtifactError, match="cf_model_sha256"):
+        load_index(built["index"], cfg, other_model)
+
+
+def test_item_mode_finds_users_who_had_the_same_last_item(built, tmp_path):
+    cfg, run_dir = _copy_run(built, tmp_path, "index.mode=item")
+    Runner(cfg).run("index")
+    tables = _prepared(run_dir)
+    train_seqs = {int(u): list(s) for u, s in zip(tables["train"]["user"], tables["train"]["items"])}
+    stored = load_neighbours(run_dir / "index", "valid")
+    checked = 0
+    for row, history in zip(stored.itertuples(), tables["valid"]["history"]):
+        last = history[-1]
+        others = [u for u, s in train_seqs.items() if u != row.user and last in s[:-1]]
+        assert row.user not in list(row.neighbours)
+        if others:  # the best neighbours are users whose matched window ends with the same item
+            v, t = row.neighbours[0], row.neighbour_positions[0]
+            assert train_seqs[v][t] == last and row.similarities[0] == pytest.approx(1.0, abs=1e-5)
+            checked += 1
+    assert checked > len(stored) // 2
+
+
+def _copy_run(built, tmp_path: Path, *extra: str):
+    """The module's run copied to tmp_path without its index, and a config pointing there."""
+    shutil.copytree(built["run_dir"], tmp_path / "runs" / "leaky", ignore=shutil.ignore_patterns("index"))
+    overrides = [o for o in built["overrides"] if not o.startswith("runs_dir=")]
+    return load_config(None, [*overrides, f"runs_dir={tmp_path / 'runs'}", *extra]), tmp_path / "runs" / "leaky"
+
+
+def test_killed_index_stage_resumes_without_rebuilding(built, tmp_path, monkeypatch, capsys):
+    import mmsrarec.index.stage as stage
+
+    cfg, run_dir = _copy_run(built, tmp_path)
+    real_add_table = stage.add_table
+
+    def killed_at_valid(folder, split, frame):
+        if split == "valid":
+            raise KeyboardInterrupt
+        real_add_table(folder, split, frame)
+
+    monkeypatch.setattr(stage, "add_table", killed_at_valid)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(cfg).run("index")
+    built_once = (run_dir / "index.partial" / "index.faiss").stat().st_mtime_ns
+    monkeypatch.setattr(stage, "add_table", real_add_table)
+    capsys.readouterr()
+    manifest = Runner(cfg).run("index")
+    assert "index already built" in capsys.readouterr().err
+    assert (run_dir / "index" / "index.faiss").stat().st_mtime_ns == built_once
+    assert {"neighbours_train.parquet", "neighbours_valid.parquet", "neighbours_test.parquet"} <= set(manifest["outputs"])
+    for split in ("train", "valid", "test"):
+        pd.testing.assert_frame_equal(load_neighbours(run_dir / "index", split), load_neighbours(built["index"], split))
+
+
+def test_torch_backend_stage_matches_faiss_flat(built, tmp_path):
+    cfg, run_dir = _copy_run(built, tmp_path, "index.backend=torch")
+    Runner(cfg).run("index")
+    assert (run_dir / "index" / "index.npy").is_file() and not (run_dir / "index" / "index.faiss").exists()
+    load_index(run_dir / "index", cfg.index, run_dir / "train-cf" / "sasrec.pt")
+    for split in ("train", "valid", "test"):
+        ours, flat = load_neighbours(run_dir / "index", split), load_neighbours(built["index"], split)
+        # the walks make many windows identical (ties at similarity 1), so compare similarities
+        np.testing.assert_allclose(np.array(ours["similarities"].tolist()), np.array(flat["similarities"].tolist()),
+                                   atol=1e-5)
+
+
+def _clustered(n: int, d: int, clusters: int, seed: int, spread: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, d))
+    return (centers[rng.integers(0, clusters, n)] + spread * rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_exact_faiss_and_torch_fallback_agree(metric):
+    data = normalise(_clustered(1400, 16, 20, seed=1), metric)
+    vectors, queries = data[:1200], data[1200:]
+    windows = pd.DataFrame({"user": np.repeat(np.arange(120), 10), "position": np.tile(np.arange(10), 120),
+                            "next_item": np.arange(1200) + 1})
+    exclude = np.arange(200) % 120
+    flat = UserIndex(build_index(vectors, "Flat", metric, "faiss"), windows).search(queries, exclude, 5)
+    exact = UserIndex(TorchIndex(vectors, metric), windows).search(queries, exclude, 5)
+    assert (flat.users == exact.users).mean() > 0.99  # float summation order may swap near-ties
+    np.testing.assert_allclose(flat.similarities, exact.similarities, rtol=1e-4, atol=1e-5)
+    assert (flat.users != exclude[:, None]).all()
+
+
+def test_query_user_is_never_a_neighbour_even_when_its_windows_are_nearest():
+    rng = np.random.default_rng(0)
+    n_users, per_user, d, k = 20, 100, 8, 3
+    centers = rng.normal(size=(n_users, d))
+    vectors = normalise(np.repeat(centers, per_user, axis=0) + 0.01 * rng.normal(size=(n_users * per_user, d)), "ip")
+    users = np.repeat(np.arange(n_users), per_user)
+    windows = pd.DataFrame({"user": users, "position": np.tile(np.arange(per_user), n_users), "next_item": 1})
+    index = UserIndex(build_index(vectors, "Flat", "ip", "faiss"), windows)
+    queries = vectors[::per_user]  # one window of each user: its own 100 windows are its nearest
+    found = index.search(queries, np.arange(n_users), k)
+    sims = queries @ vectors.T
+    for q in range(n_users):
+        best_per_user = np.array([sims[q, users == u].max() if u != q else -np.inf for u in range(n_users)])
+        assert list(found.users[q]) == list(np.argsort(-best_per_user, kind="stable")[:k])
+        np.testing.assert_allclose(found.similarities[q], np.sort(best_per_user)[::-1][:k], rtol=1e-5)
+
+
+@pytest.mark.parametrize("factory, nprobe", [("HNSW32", 1), ("IVF32,Flat", 8), ("IVF32,PQ16x4fs,RFlat", 8)])
+def test_approximate_indexes_reach_high_recall(factory, nprobe):
+    data = normalise(_clustered(8300, 32, 64, seed=3), "ip")
+    vectors, queries = data[:8000], data[8000:]  # queries from the same clusters, not in the index
+    exact = build_index(vectors, "Flat", "ip", "faiss").search(queries, 10)[1]
+    approx = build_index(vectors, factory, "ip", "faiss", nprobe=nprobe, ef_search=64, refine_factor=16)
+    approx = approx.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9, recall
+
+
+def test_training_windows_are_the_last_n_items_and_the_next_one():
+    train = pd.DataFrame({"user": [7, 8, 9], "items": [[1, 2, 3, 4], [5], [6, 7]]})
+    w = training_windows(train, n=2)
+    assert w.users.tolist() == [7, 7, 7, 9]
+    assert w.positions.tolist() == [0, 1, 2, 0] and w.next_items.tolist() == [2, 3, 4, 7]
+    assert [h.tolist() for h in w.histories()] == [[1], [1, 2], [2, 3], [6]]
+
+
+def test_context_keywords_dedupe_rank_by_similarity_mass_and_cap():
+    keywords = {1: ["a", "b"], 2: ["B", "c"], 3: ["c", "a", "a"], 4: ["d"]}
+    items, sims = [1, 2, 3, 0], [0.9, 0.5, 0.4, float("nan")]  # 0 / nan: a missing neighbour
+    # b: 0.9 + 0.5 = 1.4; a: 0.9 + 0.4 = 1.3 (counted once for item 3); c: 0.5 + 0.4 = 0.9
+    assert context_keywords(items, sims, keywords, cap=10) == ["b", "a", "c"]
+    assert context_string(items, sims, keywords, cap=2) == "b, a"
+    assert context_keywords([4, 1], [0.2, 0.1], keywords, cap=10) == ["d", "a", "b"]  # ties: first seen
+    assert context_keywords([], [], keywords, cap=5) == []
+
+
+def test_index_config_is_checked():
+    with pytest.raises(ConfigError, match="index.cf_model.*no user vectors"):
+        load_config(None, ["index.cf_model=pop"])
+    with pytest.raises(ConfigError, match="index.cf_model.*cf.models does not train"):
+        load_config(None, ["cf.models=[gru4rec]", "evaluate.methods=[gru4rec]"])
+    assert load_config(None, ["cf.models=[gru4rec]", "evaluate.methods=[gru4rec]",
+                              "index.cf_model=gru4rec"]).index.cf_model == "gru4rec"
+    with pytest.raises(ConfigError, match="index.k' must be >= 1"):
+        load_config(None, ["index.k=0"])
+    with pytest.raises(ConfigError, match="index.metric"):
+        load_config(None, ["index.metric=cosine"])
