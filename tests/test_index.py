@@ -267,8 +267,10 @@ def test_context_keywords_dedupe_rank_by_similarity_mass_and_cap():
 def test_index_config_is_checked():
     with pytest.raises(ConfigError, match="index.cf_model.*no user vectors"):
         load_config(None, ["index.cf_model=pop"])
+    only_gru = load_config(None, ["cf.models=[gru4rec]", "evaluate.methods=[gru4rec]"])
+    Runner(only_gru).plan("train-cf")  # a plan without the index does not care about index.cf_model
     with pytest.raises(ConfigError, match="index.cf_model.*cf.models does not train"):
-        load_config(None, ["cf.models=[gru4rec]", "evaluate.methods=[gru4rec]"])
+        Runner(only_gru).plan("index")  # checked when the plan is made, before any stage runs
     assert load_config(None, ["cf.models=[gru4rec]", "evaluate.methods=[gru4rec]",
                               "index.cf_model=gru4rec"]).index.cf_model == "gru4rec"
     with pytest.raises(ConfigError, match="index.k' must be >= 1"):
