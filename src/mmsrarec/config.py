@@ -38,9 +38,6 @@ class RunConfig:
         if missing:
             raise InvalidValue("evaluate.methods", f"names {missing}, which cf.models does not train "
                                f"(cf.models = {self.cf.models}); add them there or remove them here")
-        if self.index.cf_model not in self.cf.models:
-            raise InvalidValue("index.cf_model", f"is {self.index.cf_model!r}, which cf.models does not train "
-                               f"(cf.models = {self.cf.models}); add it there or pick one of those")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -24,7 +24,7 @@ from . import __version__
 from .artifacts import hash_tree, read_json, sha256_json, write_json
 from .config import RunConfig
 from .configtools import to_dict
-from .errors import ArtifactError, MmsrarecError
+from .errors import ArtifactError, ConfigError, MmsrarecError
 
 PACKAGES = ("torch", "numpy", "pandas", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
             "datasets", "accelerate")
@@ -37,6 +37,13 @@ class Stage:
     needs: Callable[[RunConfig], list[str]]
     section: Callable[[RunConfig], Any]  # the part of the config this stage's output depends on
     help: str = ""
+    check: Callable[[RunConfig], None] | None = None  # cross-section checks, run before any stage of a plan
+
+
+def _check_index(cfg: RunConfig) -> None:
+    if cfg.index.cf_model not in cfg.cf.models:
+        raise ConfigError(f"index.cf_model is {cfg.index.cf_model!r}, which cf.models does not train "
+                          f"(cf.models = {cfg.cf.models}); add it there or pick one of those")
 
 
 def _stages() -> dict[str, Stage]:
@@ -47,7 +54,7 @@ def _stages() -> dict[str, Stage]:
               lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
         Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
               lambda c: {"index": c.index, "seed": c.seed},
-              "build the FAISS index over training users and retrieve neighbours for every case"),
+              "build the FAISS index over training users and retrieve neighbours for every case", _check_index),
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
               lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy"),
         Stage("evaluate", "mmsrarec.evaluate.stage:run", lambda c: ["prepare", "train-cf"],
@@ -137,6 +144,9 @@ class Runner:
                 order.append(name)
 
         visit(target, ())
+        for name in order:  # fail before any work starts
+            if self.stages[name].check is not None:
+                self.stages[name].check(self.cfg)
         return order
 
     def run(self, target: str, force: bool = False) -> dict:
