@@ -2,7 +2,7 @@
 3 seeds. Ranks as RecBole does for sequential models (history items stay in the ranking).
 
     python benchmarks/cf_vs_recbole.py --ours            # trains ours for seeds 0 1 2 (runs/bench_cf_seed*)
-    EPOCHS=300 MAX_MINUTES=10 BATCH=256 bash benchmarks/recbole/run_benchmark.sh   # RecBole, own venv
+    EPOCHS=300 MAX_MINUTES=12 BATCH=256 bash benchmarks/recbole/run_benchmark.sh   # RecBole, own venv
     python benchmarks/cf_vs_recbole.py                   # the side-by-side table from both results
 
 Writes benchmarks/results/cf_vs_recbole.{md,json}.
@@ -27,8 +27,9 @@ MODELS = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
 def run_ours(seed: int) -> None:
     cmd = [sys.executable, "-m", "mmsrarec.cli", "evaluate", "--config", str(ROOT / "configs/ml100k_baselines.yaml"),
            "--set", f"name=bench_cf_seed{seed}", "--set", f"seed={seed}", "--set", "evaluate.protocols=[full]",
-           "--set", "evaluate.full_exclude_history=false", "--set", "cf.models=[sasrec, gru4rec]",
-           "--set", "evaluate.methods=[sasrec, gru4rec]"]
+           "--set", "evaluate.full_exclude_history=false",
+           "--set", "cf.train.valid_exclude_history=false", "--set", "cf.models=[sasrec, gru4rec]",
+           "--set", "evaluate.methods=[sasrec, gru4rec]", "--set", "cf.train.patience=5", "--set", "threads=1"]
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 

@@ -14,7 +14,8 @@ from .configtools import InvalidValue, field, load
 from .data.config import DataConfig
 from .evaluate.config import EvaluateConfig
 from .index.config import IndexConfig
-from .summarize.config import SummarizeConfig
+from .rank.config import RankConfig
+from .summarize.config import SummarizeConfig, SummarizerTrainConfig
 
 
 @dataclass
@@ -26,7 +27,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     cf: CFConfig = field(default_factory=CFConfig)
     summarize: SummarizeConfig = field(default_factory=SummarizeConfig)
+    train_summarizer: SummarizerTrainConfig = field(default_factory=SummarizerTrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
@@ -34,10 +37,11 @@ class RunConfig:
             raise InvalidValue("name", f"must be a plain folder name, got {self.name!r}")
         if self.threads < 0:
             raise InvalidValue("threads", f"must be >= 0, got {self.threads}")
-        missing = [m for m in self.evaluate.methods if m not in self.cf.models]
+        missing = [m for m in self.evaluate.methods if m not in self.cf.models and m != self.rank.name]
         if missing:
-            raise InvalidValue("evaluate.methods", f"names {missing}, which cf.models does not train "
-                               f"(cf.models = {self.cf.models}); add them there or remove them here")
+            raise InvalidValue("evaluate.methods", f"names {missing}, which neither cf.models trains "
+                               f"(cf.models = {self.cf.models}) nor is the LLM ranker (rank.name = "
+                               f"{self.rank.name!r}); add them there or remove them here")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

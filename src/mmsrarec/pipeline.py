@@ -25,6 +25,7 @@ from .artifacts import hash_tree, read_json, sha256_json, write_json
 from .config import RunConfig
 from .configtools import to_dict
 from .errors import ArtifactError, ConfigError, MmsrarecError
+from .rank.config import ranker_needs
 
 PACKAGES = ("torch", "numpy", "pandas", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
             "datasets", "accelerate")
@@ -46,6 +47,14 @@ def _check_index(cfg: RunConfig) -> None:
                           f"(cf.models = {cfg.cf.models}); add it there or pick one of those")
 
 
+def _ranks(cfg: RunConfig) -> bool:
+    return cfg.rank.name in cfg.evaluate.methods
+
+
+def _evaluate_needs(cfg: RunConfig) -> list[str]:
+    return ["prepare", "train-cf", *(["train-ranker"] if _ranks(cfg) else [])]
+
+
 def _stages() -> dict[str, Stage]:
     return {s.name: s for s in [
         Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], lambda c: {"data": c.data, "seed": c.seed},
@@ -57,8 +66,16 @@ def _stages() -> dict[str, Stage]:
               "build the FAISS index over training users and retrieve neighbours for every case", _check_index),
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
               lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy"),
-        Stage("evaluate", "mmsrarec.evaluate.stage:run", lambda c: ["prepare", "train-cf"],
-              lambda c: {"evaluate": c.evaluate}, "score every method on both protocols, write the leaderboard"),
+        Stage("train-summarizer", "mmsrarec.summarize.train_stage:run", lambda c: ["prepare"],
+              lambda c: {"train_summarizer": c.train_summarizer, "summarize": c.summarize, "seed": c.seed},
+              "tune the keyword policy with GRPO"),
+        Stage("summarize-tuned", "mmsrarec.summarize.stage:run_tuned", lambda c: ["prepare", "train-summarizer"],
+              lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy"),
+        Stage("train-ranker", "mmsrarec.rank.stage:run", lambda c: ranker_needs(c),
+              lambda c: {"rank": c.rank, "seed": c.seed}, "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)"),
+        Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs,
+              lambda c: {"evaluate": c.evaluate, **({"rank_scoring": c.rank.scoring} if _ranks(c) else {})},
+              "score every method on both protocols, write the leaderboard"),
     ]}
 
 

@@ -18,6 +18,9 @@ class CFTrainConfig:
     patience: int = field(10, help="stop after this many evaluations without a better validation metric")
     eval_every: int = field(1, help="evaluate on validation every this many epochs")
     valid_metric: str = field("ndcg@10", help="validation metric for early stopping (full ranking)")
+    valid_exclude_history: bool = field(
+        True, help="early stopping ranks all items except the case's history (false: keep them, RecBole's rule; "
+                   "set it like evaluate.full_exclude_history)")
     max_len: int = field(50, help="longest history a model sees")
     device: str = field("auto", help="auto | cpu | cuda | cuda:N")
 

@@ -114,9 +114,11 @@ def _train_epoch(model: NeuralModel, windows: torch.Tensor, opt: torch.optim.Opt
 
 
 def validate(model: CFModel, valid: Cases) -> float:
-    """The early-stopping metric: full ranking of all items outside each case's history."""
+    """The early-stopping metric: full ranking over all items (outside each case's history unless
+    cf.train.valid_exclude_history is off, which matches RecBole's rule for sequential models)."""
     metric = model.train_cfg.valid_metric
-    per = evaluate_full(model.full_scores, valid, model.n_items, [metric], batch_size=512, progress=False)
+    per = evaluate_full(model.full_scores, valid, model.n_items, [metric], batch_size=512, progress=False,
+                        exclude_history=model.train_cfg.valid_exclude_history)
     return summarize(per)[metric]
 
 

@@ -35,12 +35,17 @@ def evaluate_sampled(score: CandidateScorer, cases: Cases, names: list[str], bat
     for start in _batches(len(cases), batch_size, "sampled", progress):
         stop = start + batch_size
         scores[start:stop] = score(cases.histories[start:stop], candidates[start:stop])
+    return sampled_metrics(scores, names), scores
+
+
+def sampled_metrics(scores: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-case metrics of a [n_cases, 1 + N] score matrix whose column 0 is the target."""
     if not np.isfinite(scores).all():
         bad = np.argwhere(~np.isfinite(scores))[0]
         raise ValueError(f"a scorer returned a non-finite score (case {bad[0]}, candidate {bad[1]})")
-    s = torch.from_numpy(scores)
+    s = torch.from_numpy(np.asarray(scores, dtype=np.float64))
     greater, ties, n = count_ranks(s[:, 0], s[:, 1:])
-    return per_case(names, greater, ties, n), scores
+    return per_case(names, greater, ties, n)
 
 
 def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, device,
@@ -55,7 +60,7 @@ def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, de
     cols = np.concatenate(histories) if histories else np.array([])
     if len(rows):
         mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = False
-    mask[torch.arange(len(targets), device=device), torch.as_tensor(targets, device=device)] = False
+    mask[torch.arange(len(targets), device=device), torch.as_tensor(np.array(targets), device=device)] = False
     return mask
 
 

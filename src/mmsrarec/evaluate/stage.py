@@ -18,7 +18,7 @@ from ..cf.stage import load_trained
 from ..data.prepare import load_prepared
 from .leaderboard import write_leaderboard
 from .metrics import metric_names
-from .protocols import evaluate_full, evaluate_sampled, summarize
+from .protocols import evaluate_full, evaluate_sampled, sampled_metrics, summarize
 
 
 def run(ctx) -> None:
@@ -29,6 +29,9 @@ def run(ctx) -> None:
     cf_dir = ctx.input("train-cf")
     rows = []
     for method in ev.methods:
+        if method == cfg.rank.name:
+            rows.append(ranker_row(ctx, data, cases))
+            continue
         model, info = load_trained(cf_dir, method, cfg, n_items)
         for protocol in ev.protocols:
             row = {"method": method, "protocol": protocol, "train_time_s": info.get("train_time_s"),
@@ -50,6 +53,35 @@ def run(ctx) -> None:
             ctx.log(f"{method:10s} {protocol:8s} test " + "  ".join(
                 f"{k}={row['test_' + k]:.4f}" for k in names if k in ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "auc")))
     board = pd.DataFrame(rows)
+    write_json(ctx.out / "metrics.json", rows)
     write_leaderboard(board, ctx.out, title=f"{cfg.name}: {data['stats']['users']} users, "
                       f"{n_items} items, split={cfg.data.split}", stats=data["stats"])
     ctx.summary["rows"] = len(rows)
+
+
+def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
+    """The LLM ranker (train-ranker's adapter) on the stored candidate lists: one forward pass per user
+    over its shared prefix (rank.scoring), all candidates scored from it."""
+    from ..artifacts import read_json
+    from ..rank.stage import score_cases
+
+    cfg = ctx.cfg
+    names = metric_names(cfg.evaluate.ks, "sampled")
+    ranker_dir = ctx.input("train-ranker")
+    info = read_json(ranker_dir / "ranker.json") if (ranker_dir / "ranker.json").is_file() else {}
+    manifest = read_json(ranker_dir / "manifest.json")
+    row = {"method": cfg.rank.name, "protocol": "sampled", "train_time_s": manifest.get("wall_time_s"),
+           "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": info.get("epochs"), "llm_calls_per_user": 1}
+    for split, c in cases.items():
+        t0 = time.perf_counter()
+        scores = score_cases(ctx, split, log=ctx.log)
+        seconds = time.perf_counter() - t0
+        write_parquet(ctx.out / "scores" / f"{cfg.rank.name}_{split}.parquet", pd.DataFrame({
+            "user": c.users, "candidates": c.candidates().tolist(), "scores": scores.tolist()}))
+        row[f"{split}_cases"] = len(c)
+        row[f"{split}_eval_time_s"] = round(seconds, 3)
+        row[f"{split}_s_per_user"] = round(seconds / max(len(c), 1), 4)
+        row.update({f"{split}_{k}": v for k, v in summarize(sampled_metrics(scores, names)).items()})
+    ctx.log(f"{cfg.rank.name:10s} sampled  test " + "  ".join(
+        f"{k}={row['test_' + k]:.4f}" for k in ("hr@5", "ndcg@5", "auc")))
+    return row

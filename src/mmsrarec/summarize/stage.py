@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..artifacts import write_json, write_parquet
+from ..errors import ArtifactError
 from .config import SummarizeConfig
 from .generate import chat_prompt, generate, truncate_tokens
 from .keywords import parse_keywords
@@ -27,11 +29,16 @@ def merge_keywords(text_kw: list[str], image_kw: list[str], cap: int) -> list[st
     return list(dict.fromkeys([*text_kw, *image_kw]))[:cap]
 
 
-def load_policy(cfg: SummarizeConfig, adapter: str = ""):
-    """(model, processor-or-tokenizer, is_vlm) for the summarizer policy, optionally with a LoRA adapter."""
+def load_policy(cfg: SummarizeConfig, adapter: str = "", model_path: str = ""):
+    """(model, processor-or-tokenizer, is_vlm) for the summarizer policy, optionally with a LoRA adapter
+    or with the weights of a fully fine-tuned copy (`model_path`)."""
     from ..models.loading import load_causal_lm, load_vlm
 
-    model_cfg = dataclasses.replace(cfg.model, adapter=adapter) if adapter else cfg.model
+    model_cfg = cfg.model
+    if adapter:
+        model_cfg = dataclasses.replace(model_cfg, adapter=adapter)
+    if model_path:
+        model_cfg = dataclasses.replace(model_cfg, name_or_path=model_path, adapter="")
     if model_cfg.kind == "vlm":
         model, processor = load_vlm(model_cfg)
         return model, processor, True
@@ -48,12 +55,12 @@ def text_prompts(cfg: SummarizeConfig, tokenizer, items: pd.DataFrame) -> list[s
 
 
 def summarize_items(items: pd.DataFrame, cfg: SummarizeConfig, store: ChunkStore, adapter: str = "",
-                    log=print) -> dict:
+                    log=print, model_path: str = "") -> dict:
     """Summarize the items not yet in `store`; returns throughput facts."""
     todo = items[~items["item"].isin(store.done())]
     if todo.empty:
         return {"items_generated": 0}
-    model, processor, is_vlm = load_policy(cfg, adapter)
+    model, processor, is_vlm = load_policy(cfg, adapter, model_path)
     tokenizer = processor.tokenizer if is_vlm else processor
     prompts = text_prompts(cfg, tokenizer, todo)
     todo = todo.assign(prompt=prompts, length=[len(p) for p in prompts]).sort_values(["length", "item"])
@@ -125,9 +132,21 @@ def run(ctx) -> None:
     _finish(ctx, store, facts)
 
 
+def tuned_policy_path(folder: Path) -> tuple[str, str]:
+    """(adapter, model) for the policy train-summarizer wrote in `folder`: its LoRA adapter/, or the
+    model/ of a full fine-tuning; exactly one of the two is non-empty."""
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        return str(folder / "adapter"), ""
+    if (folder / "model" / "config.json").is_file():
+        return "", str(folder / "model")
+    raise ArtifactError(f"{folder} holds neither adapter/ (LoRA) nor model/ (full fine-tuning); "
+                        "rerun `mmsrarec train-summarizer --force`")
+
+
 def run_tuned(ctx) -> None:
-    """The policy tuned by train-summarizer (its LoRA adapter)."""
-    adapter = ctx.input("train-summarizer") / "adapter"
+    """The policy tuned by train-summarizer (its LoRA adapter, or its fully fine-tuned weights)."""
+    adapter, model_path = tuned_policy_path(ctx.input("train-summarizer"))
     store = ChunkStore(ctx.out / "chunks")
-    facts = summarize_items(_items(ctx), ctx.cfg.summarize, store, adapter=str(adapter), log=ctx.log)
+    facts = summarize_items(_items(ctx), ctx.cfg.summarize, store, adapter=adapter, log=ctx.log,
+                            model_path=model_path)
     _finish(ctx, store, facts)

@@ -1,0 +1,151 @@
+"""Configuration of the train-ranker stage: which (M)LLM ranks, its LoRA, the multitask SFT mix,
+what a prompt shows, and how candidates are scored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ..configtools import InvalidValue, field
+from ..models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+@dataclass
+class LoraSettings:
+    r: int = field(16, help="LoRA rank")
+    alpha: int = field(32, help="LoRA alpha (scaling = alpha / r)")
+    dropout: float = field(0.05, help="dropout on the LoRA input")
+    target_modules: str = field("all-linear", help=(
+        "'all-linear' (every linear layer but the output head) or comma-separated module names, "
+        "e.g. q_proj,k_proj,v_proj,o_proj"))
+
+    def validate(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise InvalidValue("r" if self.r < 1 else "alpha", "must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise InvalidValue("dropout", f"must be in [0, 1), got {self.dropout}")
+        if not self.target_modules.strip():
+            raise InvalidValue("target_modules", "must be 'all-linear' or module names such as q_proj,v_proj")
+
+    def modules(self) -> str | list[str]:
+        if self.target_modules.strip() == "all-linear":
+            return "all-linear"
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+@dataclass
+class TaskWeights:
+    """Shares of the SFT examples per task (normalised; 0 turns a task off)."""
+
+    main: float = field(1.0, help="main task: history + retrieved keywords + one candidate -> Yes/No")
+    aux_choice: float = field(0.2, help="pick the next item from a lettered candidate list -> letter")
+    aux_title: float = field(0.1, help="item keywords -> item title")
+    aux_next_keywords: float = field(0.1, help="history -> keywords of the next item")
+
+    def validate(self) -> None:
+        for key in ("main", "aux_choice", "aux_title", "aux_next_keywords"):
+            if getattr(self, key) < 0:
+                raise InvalidValue(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.main <= 0:
+            raise InvalidValue("main", "must be > 0: the main task is what the ranker scores with")
+
+    def shares(self) -> dict[str, float]:
+        weights = {"main": self.main, "aux_choice": self.aux_choice, "aux_title": self.aux_title,
+                   "aux_next_keywords": self.aux_next_keywords}
+        total = sum(weights.values())
+        return {k: v / total for k, v in weights.items()}
+
+
+@dataclass
+class SFTSettings:
+    epochs: float = field(1.0, help="passes over the SFT examples")
+    max_steps: int = field(-1, help="stop after this many optimizer steps (-1 = epochs decide)")
+    lr: float = field(2e-4, help="AdamW learning rate of the LoRA weights")
+    batch_size: int = field(8, help="examples per device batch")
+    grad_accum: int = field(1, help="batches accumulated per optimizer step")
+    max_seq_len: int = field(640, help="longest example in tokens; longer examples are dropped (and counted), "
+                                       "never truncated, since truncation would cut off the answer")
+    save_steps: int = field(50, help="write a checkpoint every this many optimizer steps (a killed run resumes "
+                                     "from the last one)")
+    warmup_ratio: float = field(0.03, help="share of steps with linear learning-rate warm-up (0 = none)")
+    activation_checkpointing: bool = field(False, help="recompute activations in backward (less memory, slower)")
+
+    def validate(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_seq_len", "save_steps"):
+            if getattr(self, key) < 1:
+                raise InvalidValue(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.epochs <= 0:
+            raise InvalidValue("epochs", f"must be > 0, got {self.epochs}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InvalidValue("max_steps", f"must be -1 (off) or >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise InvalidValue("lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InvalidValue("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class RankConfig:
+    name: str = field("mmsrarec", help="the ranker's method name on the leaderboard (list it in evaluate.methods); "
+                                       "ablation runs name themselves, e.g. mmsrarec-no-retrieval")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    tasks: TaskWeights = field(default_factory=TaskWeights)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    neg_per_pos: int = field(1, help="main task: negatives (unseen training items) per positive")
+    max_examples: int = field(1000, help="SFT examples in all (all tasks; 0 = no cap); keeps CPU runs affordable")
+    examples_per_user: int = field(8, help="training positions sampled per user (0 = all)")
+    history_len: int = field(10, help="most recent history items shown in a prompt")
+    max_keywords: int = field(8, help="keywords shown per candidate item")
+    history_keywords: int = field(5, help="keywords shown per history item (keeps the user prefix short)")
+    raw_text_words: int = field(30, help="use_keywords=false: words of the item text shown instead of keywords")
+    max_context_keywords: int = field(20, help="retrieved keywords shown per prompt")
+    choice_candidates: int = field(4, help="aux_choice: lettered candidates per question (1 positive)")
+    use_retrieval: bool = field(True, help="show the keywords of similar users' next items (index stage)")
+    use_keywords: bool = field(True, help="describe items by their summarized keywords; false = by the raw item "
+                                          "text (the 'no summarization' ablation)")
+    keywords_from: Literal["auto", "summarize", "summarize-tuned"] = field(
+        "auto", help="keyword table: auto = summarize-tuned (the GRPO-tuned policy) when the pipeline has that "
+                     "stage, else summarize; summarize = the zero-shot policy (the 'no RL' ablation)")
+    candidate_image: bool = field(False, help="VLM only: show the candidate's image (scoring then runs full "
+                                              "prompts, since the candidate part is no longer text)")
+    history_image: bool = field(False, help="VLM only: show the image of the user's last history item (in the "
+                                            "shared prefix)")
+    score_batch_size: int = field(32, help="candidates per forward pass when scoring")
+    scoring: Literal["shared_prefix", "batched", "naive"] = field(
+        "shared_prefix", help="shared_prefix: the user's prompt prefix runs once, candidates share its KV cache; "
+                              "batched: full prompts in one batch; naive: one full forward per candidate")
+
+    def validate(self) -> None:
+        for key in ("neg_per_pos", "history_len", "max_keywords", "history_keywords", "raw_text_words",
+                    "score_batch_size"):
+            if getattr(self, key) < 1:
+                raise InvalidValue(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("max_examples", "examples_per_user", "max_context_keywords"):
+            if getattr(self, key) < 0:
+                raise InvalidValue(key, f"must be >= 0, got {getattr(self, key)}")
+        if not 2 <= self.choice_candidates <= 26:
+            raise InvalidValue("choice_candidates", f"must be in 2..26 (letters A-Z), got {self.choice_candidates}")
+        if (self.candidate_image or self.history_image) and self.model.kind != "vlm":
+            key = "candidate_image" if self.candidate_image else "history_image"
+            raise InvalidValue(key, "needs a vision-language model (rank.model.kind: vlm)")
+
+
+def keyword_stage(cfg: RunConfig) -> str:
+    """Which stage's keywords the ranker reads: rank.keywords_from, where 'auto' means the GRPO-tuned
+    policy's (summarize-tuned) when the pipeline has that stage, else the zero-shot policy's (summarize)."""
+    if cfg.rank.keywords_from != "auto":
+        return cfg.rank.keywords_from
+    from ..pipeline import STAGES  # late: the pipeline imports the config, which imports this module
+
+    return "summarize-tuned" if "summarize-tuned" in STAGES else "summarize"
+
+
+def ranker_needs(cfg: RunConfig) -> list[str]:
+    """The stages train-ranker reads: prepare, the keyword stage (not in the no-summarization
+    ablation), and the index (with retrieval)."""
+    return ["prepare", *([keyword_stage(cfg)] if cfg.rank.use_keywords else []),
+            *(["index"] if cfg.rank.use_retrieval else [])]

@@ -1,0 +1,170 @@
+"""The train-ranker stage, and `score_cases`, which the evaluate stage calls to rank stored candidate lists.
+
+train-ranker reads the prepare stage's tables, the item keywords (`keyword_table`), and, with
+rank.use_retrieval, the index stage's neighbours of every training case; builds the multitask SFT
+examples (tasks.py) and trains the LoRA adapter (train.py). Writes under runs/<name>/train-ranker/:
+adapter/ (PEFT), train_log.csv (loss per step), examples.jsonl (every SFT example, image paths in
+place of images) and ranker.json (counts, Yes/No token ids, training facts). While it runs,
+checkpoints/ holds the resumable state; it is removed when training finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import write_json, write_text
+from ..config import RunConfig
+from ..data.prepare import load_prepared
+from ..errors import ArtifactError, DataError
+from .config import RankConfig, keyword_stage
+from .prompts import Catalog
+from .score import Scorer, load_model, score
+from .tasks import build_examples, example_counts
+from .train import ADAPTER, CHECKPOINTS, train_ranker
+
+def keyword_table(ctx: Any) -> Path:
+    """The keywords.parquet (columns item, keywords) the ranker uses; see keyword_stage."""
+    path = ctx.input(keyword_stage(ctx.cfg)) / "keywords.parquet"
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: stage {keyword_stage(ctx.cfg)!r} wrote no keyword table")
+    return path
+
+
+def read_keywords(path: Path) -> dict[int, list[str]]:
+    frame = pd.read_parquet(path, columns=["item", "keywords"])
+    return {int(i): [str(k) for k in (kws if kws is not None else [])] for i, kws in zip(frame["item"], frame["keywords"])}
+
+
+def retrieved_contexts(index_dir: Path, split: str, catalog: Catalog, cap: int) -> dict:
+    """The one place the ranker reads the index stage: the retrieved context string of every case.
+
+    train: {(user, t): text} for the training case with history s[:t] and positive s[t] (the index's
+    window (user, t - 1), whose next item is s[t]); valid/test: {case row: text}."""
+    from ..index.context import context_string
+    from ..index.store import load_neighbours
+
+    table = load_neighbours(index_dir, split)
+    words = catalog.context_words()
+    texts = [context_string(items, sims, words, cap) for items, sims in zip(table["next_items"], table["similarities"])]
+    if split == "train":
+        keys = zip(table["user"].astype(int), table["position"].astype(int) + 1)
+    else:
+        keys = table["case"].astype(int)
+    return dict(zip(keys, texts))
+
+
+def catalog_for(cfg: RankConfig, items: pd.DataFrame, keywords_path: Path | None) -> Catalog:
+    keywords = read_keywords(keywords_path) if cfg.use_keywords and keywords_path is not None else None
+    return Catalog.build(items, keywords, cfg.use_keywords, cfg.max_keywords, cfg.raw_text_words,
+                         cfg.history_keywords)
+
+
+def run(ctx) -> None:
+    cfg, seed = ctx.cfg.rank, ctx.cfg.seed
+    data = load_prepared(ctx.input("prepare"))
+    keywords_path = keyword_table(ctx) if cfg.use_keywords else None
+    catalog = catalog_for(cfg, data["items"], keywords_path)
+    context: Callable[[int, int], str] | None = None
+    if cfg.use_retrieval:
+        contexts = retrieved_contexts(ctx.input("index"), "train", catalog, cfg.max_context_keywords)
+        context = lambda user, t: contexts.get((user, t), "")  # noqa: E731
+    is_vlm = cfg.model.kind == "vlm"
+    examples = build_examples(data, catalog, cfg, seed, context, is_vlm)
+    counts = example_counts(examples)
+    ctx.log("SFT examples: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    write_examples(examples, ctx.out / "examples.jsonl")
+    facts = train_ranker(examples, cfg, ctx.out, seed, log=ctx.log)
+    shutil.rmtree(ctx.out / CHECKPOINTS, ignore_errors=True)  # the adapter is saved; resuming is over
+    info = {"examples_per_task": counts, **facts, "model": cfg.model.name_or_path,
+            "keywords": str(keywords_path.parent.name) if keywords_path else None,
+            "retrieval": cfg.use_retrieval}
+    write_json(ctx.out / "ranker.json", info)
+    ctx.summary.update({k: info[k] for k in ("examples", "steps", "train_time_s", "first_loss", "last_loss")})
+
+
+def write_examples(examples, path: Path) -> None:
+    columns = [c for c in examples.column_names if c != "images"]
+    rows = examples.select_columns(columns).to_list()
+    if "images" in examples.column_names:  # paths, not pixels
+        from datasets import Image, List
+
+        paths = examples.cast_column("images", List(Image(decode=False)))["images"]
+        for row, imgs in zip(rows, paths):
+            row["images"] = [img["path"] for img in imgs]
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------- scoring for evaluate
+
+@dataclass
+class RankerInputs:
+    """Where score_cases finds what it needs: the run config and the folders of earlier stages."""
+
+    cfg: RunConfig
+    prepare: Path
+    ranker: Path
+    keywords: Path | None = None  # keywords.parquet (None: rank.use_keywords is off)
+    index: Path | None = None     # the index stage's folder (None: rank.use_retrieval is off)
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> "RankerInputs":
+        rank = ctx.cfg.rank
+        return cls(ctx.cfg, ctx.input("prepare"), ctx.input("train-ranker"),
+                   keyword_table(ctx) if rank.use_keywords else None,
+                   ctx.input("index") if rank.use_retrieval else None)
+
+
+def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
+                log: Callable[[str], None] | None = None, progress: bool = True) -> np.ndarray:
+    """[n_cases, 1 + N] ranker scores of each case's stored candidates, the target first, then its
+    negatives (the column order of cf.base.Cases.candidates()).
+
+    source: a StageContext of a stage that ran after train-ranker (e.g. evaluate), or RankerInputs.
+    cases: rows of the prepare stage's <split> table (default: all of it); their index is the case
+    number, which keys the retrieved context. method: rank.scoring unless given."""
+    inputs = source if isinstance(source, RankerInputs) else RankerInputs.from_context(source)
+    cfg = inputs.cfg.rank
+    data = load_prepared(inputs.prepare)
+    cases = data[split] if cases is None else cases
+    if "negatives" not in cases:
+        raise DataError(f"the {split} cases carry no stored negatives to rank", path=str(inputs.prepare))
+    catalog = catalog_for(cfg, data["items"], inputs.keywords)
+    contexts = retrieved_contexts(inputs.index, split, catalog, cfg.max_context_keywords) \
+        if cfg.use_retrieval and inputs.index is not None else {}
+    adapter = inputs.ranker / ADAPTER
+    if not (adapter / "adapter_config.json").is_file():
+        raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
+    model, processor, is_vlm = load_model(cfg.model, adapter=str(adapter))
+    scorer = Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size)
+    return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress)
+
+
+def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
+                method: str, log: Callable[[str], None] | None = None, progress: bool = True) -> np.ndarray:
+    """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer."""
+    from tqdm.auto import tqdm
+
+    from ..data.images import load_image
+    from .prompts import rank_prompt
+
+    if log is not None and cfg.candidate_image and method == "shared_prefix":
+        log("candidate images make every suffix multimodal: scoring batched full prompts instead of a shared prefix")
+    processor = scorer.processor
+    rows = []
+    for case, history, target, negatives in tqdm(list(zip(cases.index, cases["history"], cases["target"],
+                                                         cases["negatives"])), desc="rank", unit="case",
+                                                 disable=not progress):
+        candidates = [int(target), *(int(n) for n in negatives)]
+        prompt = rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
+                             candidates, cfg.history_len, scorer.is_vlm, cfg.history_image, cfg.candidate_image,
+                             load_image)
+        rows.append(score(scorer, prompt, method))
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+

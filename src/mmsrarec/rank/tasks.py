@@ -1,0 +1,188 @@
+"""Multitask SFT examples, built from training interactions only.
+
+A training case is (user, t) on a training sequence s: history s[:t], positive s[t] (t >= 1).
+Tasks (LC-Rec style auxiliary tasks beside the main one):
+  main               history + retrieved keywords + one candidate -> "Yes" / "No"
+                     (the positive, and `neg_per_pos` negatives: training items the user never
+                     interacted with in any split)
+  aux_choice         history -> letter of the next item among `choice_candidates` lettered items
+  aux_title          an item's keywords -> its title (items that occur in training sequences)
+  aux_next_keywords  history -> keywords of the next item
+Nothing from the valid or test splits enters an example: histories, positives, negatives and titles
+all come from train.parquet (the valid/test tables are read only to keep a user's held-out items out
+of its negatives). Every draw comes from a generator seeded by (seed, user, position, purpose), so
+the examples are identical run after run.
+
+The output is a `datasets.Dataset` in TRL's conversational prompt-completion format (`prompt`: the
+user turn, `completion`: the assistant answer), so SFT puts the loss on the answer tokens only; VLM
+examples carry an `images` column of image paths decoded by `datasets.Image`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import RankConfig
+from .prompts import (LETTERS, NO, YES, Catalog, assistant, choice_text, main_messages, main_prefix_text,
+                      next_keywords_text, title_text, user_message)
+
+Context = Callable[[int, int], str]  # (user, t) -> retrieved keywords for training case (user, t)
+TASKS = ("main", "aux_choice", "aux_title", "aux_next_keywords")
+
+
+def training_positions(train: pd.DataFrame, per_user: int, seed: int) -> list[tuple[int, int, np.ndarray]]:
+    """(user, t, sequence) for the sampled training cases: at most `per_user` per user (0 = all)."""
+    out = []
+    for user, seq in zip(train["user"].to_numpy(np.int64), train["items"]):
+        s = np.asarray(seq, dtype=np.int64)
+        ts = np.arange(1, len(s))
+        if per_user and len(ts) > per_user:
+            ts = np.sort(np.random.default_rng([seed, int(user), 0]).choice(ts, per_user, replace=False))
+        out.extend((int(user), int(t), s) for t in ts)
+    return out
+
+
+def interacted_items(data: dict[str, pd.DataFrame]) -> dict[int, set[int]]:
+    """user -> every item it interacted with, in any split (kept out of its negatives)."""
+    seen: dict[int, set[int]] = {}
+    for user, seq in zip(data["train"]["user"], data["train"]["items"]):
+        seen.setdefault(int(user), set()).update(int(i) for i in seq)
+    for split in ("valid", "test"):
+        frame = data.get(split)
+        if frame is None:
+            continue
+        for user, hist, target in zip(frame["user"], frame["history"], frame["target"]):
+            seen.setdefault(int(user), set()).update([*(int(i) for i in hist), int(target)])
+    return seen
+
+
+def sample_negatives(pool: np.ndarray, exclude: set[int], n: int, rng: np.random.Generator) -> list[int]:
+    """n distinct items of `pool` (sorted, unique) not in `exclude` (fewer if the pool runs out)."""
+    excluded_in_pool = int(np.isin(np.fromiter(exclude, dtype=np.int64, count=len(exclude)), pool).sum())
+    n = min(n, len(pool) - excluded_in_pool)
+    picked: list[int] = []
+    while len(picked) < n:
+        for item in pool[rng.integers(0, len(pool), size=2 * n + 4)].tolist():
+            if item not in exclude and item not in picked:
+                picked.append(item)
+                if len(picked) == n:
+                    break
+    return picked
+
+
+def task_counts(cfg: RankConfig, n_positions: int, n_items: int) -> dict[str, int]:
+    """Examples per task: the configured shares of max_examples (or, uncapped, of what the main task
+    makes from every sampled position), limited by the cases available."""
+    shares = cfg.tasks.shares()
+    group = 1 + cfg.neg_per_pos
+    if cfg.max_examples:
+        counts = {task: int(round(share * cfg.max_examples)) for task, share in shares.items()}
+    else:
+        n_main = n_positions * group
+        counts = {task: int(round(n_main * share / shares["main"])) for task, share in shares.items()}
+    counts["main"] = min(n_positions, max(1, counts["main"] // group)) * group
+    for task in ("aux_choice", "aux_next_keywords"):
+        counts[task] = min(counts[task], n_positions)
+    counts["aux_title"] = min(counts["aux_title"], n_items)
+    return counts
+
+
+def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankConfig, seed: int,
+                   context: Context | None = None, is_vlm: bool = False):
+    """The SFT dataset (see the module docstring); deterministic given `seed`."""
+    context = context or (lambda user, t: "")
+    positions = training_positions(data["train"], cfg.examples_per_user, seed)
+    if not positions:
+        raise ValueError("no training sequence has two items: there is nothing to build SFT examples from")
+    pool = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in data["train"]["items"]]))
+    pool = pool[pool > 0]
+    seen = interacted_items(data)
+    counts = task_counts(cfg, len(positions), len(pool))
+    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed)
+    rows: list[dict] = []
+    order = {task: np.random.default_rng([seed, i, 99]).permutation(len(positions)) for i, task in enumerate(TASKS)}
+    for k in order["main"][:counts["main"] // (1 + cfg.neg_per_pos)]:
+        rows.extend(builder.main(*positions[k]))
+    for k in order["aux_choice"][:counts["aux_choice"]]:
+        rows.append(builder.choice(*positions[k]))
+    for k in order["aux_next_keywords"][:counts["aux_next_keywords"]]:
+        rows.append(builder.next_keywords(*positions[k]))
+    described = np.array([i for i in pool if catalog.descriptions.get(int(i))], dtype=np.int64)
+    for item in np.random.default_rng([seed, 98]).permutation(described)[:counts["aux_title"]]:
+        rows.append(builder.title(int(item)))
+    rows = [rows[i] for i in np.random.default_rng([seed, 97]).permutation(len(rows))]
+    return to_dataset(rows, is_vlm)
+
+
+class _Builder:
+    def __init__(self, catalog: Catalog, cfg: RankConfig, context: Context, is_vlm: bool,
+                 seen: dict[int, set[int]], pool: np.ndarray, seed: int):
+        self.catalog, self.cfg, self.context, self.is_vlm = catalog, cfg, context, is_vlm
+        self.seen, self.pool, self.seed = seen, pool, seed
+
+    def _context(self, user: int, t: int) -> str:
+        return self.context(user, t) if self.cfg.use_retrieval else ""
+
+    def _image(self, item: int) -> str:
+        return self.catalog.images.get(item, "") if self.is_vlm else ""
+
+    def _row(self, task: str, user: int, t: int, item: int, prompt: list[dict], answer: str,
+             images: list[str] = ()) -> dict:
+        row = {"task": task, "user": user, "position": t, "item": item, "prompt": prompt,
+               "completion": assistant(answer)}
+        if self.is_vlm:
+            row["images"] = list(images)
+        return row
+
+    def main(self, user: int, t: int, seq: np.ndarray) -> list[dict]:
+        history, positive = seq[:t], int(seq[t])
+        rng = np.random.default_rng([self.seed, user, t, 1])
+        negatives = sample_negatives(self.pool, self.seen.get(user, set()), self.cfg.neg_per_pos, rng)
+        prefix = main_prefix_text(self.catalog, history, self._context(user, t), self.cfg.history_len)
+        history_image = self._image(int(history[-1])) if self.cfg.history_image else ""
+        rows = []
+        for item, answer in [(positive, YES), *((n, NO) for n in negatives)]:
+            candidate_image = self._image(item) if self.cfg.candidate_image else ""
+            messages = main_messages(prefix, self.catalog.line(item), self.is_vlm, bool(history_image),
+                                     bool(candidate_image))
+            images = [p for p in (history_image, candidate_image) if p]
+            rows.append(self._row("main", user, t, item, messages, answer, images))
+        return rows
+
+    def choice(self, user: int, t: int, seq: np.ndarray) -> dict:
+        positive = int(seq[t])
+        rng = np.random.default_rng([self.seed, user, t, 2])
+        options = [positive, *sample_negatives(self.pool, self.seen.get(user, set()),
+                                               self.cfg.choice_candidates - 1, rng)]
+        options = [options[i] for i in rng.permutation(len(options))]
+        text = choice_text(self.catalog, seq[:t], self._context(user, t), options, self.cfg.history_len)
+        return self._row("aux_choice", user, t, positive, [user_message([text], self.is_vlm)],
+                         LETTERS[options.index(positive)])
+
+    def next_keywords(self, user: int, t: int, seq: np.ndarray) -> dict:
+        positive = int(seq[t])
+        text = next_keywords_text(self.catalog, seq[:t], self._context(user, t), self.cfg.history_len)
+        answer = self.catalog.descriptions.get(positive) or self.catalog.titles[positive]
+        return self._row("aux_next_keywords", user, t, positive, [user_message([text], self.is_vlm)], answer)
+
+    def title(self, item: int) -> dict:
+        return self._row("aux_title", -1, -1, item, [user_message([title_text(self.catalog, item)], self.is_vlm)],
+                         self.catalog.titles[item])
+
+
+def to_dataset(rows: list[dict], is_vlm: bool):
+    from datasets import Dataset, Image, List
+
+    dataset = Dataset.from_list(rows)
+    if is_vlm:
+        dataset = dataset.cast_column("images", List(Image()))
+    return dataset
+
+
+def example_counts(dataset) -> dict[str, int]:
+    tasks = pd.Series(dataset["task"]).value_counts()
+    return {task: int(tasks.get(task, 0)) for task in TASKS}
+

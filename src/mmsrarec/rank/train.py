@@ -1,0 +1,106 @@
+"""Multitask SFT of the ranker: TRL SFTTrainer + a PEFT LoRA adapter, loss on the answer tokens only.
+
+Checkpoints go to <out>/checkpoints every `sft.save_steps` optimizer steps; a rerun resumes from the
+last complete one (trainer_state.json is written last). At the end the adapter is saved to
+<out>/adapter and the loss per step to <out>/train_log.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RankConfig
+from .prompts import answer_token_ids, assistant, render, tokenizer_of
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+LOG = "train_log.csv"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint-N under `folder` that was written completely, or None."""
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), default=None)
+
+
+def example_lengths(dataset, processor: Any) -> list[int]:
+    """Text tokens of each example (prompt + answer through the chat template; image tokens not counted)."""
+    tokenizer = tokenizer_of(processor)
+    texts = [render(processor, list(p) + assistant(c[0]["content"]), generation_prompt=False)
+             for p, c in zip(dataset["prompt"], dataset["completion"])]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[[str], None] = print,
+                 callbacks: list | None = None) -> dict:
+    """Fine-tune cfg.model with LoRA on `examples` (tasks.build_examples); returns facts for the manifest.
+    `callbacks`: extra transformers TrainerCallbacks (tests use one to stop a run as a kill would)."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from .score import load_model
+
+    out = Path(out)
+    model, processor, is_vlm = load_model(cfg.model)
+    yes_id, no_id = answer_token_ids(processor, is_vlm)  # fails before training if the template cannot rank
+    lengths = example_lengths(examples, processor)
+    keep = [i for i, n in enumerate(lengths) if n <= cfg.sft.max_seq_len]
+    dropped = len(lengths) - len(keep)
+    if dropped:
+        log(f"dropped {dropped} of {len(lengths)} examples longer than sft.max_seq_len={cfg.sft.max_seq_len} "
+            f"tokens (longest {max(lengths)}); raise it or lower rank.history_len to keep them")
+        examples = examples.select(keep)
+    if not len(examples):
+        raise ValueError(f"no SFT example fits in sft.max_seq_len={cfg.sft.max_seq_len} tokens")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    sft = cfg.sft
+    args = SFTConfig(
+        output_dir=str(out / CHECKPOINTS), seed=seed, data_seed=seed, use_cpu=device.type == "cpu",
+        num_train_epochs=sft.epochs, max_steps=sft.max_steps, learning_rate=sft.lr, warmup_steps=sft.warmup_ratio,
+        per_device_train_batch_size=sft.batch_size, gradient_accumulation_steps=sft.grad_accum,
+        activation_checkpointing=sft.activation_checkpointing, bf16=device.type == "cuda" and str(dtype) == "torch.bfloat16",
+        fp16=False, completion_only_loss=True, max_length=None if is_vlm else sft.max_seq_len,
+        save_strategy="steps", save_steps=sft.save_steps, save_total_limit=2, logging_steps=1, report_to="none",
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.modules(), task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=examples, processing_class=processor, peft_config=lora,
+                         callbacks=callbacks)
+    resume = last_checkpoint(out / CHECKPOINTS)
+    log(f"SFT on {len(examples):,} examples, LoRA r={cfg.lora.r}, {device.type}"
+        + (f"; resuming from {resume.name}" if resume else ""))
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - t0
+    trainer.model.save_pretrained(out / ADAPTER)
+    steps = write_log(trainer.state.log_history, out / LOG)
+    losses = [s["loss"] for s in steps]
+    return {"examples": len(examples), "examples_dropped_too_long": dropped, "steps": trainer.state.global_step,
+            "resumed_from": resume.name if resume else None, "train_time_s": round(wall, 2),
+            "train_loss": round(float(result.training_loss), 5), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "yes_token_id": yes_id, "no_token_id": no_id}
+
+
+def write_log(history: list[dict], path: Path) -> list[dict]:
+    """The per-step training log (step, epoch, loss, learning rate, grad norm) as CSV."""
+    from ..artifacts import write_text
+
+    fields = ["step", "epoch", "loss", "learning_rate", "grad_norm"]
+    rows = [{k: entry.get(k) for k in fields} for entry in history if "loss" in entry]
+    lines = [",".join(fields)] + [",".join("" if r[k] is None else str(r[k]) for k in fields) for r in rows]
+    write_text(path, "\n".join(lines) + "\n")
+    return rows
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(fh)]
