@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..configtools import InvalidValue, field
-from .train import NeuralModel, left_pad, next_item_loss
+from .train import NextItemModel
 
 
 @dataclass
@@ -55,19 +54,9 @@ class GRU4RecNet(nn.Module):
         return self.project(states)
 
 
-class GRU4Rec(NeuralModel):
+class GRU4Rec(NextItemModel):
     name = "gru4rec"
     Params = GRU4RecParams
 
     def build(self) -> nn.Module:
         return GRU4RecNet(self.n_items, self.params)
-
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        return next_item_loss(self, self.net(windows[:, :-1]), windows)
-
-    def encode(self, histories: list[np.ndarray]) -> torch.Tensor:
-        items = left_pad(histories, self.train_cfg.max_len).to(self.device)
-        return self.net(items)[:, -1]
-
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return states @ self.net.items.weight[1:].T

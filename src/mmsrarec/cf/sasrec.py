@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..configtools import InvalidValue, field
-from .train import NeuralModel, left_pad, next_item_loss
+from .train import NextItemModel
 
 
 @dataclass
@@ -73,19 +72,9 @@ class TransformerNet(nn.Module):
         return self.encoder(x, mask=attention_mask(items, self.n_heads, self.causal))
 
 
-class SASRec(NeuralModel):
+class SASRec(NextItemModel):
     name = "sasrec"
     Params = SASRecParams
 
     def build(self) -> nn.Module:
         return TransformerNet(self.n_items + 1, self.train_cfg.max_len, self.params, causal=True)
-
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        return next_item_loss(self, self.net(windows[:, :-1]), windows)
-
-    def encode(self, histories: list[np.ndarray]) -> torch.Tensor:
-        items = left_pad(histories, self.train_cfg.max_len).to(self.device)
-        return self.net(items)[:, -1]
-
-    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
-        return states @ self.net.items.weight[1:].T

@@ -98,6 +98,21 @@ def next_item_loss(model: NeuralModel, hidden: torch.Tensor, windows: torch.Tens
     return nn.functional.cross_entropy(model.item_logits(hidden[real]), windows[:, 1:][real] - 1)
 
 
+class NextItemModel(NeuralModel):
+    """A left-to-right model whose `net` maps items [B, L] to states [B, L, d] and has an item
+    embedding table `net.items`: SASRec and GRU4Rec differ only in `build`."""
+
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
+        return next_item_loss(self, self.net(windows[:, :-1]), windows)
+
+    def encode(self, histories: list[np.ndarray]) -> torch.Tensor:
+        items = left_pad(histories, self.train_cfg.max_len).to(self.device)
+        return self.net(items)[:, -1]
+
+    def item_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return states @ self.net.items.weight[1:].T
+
+
 def _train_epoch(model: NeuralModel, windows: torch.Tensor, opt: torch.optim.Optimizer,
                  rng: np.random.Generator) -> float:
     model.net.train()
