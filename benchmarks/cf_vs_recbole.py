@@ -61,6 +61,8 @@ def mean_sd(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "—"
+    if all(isinstance(v, int) for v in values) and len(values) == 1:
+        return str(values[0])
     if len(values) == 1:
         return f"{values[0]:.4f}" if values[0] < 10 else f"{values[0]:.0f}"
     m, s = statistics.mean(values), statistics.stdev(values)
