@@ -137,14 +137,13 @@ def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, key, where)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise fail(" or ".join(_describe(a) for a in args))
     if origin is Literal:
         if value in get_args(tp):

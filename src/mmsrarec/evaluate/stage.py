@@ -41,8 +41,7 @@ def run(ctx) -> None:
                 t0 = time.perf_counter()
                 if protocol == "sampled":
                     per, scores = evaluate_sampled(model.score, c, names, ev.batch_size)
-                    write_parquet(ctx.out / "scores" / f"{method}_{split}.parquet", pd.DataFrame({
-                        "user": c.users, "candidates": c.candidates().tolist(), "scores": scores.tolist()}))
+                    write_scores(ctx.out, method, split, c, scores)
                 else:
                     per = evaluate_full(model.full_scores, c, n_items, names, ev.batch_size,
                                         exclude_history=ev.full_exclude_history)
@@ -57,6 +56,12 @@ def run(ctx) -> None:
     write_leaderboard(board, ctx.out, title=f"{cfg.name}: {data['stats']['users']} users, "
                       f"{n_items} items, split={cfg.data.split}", stats=data["stats"])
     ctx.summary["rows"] = len(rows)
+
+
+def write_scores(out, method: str, split: str, cases: Cases, scores: np.ndarray) -> None:
+    """Per-case scores of the stored candidate lists (target first), so any metric can be traced."""
+    write_parquet(out / "scores" / f"{method}_{split}.parquet", pd.DataFrame({
+        "user": cases.users, "candidates": cases.candidates().tolist(), "scores": scores.tolist()}))
 
 
 def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
@@ -76,8 +81,7 @@ def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
         t0 = time.perf_counter()
         scores = score_cases(ctx, split, log=ctx.log)
         seconds = time.perf_counter() - t0
-        write_parquet(ctx.out / "scores" / f"{cfg.rank.name}_{split}.parquet", pd.DataFrame({
-            "user": c.users, "candidates": c.candidates().tolist(), "scores": scores.tolist()}))
+        write_scores(ctx.out, cfg.rank.name, split, c, scores)
         row[f"{split}_cases"] = len(c)
         row[f"{split}_eval_time_s"] = round(seconds, 3)
         row[f"{split}_s_per_user"] = round(seconds / max(len(c), 1), 4)
