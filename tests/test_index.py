@@ -246,6 +246,41 @@ def test_approximate_indexes_reach_high_recall(factory, nprobe):
     assert recall >= 0.9, recall
 
 
+def test_mmap_storage_gives_the_in_memory_results_and_still_checks_the_file(built, tmp_path):
+    cfg = built["cfg"].index
+    queries = normalise(_clustered(50, 16, 5, seed=4), "ip")  # the built index has d = 16 (hidden_size)
+    in_memory = load_index(built["index"], cfg, built["model_file"]).vectors.search(queries, 5)
+    mapped = load_index(built["index"], dataclasses.replace(cfg, storage="mmap"), built["model_file"])
+    np.testing.assert_array_equal(mapped.vectors.search(queries, 5)[1], in_memory[1])
+    folder = tmp_path / "bad"
+    shutil.copytree(built["index"], folder)
+    data = bytearray((folder / "index.faiss").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "index.faiss").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="index.faiss is corrupted"):
+        load_index(folder, dataclasses.replace(cfg, storage="mmap"), built["model_file"])
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8", "HNSW32", "IVF16,Flat"])
+def test_large_index_path_chunked_add_sampled_training_mmap(factory, tmp_path, monkeypatch):
+    """Adding in chunks gives the index one add would (IVF) or an equally good one (HNSW); training on a
+    sample works; a file written by save() and memory-mapped answers as the index in memory."""
+    from mmsrarec.index import backends
+
+    data = normalise(_clustered(3100, 16, 20, seed=5), "ip")
+    vectors, queries = data[:3000], data[3000:]
+    whole = build_index(vectors, factory, "ip", "faiss", nprobe=4, train_size=1000)
+    monkeypatch.setattr(backends, "ADD_CHUNK", 700)
+    chunked = build_index(vectors, factory, "ip", "faiss", nprobe=4, train_size=1000)
+    assert chunked.ntotal == 3000
+    if factory.startswith("IVF"):
+        np.testing.assert_array_equal(chunked.search(queries, 10)[1], whole.search(queries, 10)[1])
+    chunked.save(tmp_path / "index.faiss")
+    mapped = backends.open_index_file(tmp_path / "index.faiss", "faiss", "ip", nprobe=4)
+    np.testing.assert_array_equal(mapped.search(queries, 10)[1], chunked.search(queries, 10)[1])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_training_windows_are_the_last_n_items_and_the_next_one():
     train = pd.DataFrame({"user": [7, 8, 9], "items": [[1, 2, 3, 4], [5], [6, 7]]})
     w = training_windows(train, n=2)

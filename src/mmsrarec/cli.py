@@ -27,8 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, stage in STAGES.items():
         _common(sub.add_parser(name, help=stage.help, description=stage.help))
-    run = sub.add_parser("run", help="run every stage the config's evaluate section needs, in order")
+    run = sub.add_parser("run", help="run every stage the config's evaluate section needs, in order; with an "
+                                      "experiment section, once per seed and variant, then merge the leaderboards")
     _common(run)
+    for name in ("evaluate", "run"):
+        sub.choices[name].add_argument(
+            "--scores", action="append", default=[], metavar="[NAME=]FILE",
+            help="an outside model's score file (CSV/parquet: user, item, score[, split]) to add as a leaderboard row; "
+                 "appends to evaluate.score_files (repeatable)")
+    export = sub.add_parser("export-candidates", help="write the stored candidate lists and the training "
+                                                      "interactions, for scoring a model outside mmsrarec")
+    export.add_argument("--config", "-c", help="YAML config file (keys not given keep their defaults)")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+    export.add_argument("--out", help="output folder (default: <runs_dir>/<name>/export)")
     keys = sub.add_parser("keys", help="list every config key with its default and help")
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. data.")
     check = sub.add_parser("check-config", help="load and validate a config, print it, do nothing else")
@@ -57,6 +69,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             if key.startswith(args.prefix):
                 print(f"{key:40s} {default:28s} {text}")
         return 0
+    if getattr(args, "scores", None):  # --scores appends to evaluate.score_files, as an override so it travels
+        from .evaluate.outside import scores_override
+        args.overrides.append(scores_override(load_config(args.config, args.overrides), args.scores))
     cfg = load_config(args.config, args.overrides)
     if args.command == "check-config":
         import yaml
@@ -68,6 +83,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .pipeline import Runner
 
+    if args.command == "export-candidates":
+        from .evaluate.export import export_candidates
+        print(export_candidates(cfg, args.out))
+        return 0
+    if args.command == "run" and (cfg.experiment.seeds or cfg.experiment.variants):
+        from .experiment import run_experiment
+
+        run_experiment(cfg, args.config, args.overrides, force=args.force)
+        return 0
     runner = Runner(cfg)
     target = "evaluate" if args.command == "run" else args.command
     runner.run(target, force=args.force)

@@ -14,8 +14,40 @@ from .configtools import InvalidValue, field, load
 from .data.config import DataConfig
 from .evaluate.config import EvaluateConfig
 from .index.config import IndexConfig
+from .mllmmsr.config import MllmMsrConfig
 from .rank.config import RankConfig
 from .summarize.config import SummarizeConfig, SummarizerTrainConfig
+
+
+@dataclass
+class Variant:
+    name: str = field("", help="the variant's method name on the leaderboard, e.g. mmsrarec-no-retrieval")
+    set: list[str] = field(default_factory=list, help="its overrides, as --set takes them, e.g. "
+                                                      "['rank.use_retrieval=false']")
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise InvalidValue("name", f"must be a plain name, got {self.name!r}")
+        for item in self.set:
+            if "=" not in item:
+                raise InvalidValue("set", f"{item!r} is not KEY=VALUE")
+
+
+@dataclass
+class ExperimentConfig:
+    """`mmsrarec run` repeats the run per seed and per variant (ablation) and merges the leaderboards.
+    data.seed stays pinned, so every seed and variant ranks the same candidate lists; stages whose
+    config and inputs are identical are computed once and shared."""
+
+    seeds: list[int] = field(default_factory=list, help="run seeds to average over (empty = only `seed`)")
+    variants: list[Variant] = field(default_factory=list, help="extra rankers: each is the run with its overrides")
+
+    def validate(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InvalidValue("seeds", f"has duplicates: {self.seeds}")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise InvalidValue("variants", f"names must be unique, got {names}")
 
 
 @dataclass
@@ -30,18 +62,30 @@ class RunConfig:
     train_summarizer: SummarizerTrainConfig = field(default_factory=SummarizerTrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     rank: RankConfig = field(default_factory=RankConfig)
+    mllm_msr: MllmMsrConfig = field(default_factory=MllmMsrConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split and the candidate lists: data.seed, or the run's seed when that is -1."""
+        return self.data.seed if self.data.seed >= 0 else self.seed
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise InvalidValue("name", f"must be a plain folder name, got {self.name!r}")
         if self.threads < 0:
             raise InvalidValue("threads", f"must be >= 0, got {self.threads}")
-        missing = [m for m in self.evaluate.methods if m not in self.cf.models and m != self.rank.name]
+        if "rerank" in self.evaluate.protocols and self.evaluate.rerank_cf not in self.cf.models:
+            raise InvalidValue("evaluate.rerank_cf", f"is {self.evaluate.rerank_cf!r}, which cf.models does not train "
+                               f"(cf.models = {self.cf.models})")
+        llms = (self.rank.name, self.mllm_msr.name)
+        missing = [m for m in self.evaluate.methods if m not in self.cf.models and m not in llms]
         if missing:
             raise InvalidValue("evaluate.methods", f"names {missing}, which neither cf.models trains "
                                f"(cf.models = {self.cf.models}) nor is the LLM ranker (rank.name = "
-                               f"{self.rank.name!r}); add them there or remove them here")
+                               f"{self.rank.name!r}) or MLLM-MSR (mllm_msr.name = {self.mllm_msr.name!r}); "
+                               "add them there or remove them here")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import ConfigError
@@ -9,6 +11,8 @@ from .errors import ConfigError
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda if available, else mps, else cpu; an unavailable accelerator is an error."""
+    if name in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under accelerate launch
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

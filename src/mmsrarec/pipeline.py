@@ -10,6 +10,7 @@ are unchanged is skipped; `force` redoes it.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import shutil
 import sys
@@ -23,9 +24,13 @@ from typing import Any, Callable
 from . import __version__
 from .artifacts import hash_tree, read_json, sha256_json, write_json
 from .config import RunConfig
+from . import distributed
 from .configtools import to_dict
 from .errors import ArtifactError, ConfigError, MmsrarecError
+from .evaluate.outside import check_score_files, score_file_digests
+from .mllmmsr import config as msr
 from .rank.config import ranker_needs
+from .summarize.vllm_backend import check_grpo_vllm, check_summarize_backend
 
 PACKAGES = ("torch", "numpy", "pandas", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
             "datasets", "accelerate")
@@ -39,6 +44,7 @@ class Stage:
     section: Callable[[RunConfig], Any]  # the part of the config this stage's output depends on
     help: str = ""
     check: Callable[[RunConfig], None] | None = None  # cross-section checks, run before any stage of a plan
+    distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
 
 
 def _check_index(cfg: RunConfig) -> None:
@@ -52,12 +58,13 @@ def _ranks(cfg: RunConfig) -> bool:
 
 
 def _evaluate_needs(cfg: RunConfig) -> list[str]:
-    return ["prepare", "train-cf", *(["train-ranker"] if _ranks(cfg) else [])]
+    return ["prepare", "train-cf", *(["train-ranker"] if _ranks(cfg) else []),
+            *(["train-mllmmsr"] if msr.evaluated(cfg) else [])]
 
 
 def _stages() -> dict[str, Stage]:
     return {s.name: s for s in [
-        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], lambda c: {"data": c.data, "seed": c.seed},
+        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], lambda c: {"data": c.data, "seed": c.data_seed},
               "read the dataset, filter, remap IDs, split, draw candidate lists"),
         Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
               lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
@@ -65,17 +72,29 @@ def _stages() -> dict[str, Stage]:
               lambda c: {"index": c.index, "seed": c.seed},
               "build the FAISS index over training users and retrieve neighbours for every case", _check_index),
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
-              lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy"),
+              lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
+              check_summarize_backend, distributed=True),
         Stage("train-summarizer", "mmsrarec.summarize.train_stage:run", lambda c: ["prepare"],
               lambda c: {"train_summarizer": c.train_summarizer, "summarize": c.summarize, "seed": c.seed},
-              "tune the keyword policy with GRPO"),
+              "tune the keyword policy with GRPO", check_grpo_vllm, distributed=True),
         Stage("summarize-tuned", "mmsrarec.summarize.stage:run_tuned", lambda c: ["prepare", "train-summarizer"],
-              lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy"),
+              lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy",
+              check_summarize_backend, distributed=True),
         Stage("train-ranker", "mmsrarec.rank.stage:run", lambda c: ranker_needs(c),
-              lambda c: {"rank": c.rank, "seed": c.seed}, "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)"),
+              lambda c: {"rank": c.rank, "seed": c.seed}, "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)",
+              distributed=True),
+        Stage("describe-items", "mmsrarec.mllmmsr.stage:describe_items", lambda c: ["prepare"], msr.describe_section,
+              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph"),
+        Stage("summarize-users", "mmsrarec.mllmmsr.stage:summarize_users", lambda c: ["prepare", "describe-items"],
+              msr.users_section, "MLLM-MSR: recurrent user-preference summaries, one LLM call per block of 3 items"),
+        Stage("train-mllmmsr", "mmsrarec.mllmmsr.stage:train", lambda c: ["prepare", "describe-items",
+              "summarize-users"], msr.train_section, "MLLM-MSR: LoRA SFT of the Yes/No recommender on user summaries",
+              msr.check_names),
         Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs,
-              lambda c: {"evaluate": c.evaluate, **({"rank_scoring": c.rank.scoring} if _ranks(c) else {})},
-              "score every method on both protocols, write the leaderboard"),
+              lambda c: {"evaluate": c.evaluate, **({"rank_scoring": c.rank.scoring} if _ranks(c) else {}),
+                         **({"mllm_msr_scoring": c.mllm_msr.scoring} if msr.evaluated(c) else {}),
+                         **score_file_digests(c)},  # an outside score file's content is an input too
+              "score every method on both protocols, write the leaderboard", check_score_files),
     ]}
 
 
@@ -136,14 +155,20 @@ class StageContext:
         return path
 
     def log(self, msg: str) -> None:
-        print(f"[{self.stage}] {msg}", file=sys.stderr, flush=True)
+        where = f" rank {distributed.rank()}" if distributed.launched() else ""
+        print(f"[{self.stage}{where}] {msg}", file=sys.stderr, flush=True)
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, stages: dict[str, Stage] | None = None):
+    """Runs stages into runs/<name>/. `reuse`: other run folders whose finished stages may stand in for
+    this run's when their key (config section + inputs) is identical; they are linked, not copied, so
+    ablations and seeds share the summaries, GRPO policy and index they have in common."""
+
+    def __init__(self, cfg: RunConfig, stages: dict[str, Stage] | None = None, reuse: list[Path] = ()):
         self.cfg = cfg
         self.stages = stages or STAGES
         self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.reuse = [Path(p) for p in reuse]
         self._done: dict[str, dict] = {}
 
     def plan(self, target: str) -> list[str]:
@@ -169,8 +194,32 @@ class Runner:
     def run(self, target: str, force: bool = False) -> dict:
         """Run `target` and the stages it needs; `force` redoes the target even if it is up to date."""
         manifest: dict = {}
+        ensure = self._ensure_launched if distributed.join() else self.ensure
         for name in self.plan(target):
-            manifest = self.ensure(name, force=force and name == target)
+            manifest = ensure(name, force=force and name == target)
+        return manifest
+
+    def _ensure_launched(self, name: str, force: bool = False) -> dict:
+        """`ensure` under `accelerate launch`: the main process decides, runs and writes the manifest as
+        `ensure` does alone; the others wait, except that they join a distributed stage that must run
+        (in the same <stage>.partial folder, told by the main process), then read its manifest."""
+        stage = self.stages[name]
+        if distributed.is_main():
+            self._joined = False
+            manifest = self.ensure(name, force)
+            if stage.distributed and not self._joined:
+                distributed.broadcast(("skip", ""))  # up to date: nothing to join
+        elif stage.distributed:
+            what, partial = distributed.broadcast(None)
+            if what == "run":
+                ctx = StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=Path(partial))
+                module, func = stage.entry.split(":")
+                getattr(importlib.import_module(module), func)(ctx)
+                distributed.barrier()
+        distributed.barrier()
+        if not distributed.is_main():
+            manifest = read_json(self.run_dir / name / "manifest.json")
+            self._done[name] = manifest
         return manifest
 
     def key(self, name: str) -> tuple[str, dict]:
@@ -193,7 +242,29 @@ class Runner:
                     return manifest
                 print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
                       file=sys.stderr)
+        if not force:
+            shared = self._link_shared(name, key)
+            if shared is not None:
+                return shared
         return self._execute(name, key, inputs, force)
+
+    def _link_shared(self, name: str, key: str) -> dict | None:
+        """Link `name` to an identical finished stage of a run in self.reuse (same key, outputs intact)."""
+        final = self.run_dir / name
+        for other in self.reuse:
+            source = other / name
+            if source.resolve() == final.resolve() or not (source / "manifest.json").is_file():
+                continue
+            manifest = read_json(source / "manifest.json")
+            if manifest.get("key") != key or self._changed_outputs(source, manifest):
+                continue
+            _remove(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            final.symlink_to(os.path.relpath(source.resolve(), final.parent.resolve()), target_is_directory=True)
+            print(f"[{name}] identical to {source}, linked", file=sys.stderr)
+            self._done[name] = manifest
+            return manifest
+        return None
 
     @staticmethod
     def _changed_outputs(folder: Path, manifest: dict) -> list[str]:
@@ -217,7 +288,12 @@ class Runner:
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         with PeakMemory() as mem:
+            if stage.distributed and distributed.launched():  # the main process; the others join here
+                distributed.broadcast(("run", str(partial)))
+                self._joined = True
             getattr(importlib.import_module(module), func)(ctx)
+            if stage.distributed:
+                distributed.barrier()
         wall = time.perf_counter() - t0
         marker.unlink()
         outputs = hash_tree(partial)
@@ -228,12 +304,19 @@ class Runner:
             "started_at": started.isoformat(timespec="seconds"), "summary": ctx.summary,
         }
         write_json(partial / "manifest.json", manifest)
-        if final.exists():
-            trash = self.run_dir / f".{name}.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            final.rename(trash)
-            shutil.rmtree(trash)
+        _remove(final)
         partial.rename(final)
         ctx.log(f"done in {wall:.1f} s, peak memory {mem.peak_mb:.0f} MB")
         self._done[name] = manifest
         return manifest
+
+
+def _remove(path: Path) -> None:
+    """Remove a finished stage folder, or only the link if it is shared from another run."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        trash = path.parent / f".{path.name}.old"
+        shutil.rmtree(trash, ignore_errors=True)
+        path.rename(trash)
+        shutil.rmtree(trash)

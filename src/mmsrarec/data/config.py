@@ -48,6 +48,8 @@ class DataConfig:
     num_negatives: int = field(20, help="sampled protocol: negatives per case")
     negative_sampling: Literal["uniform", "popularity"] = field("uniform", help="how negatives are drawn")
     max_cases: int = field(0, help="keep at most this many valid and test cases each (0 = all); seeded subsample")
+    seed: int = field(-1, help="seed of the split, the negatives and the case subsample (-1 = the run's seed); "
+                               "pin it to keep the candidate lists fixed while the run seed varies")
     images: ImagesConfig = field(default_factory=ImagesConfig)
 
     def validate(self) -> None:
@@ -55,6 +57,8 @@ class DataConfig:
 
         if self.source not in SOURCES:
             raise InvalidValue("source", f"must be one of {', '.join(sorted(SOURCES))}, got {self.source!r}")
+        if self.seed < -1:
+            raise InvalidValue("seed", f"must be -1 (the run's seed) or >= 0, got {self.seed}")
         for key in ("user_k", "item_k", "num_negatives", "max_cases"):
             if getattr(self, key) < 0:
                 raise InvalidValue(key, f"must be >= 0, got {getattr(self, key)}")

@@ -21,7 +21,7 @@ from .types import Skips
 
 
 def run(ctx) -> None:
-    cfg, seed = ctx.cfg.data, ctx.cfg.seed
+    cfg, seed = ctx.cfg.data, ctx.cfg.data_seed
     skips = Skips(cfg.on_bad_record)
     ctx.log(f"reading source {cfg.source!r}" + (f" from {cfg.path}" if cfg.path else " (embedded)"))
     raw = get_source(cfg.source)(cfg, skips)

@@ -12,19 +12,37 @@ from ..configtools import InvalidValue, field
 class EvaluateConfig:
     methods: list[str] = field(default_factory=lambda: ["pop", "itemknn", "gru4rec", "sasrec"],
                                help="methods on the leaderboard (trained CF models; later stages add more)")
-    protocols: list[Literal["sampled", "full"]] = field(
+    protocols: list[Literal["sampled", "full", "rerank"]] = field(
         default_factory=lambda: ["sampled", "full"],
-        help="sampled: the stored 1+N candidate lists; full: rank all items except the case's history")
+        help="sampled: the stored 1+N candidate lists; full: rank all items except the case's history (CF models); "
+             "rerank: LLM rankers rerank the top rerank_top items of the CF model rerank_cf (leave-one-out, test)")
+    rerank_cf: str = field("sasrec", help="rerank protocol: the CF model (in cf.models) whose top items the LLM reranks")
+    rerank_top: int = field(50, help="rerank protocol: items retrieved by rerank_cf per case")
     full_exclude_history: bool = field(
         True, help="full protocol: drop the case's history items from the ranking (false = keep them, as RecBole "
                    "1.2.1 does for sequential models)")
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20], help="cut-offs for HR/NDCG/MRR")
     batch_size: int = field(256, help="cases scored per batch")
+    report_users: int = field(5, help="report.html: test cases shown with history, keywords, retrieved context and "
+                                      "every method's ranking (drawn with seed; 0 = leaderboard only)")
+    score_files: list[str] = field(
+        default_factory=list,
+        help="outside models' score files (CSV or parquet: user, item, score[, split]) of the stored candidate lists "
+             "(see `mmsrarec export-candidates`); one sampled row each, named by the file stem or 'name=path'; "
+             "`mmsrarec evaluate --scores` appends here")
 
     def validate(self) -> None:
         if not self.protocols:
             raise InvalidValue("protocols", "must name at least one protocol")
         if any(k < 1 for k in self.ks):
             raise InvalidValue("ks", f"must be positive, got {self.ks}")
+        if self.rerank_top < 2:
+            raise InvalidValue("rerank_top", f"must be >= 2, got {self.rerank_top}")
         if self.batch_size < 1:
             raise InvalidValue("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.report_users < 0:
+            raise InvalidValue("report_users", f"must be >= 0, got {self.report_users}")
+        from .outside import parse_entries  # names, formats and clashes of the outside score files
+        parse_entries(self.score_files, taken=self.methods)
+        if self.score_files and "sampled" not in self.protocols:
+            raise InvalidValue("score_files", "are scored on the stored candidate lists: add 'sampled' to protocols")

@@ -9,14 +9,17 @@ import pandas as pd
 from ..artifacts import atomic_write_bytes, write_json, write_text
 
 KEY_METRICS = {"sampled": ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "auc"],
-               "full": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"]}
+               "full": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"],
+               "rerank": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"]}
 
 
 def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> str:
     lines = [f"# Leaderboard — {title}", ""]
     lines += [
         "Ties are scored as the expected value under a random tie-break (see mmsrarec.evaluate.metrics).",
-        "`sampled`: the stored 1 + N candidate lists; `full`: all items except the case's history.",
+        "`sampled`: the stored 1 + N candidate lists; `full`: all items except the case's history;",
+        "`rerank`: an LLM ranker reorders a CF model's top items from the full ranking (a target outside them is a "
+        "miss).",
         "Model selection (early stopping) used the valid split only.", ""]
     for protocol, part in board.groupby("protocol", sort=False):
         metrics = [m for m in KEY_METRICS.get(protocol, []) if f"test_{m}" in part]
@@ -29,7 +32,8 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
         ranked = part.sort_values(f"test_{metrics[min(3, len(metrics) - 1)]}", ascending=False)
         for _, r in ranked.iterrows():
             cells = [str(r["method"])] + [f"{r[f'test_{m}']:.4f}" for m in metrics]
-            cells.append(f"{r['valid_' + metrics[min(3, len(metrics) - 1)]]:.4f}")
+            valid = r.get("valid_" + metrics[min(3, len(metrics) - 1)])
+            cells.append("" if valid is None or pd.isna(valid) else f"{valid:.4f}")
             cells.append("" if pd.isna(r.get("train_time_s")) else f"{r['train_time_s']:.1f}")
             cells.append("" if pd.isna(r.get("peak_rss_mb")) else f"{r['peak_rss_mb']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")

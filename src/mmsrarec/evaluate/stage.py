@@ -18,6 +18,7 @@ from ..cf.stage import load_trained
 from ..data.prepare import load_prepared
 from .leaderboard import write_leaderboard
 from .metrics import metric_names
+from .outside import outside_rows
 from .protocols import evaluate_full, evaluate_sampled, sampled_metrics, summarize
 
 
@@ -27,13 +28,21 @@ def run(ctx) -> None:
     n_items = len(data["items"])
     cases = {split: Cases.from_frame(data[split]) for split in ("valid", "test")}
     cf_dir = ctx.input("train-cf")
-    rows = []
+    rows = outside_rows(ctx, data, cases)  # evaluate.score_files: checked before any model is scored
     for method in ev.methods:
         if method == cfg.rank.name:
-            rows.append(ranker_row(ctx, data, cases))
+            if "sampled" in ev.protocols:
+                rows.append(ranker_row(ctx, data, cases))
+            if "rerank" in ev.protocols:
+                rows.append(rerank_row(ctx, data, cf_dir))
+            continue
+        if method == cfg.mllm_msr.name:  # sampled protocol only: its summaries exist for the stored cases
+            from ..mllmmsr.stage import leaderboard_row
+            if "sampled" in ev.protocols:
+                rows.append(leaderboard_row(ctx, data, cases))
             continue
         model, info = load_trained(cf_dir, method, cfg, n_items)
-        for protocol in ev.protocols:
+        for protocol in (p for p in ev.protocols if p != "rerank"):  # rerank is for LLM rankers
             row = {"method": method, "protocol": protocol, "train_time_s": info.get("train_time_s"),
                    "peak_rss_mb": info.get("peak_rss_mb"), "epochs": info.get("epochs_run")}
             names = metric_names(ev.ks, protocol)
@@ -56,6 +65,8 @@ def run(ctx) -> None:
     write_leaderboard(board, ctx.out, title=f"{cfg.name}: {data['stats']['users']} users, "
                       f"{n_items} items, split={cfg.data.split}", stats=data["stats"])
     ctx.summary["rows"] = len(rows)
+    from .report import write_report  # after the leaderboard and scores, which the report reads
+    write_report(ctx, ctx.out / "report.html")
 
 
 def write_scores(out, method: str, split: str, cases: Cases, scores: np.ndarray) -> None:
@@ -88,4 +99,30 @@ def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
         row.update({f"{split}_{k}": v for k, v in summarize(sampled_metrics(scores, names)).items()})
     ctx.log(f"{cfg.rank.name:10s} sampled  test " + "  ".join(
         f"{k}={row['test_' + k]:.4f}" for k in ("hr@5", "ndcg@5", "auc")))
+    return row
+
+
+def rerank_row(ctx, data: dict, cf_dir) -> dict:
+    """The LLM ranker on leave-one-out test cases: it reranks the top evaluate.rerank_top items of
+    evaluate.rerank_cf (see rerank.py); valid is not scored (nothing is selected on it here)."""
+    from ..artifacts import read_json
+    from ..rank.stage import score_cases
+    from .rerank import evaluate_rerank
+
+    cfg, ev = ctx.cfg, ctx.cfg.evaluate
+    n_items = len(data["items"])
+    model, _ = load_trained(cf_dir, ev.rerank_cf, cfg, n_items)
+    manifest = read_json(ctx.input("train-ranker") / "manifest.json")
+    t0 = time.perf_counter()
+    per, facts = evaluate_rerank(lambda hits: score_cases(ctx, "test", cases=hits, log=ctx.log), model,
+                                 data["test"], n_items, ev.rerank_top, ev.ks, ev.full_exclude_history)
+    seconds = time.perf_counter() - t0
+    row = {"method": cfg.rank.name, "protocol": "rerank", "train_time_s": manifest.get("wall_time_s"),
+           "peak_rss_mb": manifest.get("peak_rss_mb"), "rerank_cf": ev.rerank_cf, "rerank_top": ev.rerank_top,
+           "test_cases": len(data["test"]), "test_eval_time_s": round(seconds, 3),
+           "test_s_per_user": round(seconds / max(len(data["test"]), 1), 4), **facts,
+           **{f"test_{k}": v for k, v in summarize(per).items()}}
+    ctx.log(f"{cfg.rank.name:10s} rerank   test hr@10={row.get('test_hr@10', float('nan')):.4f}  "
+            f"ndcg@10={row.get('test_ndcg@10', float('nan')):.4f}  (CF top-{ev.rerank_top} hit rate "
+            f"{facts['retrieval_hit_rate']:.3f})")
     return row

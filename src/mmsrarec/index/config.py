@@ -29,6 +29,17 @@ class IndexConfig:
     backend: Literal["auto", "faiss", "torch"] = field(
         "auto", help="auto: faiss on GPU where faiss has one, else faiss-cpu, else exact torch; "
                      "torch: exact matmul + topk (ignores factory)")
+    train_size: int = field(1_000_000, help="vectors (a seeded random sample) that IVF / PQ training sees; "
+                                            "k-means subsamples further to 256 per centroid")
+    storage: Literal["memory", "mmap"] = field(
+        "memory", help="how a stored faiss index is opened: memory: read into RAM; mmap: memory-mapped "
+                       "read-only (faiss IO_FLAG_MMAP_IFC), the codes stay in index.faiss and are paged in as "
+                       "searched, for indexes larger than RAM (use an IVF factory, e.g. IVF65536,PQ32: a query "
+                       "then touches nprobe lists, not the whole file)")
+    gpu_mode: Literal["one", "shard", "replicate"] = field(
+        "one", help="faiss on GPUs: one: GPU 0; shard: the vectors split over all visible GPUs (faiss "
+                    "IndexShards), for an index larger than one GPU's memory; replicate: a full copy per GPU, "
+                    "queries split (more queries/s). Not run on GPUs by this project yet")
     max_context_keywords: int = field(20, help="context keywords kept per case, best first")
     batch_size: int = field(4096, help="histories embedded / queries searched per batch")
 
@@ -40,7 +51,8 @@ class IndexConfig:
             raise InvalidValue("cf_model", f"must be one of {', '.join(MODELS)}, got {self.cf_model!r}")
         if model_class(self.cf_model).user_vectors is CFModel.user_vectors:
             raise InvalidValue("cf_model", f"names {self.cf_model!r}, which has no user vectors; use sasrec or gru4rec")
-        for key in ("n", "k", "nprobe", "ef_search", "refine_factor", "max_context_keywords", "batch_size"):
+        for key in ("n", "k", "nprobe", "ef_search", "refine_factor", "train_size", "max_context_keywords",
+                    "batch_size"):
             if getattr(self, key) < 1:
                 raise InvalidValue(key, f"must be >= 1, got {getattr(self, key)}")
         if not self.factory.strip():

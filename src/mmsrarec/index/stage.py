@@ -83,7 +83,7 @@ def _build(ctx, model, windows: Windows, model_file) -> tuple[np.ndarray, UserIn
         ctx.log(f"backend torch searches exactly; index.factory {cfg.factory!r} is not used")
     t1 = time.perf_counter()
     vindex = build_index(vectors, cfg.factory, cfg.metric, backend, cfg.nprobe, cfg.ef_search, cfg.refine_factor,
-                         ctx.cfg.seed)
+                         ctx.cfg.seed, cfg.train_size, cfg.gpu_mode)
     build_s = time.perf_counter() - t1
     manifest = write_index(ctx.out, vindex, windows.frame(), cfg, model_file, extra={
         "dim": int(vectors.shape[1]), "embed_time_s": round(embed_s, 3), "build_time_s": round(build_s, 3)})

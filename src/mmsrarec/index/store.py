@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..artifacts import atomic_write_bytes, read_json, sha256_file, write_json, write_parquet
+from ..artifacts import read_json, sha256_file, write_json, write_parquet
 from ..errors import ArtifactError
-from .backends import VectorIndex, index_from_bytes, resolve_backend
+from .backends import VectorIndex, index_from_bytes, open_index_file, resolve_backend
 from .config import IndexConfig
 from .neighbours import UserIndex
 
@@ -28,7 +28,8 @@ MANIFEST = "index_manifest.json"
 WINDOWS = "windows.parquet"
 FORMAT_VERSION = 1
 # the config fields the stored index and neighbour tables depend on
-BUILD_FIELDS = ("cf_model", "mode", "n", "k", "factory", "metric", "nprobe", "ef_search", "refine_factor")
+BUILD_FIELDS = ("cf_model", "mode", "n", "k", "factory", "metric", "nprobe", "ef_search", "refine_factor",
+                "train_size")
 
 
 def write_index(folder: Path, vectors: VectorIndex, windows: pd.DataFrame, cfg: IndexConfig, cf_model_file: Path,
@@ -36,13 +37,13 @@ def write_index(folder: Path, vectors: VectorIndex, windows: pd.DataFrame, cfg: 
     """Write the index file, the window table and the manifest (last, so its presence means complete)."""
     kind = "torch" if vectors.backend == "torch" else "faiss"
     index_file = "index.npy" if kind == "torch" else "index.faiss"
-    data = vectors.to_bytes()
-    atomic_write_bytes(folder / index_file, data)
+    vectors.save(folder / index_file)  # streamed to disk: a large index is not copied in memory
     write_parquet(folder / WINDOWS, windows)
     manifest = {
         "format_version": FORMAT_VERSION, **{f: getattr(cfg, f) for f in BUILD_FIELDS},
         "cf_model_sha256": sha256_file(cf_model_file), "backend": vectors.backend, "index_format": kind,
-        "index_file": index_file, "index_sha256": hashlib.sha256(data).hexdigest(), "index_bytes": len(data),
+        "index_file": index_file, "index_sha256": sha256_file(folder / index_file),
+        "index_bytes": (folder / index_file).stat().st_size,
         "windows_sha256": sha256_file(folder / WINDOWS),
         "counts": {"windows": len(windows), "train_users": int(windows["user"].nunique())},
         "tables": {}, **(extra or {}),
@@ -67,12 +68,16 @@ def load_index(folder: str | Path, cfg: IndexConfig, cf_model_file: str | Path) 
     folder = Path(folder)
     manifest = _manifest(folder)
     _check_matches(folder, manifest, cfg, Path(cf_model_file))
-    data = _read_verified(folder / manifest["index_file"], manifest["index_sha256"])
+    path = folder / manifest["index_file"]
     windows_bytes = _read_verified(folder / WINDOWS, manifest["windows_sha256"])
     windows = pd.read_parquet(io.BytesIO(windows_bytes))
     backend = "torch" if manifest["index_format"] == "torch" else resolve_backend("faiss")
+    search = (manifest["metric"], cfg.nprobe, cfg.ef_search, cfg.refine_factor, cfg.gpu_mode)
     try:
-        vectors = index_from_bytes(data, backend, manifest["metric"], cfg.nprobe, cfg.ef_search, cfg.refine_factor)
+        if cfg.storage == "mmap" and backend != "torch":
+            _check_file(path, manifest["index_sha256"])  # streamed: the index is never all in memory
+            return UserIndex(open_index_file(path, backend, *search), windows, manifest)
+        vectors = index_from_bytes(_read_verified(path, manifest["index_sha256"]), backend, *search)
         return UserIndex(vectors, windows, manifest)
     except (RuntimeError, ValueError) as exc:
         raise ArtifactError(f"{folder / manifest['index_file']}: could not be read as an index ({exc}); "
@@ -120,9 +125,18 @@ def _read_verified(path: Path, expected: str) -> bytes:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing; rebuild with `mmsrarec index --force`")
     data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+    _compare(path, hashlib.sha256(data).hexdigest(), expected)
+    return data
+
+
+def _check_file(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; rebuild with `mmsrarec index --force`")
+    _compare(path, sha256_file(path), expected)
+
+
+def _compare(path: Path, actual: str, expected: str) -> None:
     if actual != expected:
         raise ArtifactError(f"{path} is corrupted: sha256 {actual[:12]}..., the manifest says {expected[:12]}...; "
                             f"it will not be used. Rebuild it with `mmsrarec index --force`")
-    return data
 

@@ -114,6 +114,8 @@ class RankConfig:
                                               "prompts, since the candidate part is no longer text)")
     history_image: bool = field(False, help="VLM only: show the image of the user's last history item (in the "
                                             "shared prefix)")
+    zero_shot: bool = field(False, help="no SFT: rank with the untrained model (the 'zero-shot LLM' row); "
+                                        "train-ranker then only records that")
     score_batch_size: int = field(32, help="candidates per forward pass when scoring")
     scoring: Literal["shared_prefix", "batched", "naive"] = field(
         "shared_prefix", help="shared_prefix: the user's prompt prefix runs once, candidates share its KV cache; "

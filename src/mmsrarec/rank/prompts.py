@@ -188,6 +188,17 @@ def rank_prompt(processor: Any, catalog: Catalog, history: Sequence[int], contex
         image = _image(catalog, last, load_image)
         if image is not None:
             prefix_images = [image]
+    return factored_prompt(processor, catalog, prefix_text, candidates, is_vlm, prefix_images, candidate_image,
+                           load_image)
+
+
+def factored_prompt(processor: Any, catalog: Catalog, prefix_text: str, candidates: Sequence[int],
+                    is_vlm: bool = False, prefix_images: Sequence[Any] = (), candidate_image: bool = False,
+                    load_image: Callable[[str], Any] | None = None) -> RankPrompt:
+    """The Yes/No prompts of `candidates` (each shown as catalog.line) after a user-specific
+    `prefix_text` that ends with CANDIDATE_LABEL, factored into a shared prefix and per-candidate
+    suffixes; `prefix_images` (VLM) come before the prefix text. MLLM-MSR's prompts use it too."""
+    prefix_images = list(prefix_images)
     with_history_image = bool(prefix_images)
     texts = [catalog.line(int(c)) for c in candidates]
     if candidate_image:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from .. import distributed
 from ..artifacts import write_json, write_text
 from ..config import RunConfig
 from ..data.prepare import load_prepared
@@ -68,6 +69,11 @@ def catalog_for(cfg: RankConfig, items: pd.DataFrame, keywords_path: Path | None
 
 def run(ctx) -> None:
     cfg, seed = ctx.cfg.rank, ctx.cfg.seed
+    if cfg.zero_shot:
+        ctx.log("rank.zero_shot: no SFT, the evaluate stage ranks with the untrained model")
+        write_json(ctx.out / "ranker.json", {"zero_shot": True, "model": cfg.model.name_or_path, "examples": 0,
+                                             "steps": 0, "train_time_s": 0.0})
+        return
     data = load_prepared(ctx.input("prepare"))
     keywords_path = keyword_table(ctx) if cfg.use_keywords else None
     catalog = catalog_for(cfg, data["items"], keywords_path)
@@ -79,8 +85,11 @@ def run(ctx) -> None:
     examples = build_examples(data, catalog, cfg, seed, context, is_vlm)
     counts = example_counts(examples)
     ctx.log("SFT examples: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    write_examples(examples, ctx.out / "examples.jsonl")
+    if distributed.is_main():  # under `accelerate launch`, every process trains; the main one writes
+        write_examples(examples, ctx.out / "examples.jsonl")
     facts = train_ranker(examples, cfg, ctx.out, seed, log=ctx.log)
+    if not distributed.is_main():
+        return
     shutil.rmtree(ctx.out / CHECKPOINTS, ignore_errors=True)  # the adapter is saved; resuming is over
     info = {"examples_per_task": counts, **facts, "model": cfg.model.name_or_path,
             "keywords": str(keywords_path.parent.name) if keywords_path else None,
@@ -122,13 +131,16 @@ class RankerInputs:
 
 
 def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
-                log: Callable[[str], None] | None = None, progress: bool = True) -> np.ndarray:
+                log: Callable[[str], None] | None = None, progress: bool = True,
+                store: Path | None = None) -> np.ndarray:
     """[n_cases, 1 + N] ranker scores of each case's stored candidates, the target first, then its
     negatives (the column order of cf.base.Cases.candidates()).
 
     source: a StageContext of a stage that ran after train-ranker (e.g. evaluate), or RankerInputs.
     cases: rows of the prepare stage's <split> table (default: all of it); their index is the case
-    number, which keys the retrieved context. method: rank.scoring unless given."""
+    number, which keys the retrieved context. method: rank.scoring unless given.
+    store: a folder to score into resumably, shared by the processes of a torchrun / accelerate job,
+    each scoring its share of the cases (rank/sharded.py); every process returns all the scores."""
     inputs = source if isinstance(source, RankerInputs) else RankerInputs.from_context(source)
     cfg = inputs.cfg.rank
     data = load_prepared(inputs.prepare)
@@ -139,10 +151,14 @@ def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, meth
     contexts = retrieved_contexts(inputs.index, split, catalog, cfg.max_context_keywords) \
         if cfg.use_retrieval and inputs.index is not None else {}
     adapter = inputs.ranker / ADAPTER
-    if not (adapter / "adapter_config.json").is_file():
+    if not cfg.zero_shot and not (adapter / "adapter_config.json").is_file():
         raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
-    model, processor, is_vlm = load_model(cfg.model, adapter=str(adapter))
+    model, processor, is_vlm = load_model(cfg.model, adapter=None if cfg.zero_shot else str(adapter))
     scorer = Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size)
+    if store is not None:
+        from .sharded import score_frame_sharded
+        return score_frame_sharded(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, store, log=log,
+                                   progress=progress)
     return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress)
 
 

@@ -2,7 +2,8 @@
 
 Checkpoints go to <out>/checkpoints every `sft.save_steps` optimizer steps; a rerun resumes from the
 last complete one (trainer_state.json is written last). At the end the adapter is saved to
-<out>/adapter and the loss per step to <out>/train_log.csv.
+<out>/adapter and the loss per step to <out>/train_log.csv. Under `accelerate launch` every process
+trains (DDP, FSDP2 or DeepSpeed) and the main process writes those files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import distributed
 from .config import RankConfig
 from .prompts import answer_token_ids, assistant, render, tokenizer_of
 
@@ -81,8 +83,14 @@ def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - t0
-    trainer.model.save_pretrained(out / ADAPTER)
-    steps = write_log(trainer.state.log_history, out / LOG)
+    trainer.save_model(str(out / ADAPTER))  # every process: FSDP and ZeRO-3 gather the shards, the main one writes
+    if distributed.is_main():
+        (out / ADAPTER / "training_args.bin").unlink(missing_ok=True)  # a pickle; ranker.json has the facts
+        steps = write_log(trainer.state.log_history, out / LOG)
+    else:
+        steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    distributed.after_training()
+    distributed.barrier()
     losses = [s["loss"] for s in steps]
     return {"examples": len(examples), "examples_dropped_too_long": dropped, "steps": trainer.state.global_step,
             "resumed_from": resume.name if resume else None, "train_time_s": round(wall, 2),

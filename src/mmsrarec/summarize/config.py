@@ -34,6 +34,9 @@ class SummarizeConfig:
     max_text_tokens: int = field(256, help="item text is cut to this many tokens inside the prompt")
     batch_size: int = field(16, help="items per generation batch (batches are sorted by length)")
     max_items: int = field(0, help="summarize only the first N items (0 = all); for quick looks, not for runs")
+    backend: Literal["hf", "vllm"] = field("hf", help=(
+        "hf: transformers' generate; vllm: a vLLM engine (GPU; vllm is not installed by this project: "
+        "pip install vllm where its CUDA torch may replace the CPU one)"))
 
     def validate(self) -> None:
         for key in ("max_keywords", "max_new_tokens", "max_text_tokens", "batch_size"):
@@ -84,6 +87,12 @@ class SummarizerTrainConfig:
     epochs: float = field(1.0, help="passes over the training items when max_steps is 0")
     beta: float = field(0.0, help="KL coefficient to the starting policy (0 = no reference policy)")
     save_steps: int = field(10, help="checkpoint every N steps; a killed run resumes from the last one")
+    use_vllm: bool = field(False, help="sample the training completions with vLLM (TRL GRPOConfig.use_vllm; GPU, "
+                                       "needs `pip install vllm`); the held-out evaluation still uses transformers")
+    vllm_mode: Literal["colocate", "server"] = field(
+        "colocate", help="with use_vllm: colocate = vLLM inside each training process; server = a separate "
+                         "`trl vllm-serve` process (TRL GRPOConfig.vllm_mode)")
+    vllm_gpu_memory_utilization: float = field(0.3, help="with use_vllm and colocate: share of GPU memory vLLM takes")
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     reference: ModelConfig = field(default_factory=ModelConfig)
     reconstruction_max_text_tokens: int = field(128, help="R_recon scores the first N tokens of the item text")
@@ -115,6 +124,8 @@ class SummarizerTrainConfig:
             raise InvalidValue("max_steps", f"must be >= 0 with epochs > 0, got {self.max_steps} and {self.epochs}")
         if self.beta < 0:
             raise InvalidValue("beta", f"must be >= 0, got {self.beta}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise InvalidValue("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
         if not 0 < self.held_out_fraction < 1:
             raise InvalidValue("held_out_fraction", f"must be in (0, 1), got {self.held_out_fraction}")
         if self.reconstruction_max_text_tokens < 1:

@@ -25,6 +25,8 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
 def generate(model: Any, processor: Any, prompts: list[str], images: list[Any] | None = None,
              max_new_tokens: int = 48) -> list[str]:
     """Greedy completions of already-templated prompts (one batch; left padding)."""
+    if getattr(model, "is_vllm", False):  # summarize.backend: vllm (vllm_backend.VllmPolicy)
+        return model.generate_batch(prompts, images, max_new_tokens)
     device = next(model.parameters()).device
     tokenizer = getattr(processor, "tokenizer", processor)  # a VLM's processor wraps its tokenizer
     if images is None:

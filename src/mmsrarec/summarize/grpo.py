@@ -171,6 +171,7 @@ def trl_config(tcfg: SummarizerTrainConfig, output_dir: Path, seed: int, device:
         multi_objective_aggregation="normalize_then_sum" if tcfg.normalize_rewards else "sum_then_normalize",
         scale_rewards=tcfg.scale_rewards, logging_steps=1, save_strategy="steps", save_steps=tcfg.save_steps,
         save_total_limit=1, log_completions=False, dataloader_num_workers=0,
+        use_vllm=tcfg.use_vllm, vllm_mode=tcfg.vllm_mode, vllm_gpu_memory_utilization=tcfg.vllm_gpu_memory_utilization,
     )
 
 

@@ -5,6 +5,10 @@ the LoRA adapter that `train-summarizer` wrote. Text and image are summarized se
 the paper, then merged (text keywords first, duplicates removed, capped). Results go to a
 resumable chunk store, then to keywords.parquet with columns item, keywords, text_keywords,
 image_keywords, raw_text, raw_image.
+
+Under several processes (torchrun / accelerate launch, or RANK / WORLD_SIZE set by hand), each
+summarizes its share of the items (mmsrarec.sharding) into the same chunk store; rank 0 waits until
+every item is stored, whoever wrote it, and writes keywords.parquet.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_json, write_parquet
 from ..errors import ArtifactError
+from ..sharding import Shard, current_shard, wait_until_stored
 from .config import SummarizeConfig
 from .generate import chat_prompt, generate, truncate_tokens
 from .keywords import parse_keywords
@@ -55,20 +60,27 @@ def text_prompts(cfg: SummarizeConfig, tokenizer, items: pd.DataFrame) -> list[s
 
 
 def summarize_items(items: pd.DataFrame, cfg: SummarizeConfig, store: ChunkStore, adapter: str = "",
-                    log=print, model_path: str = "") -> dict:
-    """Summarize the items not yet in `store`; returns throughput facts."""
+                    log=print, model_path: str = "", shard: Shard = Shard()) -> dict:
+    """Summarize the items of this process's share (all of them with one process) not yet in
+    `store`; returns throughput facts."""
+    items = items[shard.owns(items["item"])]
     todo = items[~items["item"].isin(store.done())]
     if todo.empty:
         return {"items_generated": 0}
-    model, processor, is_vlm = load_policy(cfg, adapter, model_path)
+    if cfg.backend == "vllm":
+        from .vllm_backend import load_vllm_policy
+        model, processor, is_vlm = load_vllm_policy(cfg, adapter, model_path)
+    else:
+        model, processor, is_vlm = load_policy(cfg, adapter, model_path)
     tokenizer = processor.tokenizer if is_vlm else processor
     prompts = text_prompts(cfg, tokenizer, todo)
     todo = todo.assign(prompt=prompts, length=[len(p) for p in prompts]).sort_values(["length", "item"])
     with_images = is_vlm and cfg.use_images
     log(f"summarizing {len(todo):,} items ({len(items) - len(todo):,} already done), batch {cfg.batch_size}"
-        + (", with images" if with_images else ""))
+        + (", with images" if with_images else "")
+        + (f", rank {shard.rank} of {shard.world}" if shard.world > 1 else ""))
     t0, n = time.perf_counter(), 0
-    bar = tqdm(total=len(todo), desc="summarize", unit="item")
+    bar = tqdm(total=len(todo), desc="summarize" + (f" r{shard.rank}" if shard.world > 1 else ""), unit="item")
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo.iloc[start:start + cfg.batch_size]
         templated = [chat_prompt(processor, p) for p in batch["prompt"]]
@@ -125,11 +137,25 @@ def _finish(ctx, store: ChunkStore, facts: dict) -> None:
             f"{int(table['item'].iloc[0])}: {', '.join(table['keywords'].iloc[0])}")
 
 
+def _summarize_all(ctx, adapter: str = "", model_path: str = "") -> None:
+    """This process's share into the chunk store; then, on rank 0, once every item is stored, the table."""
+    shard = current_shard()
+    items = _items(ctx)
+    store = ChunkStore(ctx.out / "chunks", writer=shard.tag)
+    facts = summarize_items(items, ctx.cfg.summarize, store, adapter=adapter, log=ctx.log, model_path=model_path,
+                            shard=shard)
+    if shard.rank != 0:  # rank 0 merges; the pipeline finishes the stage on rank 0 only
+        ctx.log(f"rank {shard.rank}: share done ({facts})")
+        return
+    wait_until_stored(store, items["item"].tolist(), log=ctx.log)
+    if shard.world > 1:
+        facts.update({"processes": shard.world, "items_per_writer": store.rows_per_writer()})
+    _finish(ctx, store, facts)
+
+
 def run(ctx) -> None:
     """Zero-shot policy."""
-    store = ChunkStore(ctx.out / "chunks")
-    facts = summarize_items(_items(ctx), ctx.cfg.summarize, store, log=ctx.log)
-    _finish(ctx, store, facts)
+    _summarize_all(ctx)
 
 
 def tuned_policy_path(folder: Path) -> tuple[str, str]:
@@ -146,7 +172,4 @@ def tuned_policy_path(folder: Path) -> tuple[str, str]:
 def run_tuned(ctx) -> None:
     """The policy tuned by train-summarizer (its LoRA adapter, or its fully fine-tuned weights)."""
     adapter, model_path = tuned_policy_path(ctx.input("train-summarizer"))
-    store = ChunkStore(ctx.out / "chunks")
-    facts = summarize_items(_items(ctx), ctx.cfg.summarize, store, adapter=adapter, log=ctx.log,
-                            model_path=model_path)
-    _finish(ctx, store, facts)
+    _summarize_all(ctx, adapter=adapter, model_path=model_path)

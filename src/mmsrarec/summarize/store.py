@@ -1,13 +1,18 @@
-"""A resumable, append-only store of per-item results.
+"""A resumable, append-only store of per-key results (items, or ranked cases), shared by processes.
 
 Each batch of results is one parquet chunk written atomically (temp file + rename). After a kill,
-even `kill -9`, every chunk on disk is complete and every item in it is done; a rerun reads the
-chunks, skips those items and writes only the rest. `merged()` joins the chunks in item order and
+even `kill -9`, every chunk on disk is complete and every key in it is done; a rerun reads the
+chunks, skips those keys and writes only the rest. `merged()` joins the chunks in key order and
 refuses duplicates, so nothing is lost and nothing is written twice.
+
+Several processes may write into one folder at once (sharded summarization and scoring): each names
+its chunks `chunk-<writer>-<n>.parquet` with its own writer tag (its rank), so names never collide,
+and each takes a disjoint share of the keys (see mmsrarec.sharding), so no key is written twice.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,22 +22,44 @@ from ..errors import ArtifactError
 
 
 class ChunkStore:
-    def __init__(self, folder: Path, key: str = "item"):
-        self.folder, self.key = Path(folder), key
+    def __init__(self, folder: Path, key: str = "item", writer: str = "r000"):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", writer):
+            raise ValueError(f"writer tag {writer!r} must be letters, digits or _ (it is part of file names)")
+        self.folder, self.key, self.writer = Path(folder), key, writer
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._keys: dict[str, list] = {}  # chunk name -> its keys; chunks never change once written
+        self._next: int | None = None
 
     def _chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.parquet"))
 
-    def done(self) -> set[int]:
-        out: set[int] = set()
+    def done(self) -> set:
+        """Every key stored so far, by any writer."""
+        out: set = set()
         for path in self._chunks():
-            out.update(pd.read_parquet(path, columns=[self.key])[self.key].tolist())
+            if path.name not in self._keys:
+                self._keys[path.name] = pd.read_parquet(path, columns=[self.key])[self.key].tolist()
+            out.update(self._keys[path.name])
         return out
 
     def append(self, rows: pd.DataFrame) -> Path:
-        index = len(self._chunks())
-        return write_parquet(self.folder / f"chunk-{index:06d}.parquet", rows)
+        if self._next is None:  # continue after this writer's chunks of an earlier (killed) run
+            own = [int(p.stem.rsplit("-", 1)[1]) for p in self.folder.glob(f"chunk-{self.writer}-*.parquet")]
+            self._next = max(own, default=-1) + 1
+        path = write_parquet(self.folder / f"chunk-{self.writer}-{self._next:06d}.parquet", rows)
+        self._keys[path.name] = rows[self.key].tolist()
+        self._next += 1
+        return path
+
+    def rows_per_writer(self) -> dict[str, int]:
+        """Keys stored per writer tag (chunks of the single-writer format count as writer '-')."""
+        self.done()
+        out: dict[str, int] = {}
+        for name, keys in self._keys.items():
+            parts = name[len("chunk-"):-len(".parquet")].split("-")
+            writer = parts[0] if len(parts) == 2 else "-"
+            out[writer] = out.get(writer, 0) + len(keys)
+        return dict(sorted(out.items()))
 
     def merged(self) -> pd.DataFrame:
         chunks = self._chunks()

@@ -9,6 +9,9 @@ Reads prepare's items.parquet; writes under train-summarizer/:
 
 Resumable: TRL checkpoints go to checkpoints/ every save_steps; a rerun after a kill resumes from
 the last one (the curves come back with the trainer state), and a finished adapter is not retrained.
+
+Under `accelerate launch` every process trains (DDP, FSDP2 or DeepSpeed, as the launcher's config
+says); the main process alone writes files and scores the held-out items.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from .. import distributed
 from ..artifacts import read_json, write_json, write_parquet
 from .curves import curves_callback, write_curves
 from .grpo import (ITEM_INDEX, RewardModels, item_texts, make_rewards, make_trainer, prompt_rows, score_policy,
@@ -35,13 +39,18 @@ def _split_table(items: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame) -
 
 
 def _save_policy(trainer: Any, processor: Any, out: Path, lora: bool) -> Path:
-    """Save into a temp folder, then rename: a kill never leaves a half-written policy."""
+    """Save into a temp folder, then rename: a kill never leaves a half-written policy. Every process
+    calls this (under FSDP or ZeRO-3, trainer.save_model gathers the sharded weights); the main one writes."""
     final = out / ("adapter" if lora else "model")
     tmp = out / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(final)
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if distributed.is_main():
+        processor.save_pretrained(tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle of the TRL arguments; the manifest has them
+        tmp.rename(final)
+    distributed.barrier()
     return final
 
 
@@ -49,10 +58,12 @@ def run(ctx) -> None:
     cfg, tcfg, scfg = ctx.cfg, ctx.cfg.train_summarizer, ctx.cfg.summarize
     items = pd.read_parquet(ctx.input("prepare") / "items.parquet").reset_index(drop=True)
     train_items, test_items = split_items(items, tcfg, cfg.seed)
-    write_parquet(ctx.out / "split.parquet", _split_table(items, train_items, test_items))
+    main = distributed.is_main()
+    if main:
+        write_parquet(ctx.out / "split.parquet", _split_table(items, train_items, test_items))
     weights = trained_rewards(tcfg)
     eval_items = test_items.head(tcfg.max_eval_items)
-    names = list(tcfg.reward_weights()) if len(eval_items) else list(weights)
+    names = list(tcfg.reward_weights()) if len(eval_items) and main else list(weights)
     rewards = make_rewards(names, RewardModels(tcfg, item_texts(items)), scfg.max_keywords)
     fn_names = {rewards[n].__name__: n for n in weights}  # TRL logs a reward by its function's name
 
@@ -66,7 +77,7 @@ def run(ctx) -> None:
     eval_rows = prompt_rows(eval_items, scfg, tokenizer, with_images)
 
     zero_shot_path = ctx.out / "eval_zero_shot.json"
-    if len(eval_rows) and not zero_shot_path.is_file() and not (adapter or tuned_model):
+    if main and len(eval_rows) and not zero_shot_path.is_file() and not (adapter or tuned_model):
         ctx.log(f"scoring the zero-shot policy on {len(eval_items)} held-out items ({len(eval_rows)} prompts)")
         write_json(zero_shot_path, score_policy(model, processor, eval_rows, rewards, weights, scfg))
 
@@ -81,10 +92,20 @@ def run(ctx) -> None:
         if last:
             ctx.log(f"resuming from {last}")
         trainer.train(resume_from_checkpoint=last)
-        write_curves(trainer.state.log_history, fn_names, ctx.out)
+        if main:
+            write_curves(trainer.state.log_history, fn_names, ctx.out)
         _save_policy(trainer, processor, ctx.out, tcfg.lora)
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the saved policy and curves replace them
+        if main:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # the saved policy and curves replace them
         model = trainer.model
+        del trainer
+        distributed.after_training()
+        if distributed.launched() and main and len(eval_rows):  # FSDP / ZeRO-3 shard trainer.model: reload it
+            del model
+            model, processor, _ = load_policy(scfg, *tuned_policy_path(ctx.out))
+
+    if not main:
+        return
 
     if len(eval_rows):
         ctx.log(f"scoring the tuned policy on {len(eval_items)} held-out items")

@@ -1,0 +1,133 @@
+"""Seeds and ablations: `mmsrarec run` with an `experiment` section.
+
+Each (seed, variant) is an ordinary run with extra overrides. The first seed's main run is
+runs/<name>/ itself; the others live in runs/<name>/experiment/<seed>-<variant>/. data.seed stays
+pinned to the main run's, so all of them rank the same stored candidate lists, and every run may
+link to an identical finished stage of the runs before it (pipeline.Runner's `reuse`), so a
+variant that only changes the ranker recomputes nothing upstream of it.
+
+The merged leaderboard (runs/<name>/leaderboard/) has one row per method and protocol with the
+mean and the spread (sample standard deviation) over seeds: the classical baselines and the main
+ranker from the main runs, each variant's ranker from its own runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import read_json, write_json, write_text
+from .config import RunConfig, Variant, load_config
+from .errors import ArtifactError
+
+
+@dataclass(frozen=True)
+class Member:
+    seed: int
+    variant: Variant | None  # None: the main run
+    cfg: RunConfig
+
+    @property
+    def method(self) -> str | None:
+        return self.variant.name if self.variant else None
+
+
+def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> list[Member]:
+    """Every run of the experiment, main runs first within each seed."""
+    seeds = cfg.experiment.seeds or [cfg.seed]
+    root = Path(cfg.runs_dir) / cfg.name / "experiment"
+    out = []
+    for i, seed in enumerate(seeds):
+        for variant in [None, *cfg.experiment.variants]:
+            label = f"{seed}-{variant.name if variant else 'main'}"
+            extra = [f"seed={seed}", f"data.seed={cfg.data_seed}", "experiment.seeds=[]", "experiment.variants=[]"]
+            if i > 0 or variant is not None:
+                extra += [f"runs_dir={root}", f"name={label}"]
+            if variant is not None:
+                extra += [*variant.set, f"rank.name={variant.name}", f"evaluate.methods=[{variant.name}]"]
+            out.append(Member(seed, variant, load_config(config_path, [*overrides, *extra])))
+    return out
+
+
+def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str], force: bool = False) -> Path:
+    from .pipeline import Runner
+
+    runs = members(cfg, config_path, overrides)
+    done: list[Path] = []
+    for n, member in enumerate(runs, 1):
+        print(f"[experiment] run {n}/{len(runs)}: seed {member.seed}, "
+              f"{member.method or 'main'} -> {Path(member.cfg.runs_dir) / member.cfg.name}", file=sys.stderr)
+        runner = Runner(member.cfg, reuse=done)
+        runner.run("evaluate", force=force)
+        done.append(runner.run_dir)
+    out = Path(cfg.runs_dir) / cfg.name / "leaderboard"
+    board = merge([(m, d) for m, d in zip(runs, done)])
+    write_board(board, out, cfg, len(cfg.experiment.seeds or [cfg.seed]))
+    print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
+    return out
+
+
+def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
+    """Rows of every run's evaluate stage: all of a main run's rows, only its own ranker's row from a
+    variant run. Refuses runs whose candidate lists differ."""
+    digests = {}
+    rows = []
+    for member, run_dir in runs:
+        digests[run_dir] = read_json(run_dir / "prepare" / "manifest.json")["outputs_digest"]
+        for row in read_json(run_dir / "evaluate" / "metrics.json"):
+            if member.variant is None or row["method"] == member.method:
+                rows.append({**row, "seed": member.seed})
+    if len(set(digests.values())) > 1:
+        raise ArtifactError("the runs of this experiment ranked different candidate lists (their prepare stages "
+                            "differ): " + ", ".join(f"{d}: {h[:12]}" for d, h in digests.items()) +
+                            "; keep data.* identical across variants")
+    return pd.DataFrame(rows)
+
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of every numeric column, per method and protocol."""
+    numeric = [c for c in rows.columns if c not in ("method", "protocol", "seed")
+               and pd.api.types.is_numeric_dtype(rows[c])]
+    out = []
+    for (method, protocol), group in rows.groupby(["method", "protocol"], sort=False):
+        row = {"method": method, "protocol": protocol, "seeds": int(group["seed"].nunique())}
+        for col in numeric:
+            values = group[col].dropna().to_numpy(dtype=float)
+            if len(values):
+                row[col] = float(values.mean())
+                row[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc"], "full": ["hr@10", "ndcg@10"], "rerank": ["hr@10", "ndcg@10"]}
+
+
+def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    board = aggregate(rows)
+    rows.to_csv(out / "runs.csv", index=False)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    write_json(out / "leaderboard.json", board.to_dict(orient="records"))
+    lines = [f"# {cfg.name}: mean ± std over {n_seeds} seed(s), test split", ""]
+    for protocol, group in board.groupby("protocol", sort=False):
+        metrics = [m for m in METRIC_COLUMNS.get(protocol, []) if f"test_{m}" in group]
+        lines += [f"## {protocol}", "", "| method | seeds | " + " | ".join(metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        for _, r in group.iterrows():
+            cells = [_cell(r, f"test_{m}") for m in metrics]
+            lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    write_text(out / "leaderboard.md", "\n".join(lines))
+
+
+def _cell(row: pd.Series, col: str) -> str:
+    value = row.get(col)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    std = row.get(f"{col}_std")
+    return f"{value:.4f} ± {std:.4f}" if std is not None and not np.isnan(std) else f"{value:.4f}"

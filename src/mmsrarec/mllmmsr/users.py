@@ -1,0 +1,128 @@
+"""summarize-users: recurrent user-preference summaries for every user state a later stage needs.
+
+A user state is a history window: the most recent `history_items` items before a target.
+- train: sampled positions t of a training sequence s (rank.tasks.training_positions), window
+  s[:t][-history_items:], whose target s[t] becomes an SFT positive. Only train.parquet is read, so
+  no valid or test interaction can enter a training summary.
+- valid / test: every case of the prepare tables, window history[-history_items:] (never the target).
+
+A window is cut into blocks of `block_size` items from its oldest item (the official code's
+`range(0, len(items), 3)`); block k is summarized in one LLM call that sees its items and the
+summary of blocks 0..k-1. The summary of blocks 0..k depends only on their items, so it is stored
+once under a chain key ("4,5,6|7,8,9" = two blocks) and shared by every state whose window starts
+with those blocks. Chains are generated level by level (all first blocks, then all second blocks,
+...), in batches sorted by prompt length, into a ChunkStore: a killed run resumes with what is left.
+Each chain row keeps its prompt, its previous chain and its share of its batch's wall time; a state's
+summary time is the sum over its chain's blocks, i.e. what summarizing that user alone would cost.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..rank.tasks import training_positions
+from ..summarize.store import ChunkStore
+from .config import UserSettings
+from .generator import Generator, timed
+from .prompts import block_prompt
+
+SPLITS = ("valid", "test", "train")  # generation order; the evaluation splits first
+
+
+def window_blocks(history: Sequence[int], cfg: UserSettings) -> list[tuple[int, ...]]:
+    window = [int(i) for i in history][-cfg.history_items:]
+    return [tuple(window[i:i + cfg.block_size]) for i in range(0, len(window), cfg.block_size)]
+
+
+def chain_keys(blocks: Sequence[Sequence[int]]) -> list[str]:
+    """The key of each prefix chain of blocks: blocks 0..k -> 'items of 0|items of 1|...|items of k'."""
+    keys, parts = [], []
+    for block in blocks:
+        parts.append(",".join(str(int(i)) for i in block))
+        keys.append("|".join(parts))
+    return keys
+
+
+def user_states(data: dict[str, pd.DataFrame], cfg: UserSettings, seed: int) -> pd.DataFrame:
+    """Columns split, user, key (train: the target's position t; valid/test: the case's row in the
+    prepare table), history (the window), chain (its full chain key; '' without history), blocks."""
+    rows = []
+    positions = training_positions(data["train"], cfg.examples_per_user, seed)
+    if cfg.max_train_states and len(positions) > cfg.max_train_states:
+        keep = np.sort(np.random.default_rng([seed, 31]).choice(len(positions), cfg.max_train_states, replace=False))
+        positions = [positions[k] for k in keep]
+    for user, t, seq in positions:
+        rows.append(("train", user, t, [int(i) for i in seq[:t]]))
+    for split in ("valid", "test"):
+        for case, (user, history) in enumerate(zip(data[split]["user"], data[split]["history"])):
+            rows.append((split, int(user), case, [int(i) for i in history]))
+    states = pd.DataFrame(rows, columns=["split", "user", "key", "history"])
+    blocks = states["history"].map(lambda h: window_blocks(h, cfg))
+    return states.assign(history=[[i for b in bs for i in b] for bs in blocks],
+                         chain=[(chain_keys(bs) or [""])[-1] for bs in blocks], blocks=blocks.map(len))
+
+
+def stored_summaries(store: ChunkStore) -> dict[str, str]:
+    if not store.done():
+        return {}
+    frame = store.merged()
+    return dict(zip(frame[store.key], frame["summary"]))
+
+
+def summarize_states(states: pd.DataFrame, item_line: Callable[[int], str], cfg: UserSettings,
+                     load: Callable[[], Generator], store: ChunkStore, log: Callable[[str], None] = print) -> int:
+    """Generate every chain the states need and `store` lacks; returns how many were generated now."""
+    summaries = stored_summaries(store)
+    generator: Generator | None = None
+    generated = 0
+    for split in SPLITS:
+        needed: dict[str, tuple[int, tuple[int, ...], str]] = {}  # chain -> (level, its block, previous chain)
+        for history in states.loc[states["split"] == split, "history"]:
+            blocks = window_blocks(history, cfg)
+            keys = chain_keys(blocks)
+            for level, (key, block) in enumerate(zip(keys, blocks)):
+                needed.setdefault(key, (level, block, keys[level - 1] if level else ""))
+        todo = {k: v for k, v in needed.items() if k not in summaries}
+        if not todo:
+            continue
+        log(f"{split}: {len(todo):,} summary blocks to generate ({len(needed) - len(todo):,} already done)")
+        generator = generator or load()
+        bar = tqdm(total=len(todo), desc=f"summarize-users {split}", unit="block")
+        for level in sorted({v[0] for v in todo.values()}):
+            chains = [(k, block, prev) for k, (lv, block, prev) in todo.items() if lv == level]
+            prompts = [block_prompt(cfg, [item_line(i) for i in block], summaries[prev] if prev else None)
+                       for _, block, prev in chains]
+            order = sorted(range(len(chains)), key=lambda i: (len(prompts[i]), chains[i][0]))
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                answers, share = timed(generator, [prompts[i] for i in idx], None, cfg.max_new_tokens)
+                rows = [{"chain": chains[i][0], "summary": answer, "level": level, "items": list(chains[i][1]),
+                         "previous": chains[i][2], "prompt": prompts[i], "split": split, "seconds": share}
+                        for i, answer in zip(idx, answers)]
+                store.append(pd.DataFrame(rows))
+                summaries.update((r["chain"], r["summary"]) for r in rows)
+                generated += len(rows)
+                bar.update(len(rows))
+        bar.close()
+    return generated
+
+
+def chain_prefixes(chain: str) -> list[str]:
+    """'a|b|c' -> ['a', 'a|b', 'a|b|c']: the chains whose summaries a state's summary is built on."""
+    parts = chain.split("|") if chain else []
+    return ["|".join(parts[:k + 1]) for k in range(len(parts))]
+
+
+def attach_summaries(states: pd.DataFrame, chains: pd.DataFrame) -> pd.DataFrame:
+    """states + summary (of its full chain; '' without history) + summary_s (the seconds of its blocks)."""
+    seconds = dict(zip(chains["chain"], chains["seconds"]))
+    text = dict(zip(chains["chain"], chains["summary"]))
+    missing = sorted({c for c in states["chain"] if c and c not in text})
+    if missing:
+        raise RuntimeError(f"{len(missing)} user summaries were not generated, e.g. chain {missing[0]!r}")
+    return states.assign(summary=[text.get(c, "") for c in states["chain"]],
+                         summary_s=[float(sum(seconds[k] for k in chain_prefixes(c))) for c in states["chain"]])

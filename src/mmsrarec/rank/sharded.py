@@ -1,0 +1,62 @@
+"""Ranker scoring shared by several processes and resumable: each process scores its share of the
+cases (mmsrarec.sharding: case number % world == rank) into one ChunkStore (key "case", a list
+column "scores"), skipping cases already stored by anyone; every process then waits until all cases
+are stored and returns the same [n_cases, 1 + N] array, in the order of `cases`.
+
+A killed run loses at most the cases scored since its last flush; the rerun scores only those.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ArtifactError
+from ..sharding import Shard, current_shard, wait_until_stored
+from ..summarize.store import ChunkStore
+from .config import RankConfig
+from .prompts import Catalog
+from .score import Scorer
+
+
+def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
+                        method: str, store_dir: Path, log: Callable[[str], None] | None = None,
+                        progress: bool = True, shard: Shard | None = None, flush_cases: int = 64,
+                        flush_s: float = 60.0) -> np.ndarray:
+    """score_frame over this process's share of `cases` (index = case number) into `store_dir`, then
+    the scores of all cases once every process has stored its share. A chunk is written every
+    `flush_cases` cases or `flush_s` seconds, whichever comes first."""
+    from .stage import score_frame
+
+    shard = shard or current_shard()
+    store = ChunkStore(store_dir, key="case", writer=shard.tag)
+    numbers = cases.index.to_numpy(np.int64)
+    todo = cases[shard.owns(numbers) & ~np.isin(numbers, list(store.done()))]
+    if log is not None and shard.world > 1:
+        log(f"rank {shard.rank} of {shard.world}: scoring {len(todo):,} cases")
+    pending, last_flush = [], time.monotonic()
+    for done, number in enumerate(todo.index, start=1):
+        scores = score_frame(scorer, catalog, todo.loc[[number]], contexts, cfg, method, progress=False)[0]
+        pending.append((int(number), scores.astype(np.float32).tolist()))
+        if len(pending) >= flush_cases or time.monotonic() - last_flush >= flush_s or done == len(todo):
+            store.append(pd.DataFrame({"case": [c for c, _ in pending], "scores": [s for _, s in pending]}))
+            pending, last_flush = [], time.monotonic()
+            if progress and log is not None:
+                log(f"rank {shard.rank}: {done:,} / {len(todo):,} cases scored")
+    wait_until_stored(store, numbers.tolist(), log=log or print)
+    return stored_scores(store, numbers)
+
+
+def stored_scores(store: ChunkStore, numbers: np.ndarray) -> np.ndarray:
+    """[len(numbers), C] float32 scores from the store, row i for case numbers[i]."""
+    frame = store.merged().set_index("case")
+    missing = [int(n) for n in numbers if n not in frame.index]
+    if missing:
+        raise ArtifactError(f"{store.folder}: no scores for {len(missing)} case(s), e.g. {missing[:5]}")
+    if not len(numbers):
+        return np.zeros((0, 0), np.float32)
+    return np.stack([np.asarray(s, np.float32) for s in frame.loc[numbers, "scores"]])

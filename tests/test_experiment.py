@@ -1,0 +1,112 @@
+"""Seeds and ablations (experiment.py), stage sharing between runs, and the rerank protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmsrarec.config import load_config
+from mmsrarec.errors import ConfigError
+from mmsrarec.evaluate.rerank import cf_top, rerank_cases, rerank_metrics, rerank_names
+from mmsrarec.experiment import aggregate, members, run_experiment
+
+
+class FixedScores:
+    """A CF model stand-in whose full ranking prefers higher item ids."""
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def full_scores(self, histories):
+        return torch.arange(self.n_items + 1, dtype=torch.float32).repeat(len(histories), 1)
+
+
+def test_cf_top_ranks_everything_but_the_history_and_keeps_the_target():
+    frame = pd.DataFrame({"user": [0, 1], "history": [[10, 9], [3]], "target": [8, 2]})
+    top = cf_top(FixedScores(10), frame, n_items=10, top=4)
+    assert top.tolist() == [[8, 7, 6, 5], [10, 9, 8, 7]]  # case 0: 10 and 9 are history
+
+
+def test_rerank_misses_score_zero_and_hits_use_the_llm_rank():
+    frame = pd.DataFrame({"user": [0, 1, 2], "history": [[1], [1], [1]], "target": [5, 6, 9]},
+                         index=[10, 11, 12])
+    retrieved = np.array([[4, 5, 7], [6, 2, 3], [2, 3, 4]])
+    hits, hit = rerank_cases(frame, retrieved)
+    assert hit.tolist() == [True, True, False]
+    assert hits.index.tolist() == [10, 11]  # case numbers kept: they key the retrieved context
+    assert hits["negatives"].tolist() == [[4, 7], [2, 3]]
+    llm = np.array([[0.9, 0.1, 0.2],    # case 10: target scored highest -> rank 1
+                    [0.1, 0.5, 0.3]])   # case 11: target last of 3 -> rank 3
+    names = rerank_names([1, 2, 5], top=3)
+    assert names == ["hr@1", "hr@2", "ndcg@1", "ndcg@2", "mrr@1", "mrr@2"]
+    per = rerank_metrics(hit, llm, 3, names)
+    assert per["hr@1"].tolist() == [1, 0, 0]
+    assert per["hr@2"].tolist() == [1, 0, 0]
+    assert per["mrr@2"].tolist() == [1, 0, 0]
+
+
+def test_rerank_needs_a_trained_cf_model(toy_overrides):
+    with pytest.raises(ConfigError, match="rerank_cf"):
+        load_config(None, [*toy_overrides, "cf.models=[pop]", "evaluate.methods=[pop]",
+                           "evaluate.protocols=[sampled, rerank]", "evaluate.rerank_cf=sasrec"])
+
+
+def test_aggregate_gives_mean_and_sample_spread():
+    rows = pd.DataFrame([{"method": "a", "protocol": "sampled", "seed": s, "test_hr@5": v}
+                         for s, v in [(1, 0.2), (2, 0.4), (3, 0.6)]])
+    board = aggregate(rows)
+    assert board.loc[0, "seeds"] == 3
+    assert board.loc[0, "test_hr@5"] == pytest.approx(0.4)
+    assert board.loc[0, "test_hr@5_std"] == pytest.approx(0.2)
+
+
+def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overrides):
+    over = [*toy_overrides, "experiment.seeds=[3, 4]",
+            "experiment.variants=[{name: no-retrieval, set: [rank.use_retrieval=false]}]"]
+    cfg = load_config(None, over)
+    runs = members(cfg, None, over)
+    assert [(m.seed, m.method) for m in runs] == [(3, None), (3, "no-retrieval"), (4, None), (4, "no-retrieval")]
+    assert runs[0].cfg.name == cfg.name and runs[0].cfg.runs_dir == cfg.runs_dir  # the main run is the run itself
+    assert {m.cfg.data_seed for m in runs} == {cfg.data_seed}
+    assert runs[1].cfg.rank.use_retrieval is False and runs[1].cfg.evaluate.methods == ["no-retrieval"]
+    assert runs[3].cfg.name == "4-no-retrieval"
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from mmsrarec.models.tiny import tiny_causal_lm
+    return tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny_lm):
+    over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=2", "evaluate.methods=[pop, sasrec, mmsrarec]",
+            "evaluate.protocols=[sampled, rerank]", "evaluate.rerank_top=10", "evaluate.report_users=0",
+            f"summarize.model.name_or_path={tiny_lm}", "summarize.max_new_tokens=6", "rank.keywords_from=summarize",
+            f"rank.model.name_or_path={tiny_lm}", "rank.sft.max_steps=2", "rank.max_examples=16",
+            "rank.score_batch_size=8", "experiment.seeds=[5, 6]",
+            "experiment.variants=[{name: zero-shot, set: [rank.zero_shot=true]}, "
+            "{name: no-retrieval, set: [rank.use_retrieval=false]}]"]
+    cfg = load_config(None, over)
+    out = run_experiment(cfg, None, over)
+    board = pd.read_csv(out / "leaderboard.csv")
+    got = {(r.method, r.protocol): r.seeds for r in board.itertuples()}
+    assert got == {(m, p): 2 for m, p in [("pop", "sampled"), ("sasrec", "sampled"), ("mmsrarec", "sampled"),
+                                          ("mmsrarec", "rerank"), ("zero-shot", "sampled"), ("zero-shot", "rerank"),
+                                          ("no-retrieval", "sampled"), ("no-retrieval", "rerank")]}
+    assert "± " in (out / "leaderboard.md").read_text()
+    main = out.parent
+    variant = main / "experiment" / "5-no-retrieval"
+    for stage in ("prepare", "train-cf", "summarize"):  # identical: linked, not recomputed
+        assert (variant / stage).is_symlink() and (variant / stage).resolve() == (main / stage).resolve()
+    assert not (variant / "index").exists()  # no retrieval, no index
+    assert not (variant / "train-ranker").is_symlink()
+    second = main / "experiment" / "6-main"
+    assert (second / "prepare").is_symlink()            # data.seed pinned: the same candidate lists
+    assert not (second / "train-cf").is_symlink()       # the run seed changes training
+    zero = main / "experiment" / "5-zero-shot" / "train-ranker"
+    assert not (zero / "adapter").exists()
+    runs = pd.read_csv(out / "runs.csv")
+    hit_rates = runs.loc[runs["protocol"] == "rerank", "retrieval_hit_rate"]
+    assert ((hit_rates >= 0) & (hit_rates <= 1)).all()
