@@ -39,8 +39,8 @@ def test_rerank_misses_score_zero_and_hits_use_the_llm_rank():
     assert hits["negatives"].tolist() == [[4, 7], [2, 3]]
     llm = np.array([[0.9, 0.1, 0.2],    # case 10: target scored highest -> rank 1
                     [0.1, 0.5, 0.3]])   # case 11: target last of 3 -> rank 3
-    names = rerank_names([1, 2, 5], top=3)
-    assert names == ["hr@1", "hr@2", "ndcg@1", "ndcg@2", "mrr@1", "mrr@2"]
+    names = rerank_names([1, 2, 3, 5], top=3)
+    assert names == ["hr@1", "hr@2", "ndcg@1", "ndcg@2", "mrr@1", "mrr@2"]  # k >= top would count misses
     per = rerank_metrics(hit, llm, 3, names)
     assert per["hr@1"].tolist() == [1, 0, 0]
     assert per["hr@2"].tolist() == [1, 0, 0]
@@ -83,6 +83,7 @@ def tiny_lm(tmp_path_factory):
 def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny_lm):
     over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=2", "evaluate.methods=[pop, sasrec, mmsrarec]",
             "evaluate.protocols=[sampled, rerank]", "evaluate.rerank_top=10", "evaluate.report_users=0",
+            "evaluate.llm_splits=[test]",
             f"summarize.model.name_or_path={tiny_lm}", "summarize.max_new_tokens=6", "rank.keywords_from=summarize",
             f"rank.model.name_or_path={tiny_lm}", "rank.sft.max_steps=2", "rank.max_examples=16",
             "rank.score_batch_size=8", "experiment.seeds=[5, 6]",
@@ -105,8 +106,20 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
     second = main / "experiment" / "6-main"
     assert (second / "prepare").is_symlink()            # data.seed pinned: the same candidate lists
     assert not (second / "train-cf").is_symlink()       # the run seed changes training
+    scores = main / "evaluate" / "scores"
+    assert (scores / "mmsrarec_test.parquet").is_file() and not (scores / "mmsrarec_valid.parquet").exists()
+    assert (scores / "sasrec_valid.parquet").is_file()  # llm_splits limits the LLM rows only
     zero = main / "experiment" / "5-zero-shot" / "train-ranker"
     assert not (zero / "adapter").exists()
     runs = pd.read_csv(out / "runs.csv")
     hit_rates = runs.loc[runs["protocol"] == "rerank", "retrieval_hit_rate"]
     assert ((hit_rates >= 0) & (hit_rates <= 1)).all()
+
+
+def test_a_pinned_data_seed_equal_to_the_run_seed_is_the_same_prepare_stage(toy_overrides):
+    from mmsrarec.pipeline import Runner
+
+    plain = Runner(load_config(None, [*toy_overrides, "seed=7"]))
+    pinned = Runner(load_config(None, [*toy_overrides, "seed=7", "data.seed=7"]))
+    other = Runner(load_config(None, [*toy_overrides, "seed=7", "data.seed=8"]))
+    assert plain.key("prepare") == pinned.key("prepare") != other.key("prepare")

@@ -89,7 +89,8 @@ def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample standard deviation over seeds of every numeric column, per method and protocol."""
+    """Mean and sample standard deviation over seeds of every numeric column, per method and protocol
+    (the deviation is NaN, and shown as no spread, for a single seed)."""
     numeric = [c for c in rows.columns if c not in ("method", "protocol", "seed")
                and pd.api.types.is_numeric_dtype(rows[c])]
     out = []
@@ -99,7 +100,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
             values = group[col].dropna().to_numpy(dtype=float)
             if len(values):
                 row[col] = float(values.mean())
-                row[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+                row[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")  # no spread of 1
         out.append(row)
     return pd.DataFrame(out)
 

@@ -62,9 +62,15 @@ def _evaluate_needs(cfg: RunConfig) -> list[str]:
             *(["train-mllmmsr"] if msr.evaluated(cfg) else [])]
 
 
+def _prepare_section(cfg: RunConfig) -> dict:
+    """data.* with the effective seed: data.seed -1 under run seed 5 is the same split as data.seed 5."""
+    data = {k: v for k, v in to_dict(cfg.data).items() if k != "seed"}
+    return {"data": data, "seed": cfg.data_seed}
+
+
 def _stages() -> dict[str, Stage]:
     return {s.name: s for s in [
-        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], lambda c: {"data": c.data, "seed": c.data_seed},
+        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], _prepare_section,
               "read the dataset, filter, remap IDs, split, draw candidate lists"),
         Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
               lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),

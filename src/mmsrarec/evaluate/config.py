@@ -16,6 +16,10 @@ class EvaluateConfig:
         default_factory=lambda: ["sampled", "full"],
         help="sampled: the stored 1+N candidate lists; full: rank all items except the case's history (CF models); "
              "rerank: LLM rankers rerank the top rerank_top items of the CF model rerank_cf (leave-one-out, test)")
+    llm_splits: list[Literal["valid", "test"]] = field(
+        default_factory=lambda: ["valid", "test"],
+        help="splits the LLM rankers score on the sampled protocol (nothing is selected on valid here; "
+             "['test'] halves their cost)")
     rerank_cf: str = field("sasrec", help="rerank protocol: the CF model (in cf.models) whose top items the LLM reranks")
     rerank_top: int = field(50, help="rerank protocol: items retrieved by rerank_cf per case")
     full_exclude_history: bool = field(
@@ -36,6 +40,8 @@ class EvaluateConfig:
             raise InvalidValue("protocols", "must name at least one protocol")
         if any(k < 1 for k in self.ks):
             raise InvalidValue("ks", f"must be positive, got {self.ks}")
+        if not self.llm_splits or len(set(self.llm_splits)) != len(self.llm_splits):
+            raise InvalidValue("llm_splits", f"must name valid and/or test once each, got {self.llm_splits}")
         if self.rerank_top < 2:
             raise InvalidValue("rerank_top", f"must be >= 2, got {self.rerank_top}")
         if self.batch_size < 1:

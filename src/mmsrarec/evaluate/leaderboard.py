@@ -22,7 +22,8 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
         "miss).",
         "Model selection (early stopping) used the valid split only.", ""]
     for protocol, part in board.groupby("protocol", sort=False):
-        metrics = [m for m in KEY_METRICS.get(protocol, []) if f"test_{m}" in part]
+        metrics = [m for m in KEY_METRICS.get(protocol, [])
+                   if f"test_{m}" in part and part[f"test_{m}"].notna().any()]
         lines.append(f"## {protocol} ({int(part['test_cases'].iloc[0])} test cases)")
         lines.append("")
         header = ["method"] + [f"test {m}" for m in metrics] + ["valid " + metrics[min(3, len(metrics) - 1)],
@@ -41,6 +42,17 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
     return "\n".join(lines)
 
 
+def _chart_metric(part: pd.DataFrame, protocol: str) -> str:
+    """NDCG@5 for sampled, NDCG@10 otherwise, or the largest NDCG cut-off the rows have (a rerank
+    over fewer than 11 items reports no NDCG@10)."""
+    preferred = "ndcg@5" if protocol == "sampled" else "ndcg@10"
+    if f"test_{preferred}" in part and part[f"test_{preferred}"].notna().any():
+        return preferred
+    cuts = sorted((int(c.split("@")[1]), c[5:]) for c in part.columns
+                  if c.startswith("test_ndcg@") and part[c].notna().any())
+    return cuts[-1][1] if cuts else preferred
+
+
 def plot(board: pd.DataFrame, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -51,13 +63,13 @@ def plot(board: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 3.6), squeeze=False)
     for ax, protocol in zip(axes[0], protocols):
         part = board[board["protocol"] == protocol]
-        metric = "ndcg@5" if protocol == "sampled" else "ndcg@10"
-        part = part.sort_values(f"test_{metric}")
+        metric = _chart_metric(part, protocol)
+        part = part.dropna(subset=[f"test_{metric}"]).sort_values(f"test_{metric}")
         ax.barh(part["method"], part[f"test_{metric}"], color="#4c72b0")
         for y, v in enumerate(part[f"test_{metric}"]):
             ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
         ax.set_title(f"{protocol}: test {metric.upper()}")
-        ax.set_xlim(0, max(part[f"test_{metric}"].max() * 1.25, 1e-3))
+        ax.set_xlim(0, max(float(part[f"test_{metric}"].max()) * 1.25 if len(part) else 0.0, 1e-3))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

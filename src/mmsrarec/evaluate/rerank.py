@@ -4,7 +4,8 @@
    protocol does, and keeps its top evaluate.rerank_top.
 2. The LLM scores those candidates; the target's rank among them gives HR/NDCG/MRR@k.
 
-A target the CF model did not retrieve is a miss at every cut-off (k <= rerank_top). Only the hits
+A target the CF model did not retrieve is a miss at every cut-off; cut-offs k >= rerank_top are not
+reported. Only the hits
 are sent to the LLM, so the cost is (hit rate x cases) prompts of rerank_top candidates each.
 """
 
@@ -22,7 +23,9 @@ from .protocols import full_mask, sampled_metrics
 
 
 def rerank_names(ks: list[int], top: int) -> list[str]:
-    return [n for n in metric_names([k for k in ks if k <= top], "full") if "@" in n]
+    """Cut-offs below `top` only: a miss is ranked `top`-th (below every retrieved item), so at k = top it
+    would count as a hit."""
+    return [n for n in metric_names([k for k in ks if k < top], "full") if "@" in n]
 
 
 def cf_top(model, frame: pd.DataFrame, n_items: int, top: int, exclude_history: bool = True,
@@ -57,7 +60,7 @@ def rerank_cases(frame: pd.DataFrame, retrieved: np.ndarray) -> tuple[pd.DataFra
 
 def rerank_metrics(hit: np.ndarray, hit_scores: np.ndarray, top: int, names: list[str]) -> dict[str, np.ndarray]:
     """Per-case metrics: the LLM's rank of the target among the retrieved items for hits; a miss is
-    ranked below all `top` retrieved items (every metric at k <= top is 0)."""
+    ranked last (every metric at k < top is 0)."""
     scores = np.zeros((len(hit), top), dtype=np.float64)
     scores[~hit, 0] = -1.0  # LLM scores are probabilities in [0, 1]: the target lands last
     if hit.any():

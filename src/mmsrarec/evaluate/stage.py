@@ -88,7 +88,7 @@ def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
     manifest = read_json(ranker_dir / "manifest.json")
     row = {"method": cfg.rank.name, "protocol": "sampled", "train_time_s": manifest.get("wall_time_s"),
            "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": info.get("epochs"), "llm_calls_per_user": 1}
-    for split, c in cases.items():
+    for split, c in ((s, cases[s]) for s in cfg.evaluate.llm_splits):
         t0 = time.perf_counter()
         scores = score_cases(ctx, split, log=ctx.log)
         seconds = time.perf_counter() - t0

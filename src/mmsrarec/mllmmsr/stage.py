@@ -127,7 +127,7 @@ def leaderboard_row(ctx, data: dict, cases: dict) -> dict:
            "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": cfg.sft.epochs if cfg.sft.max_steps < 0 else None,
            "sft_steps": info.get("steps"), "summary_generations": generated["generations"],
            "summary_generation_s": generated["generation_s"]}
-    for split, c in cases.items():
+    for split, c in ((s, cases[s]) for s in ctx.cfg.evaluate.llm_splits):
         states = read_states(summaries, split)
         if len(states) != len(c) or states["user"].tolist() != c.users.tolist():
             raise RuntimeError(f"summarize-users' {split} states do not match the prepare stage's {split} cases; "
