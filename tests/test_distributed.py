@@ -122,6 +122,34 @@ def test_ddp_on_cpu_trains_both_stages_identically_on_every_process(run_config):
     assert output.count("up to date, skipped") == 4, output[-3000:]
 
 
+def test_evaluate_under_ddp_shares_the_llm_scoring_and_equals_one_process(run_config):
+    """Every process scores its share of the cases into one store; the main one writes the leaderboard;
+    the scores equal a single process's. Reuses the ddp run's trained stages when that test ran first."""
+    import numpy as np
+    import pandas as pd
+
+    from mmsrarec.config import load_config
+    from mmsrarec.pipeline import Runner
+
+    sets = ["name=ddp", "cf.models=[pop]", "evaluate.methods=[pop, mmsrarec]", "evaluate.protocols=[sampled]",
+            "evaluate.report_users=0"]
+    launch("ddp.yaml", ["-m", "mmsrarec", "evaluate", "--config", str(run_config),
+                        *[a for s in sets for a in ("--set", s)]])
+    out = run_config.parent / "runs" / "ddp" / "evaluate"
+
+    def writers() -> set[str]:
+        return {p.name.split("-")[1] for p in (out / "llm_scores" / "mmsrarec_test").glob("chunk-*.parquet")}
+
+    assert writers() == {"r000", "r001"}
+    rows = {r["method"] for r in json.loads((out / "metrics.json").read_text())}
+    assert rows == {"pop", "mmsrarec"}
+    shared = pd.read_parquet(out / "scores" / "mmsrarec_test.parquet")
+    Runner(load_config(run_config, sets)).run("evaluate", force=True)
+    assert writers() == {"r000"}
+    alone = pd.read_parquet(out / "scores" / "mmsrarec_test.parquet")
+    assert np.allclose(np.stack(shared["scores"]), np.stack(alone["scores"]), atol=1e-5)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_cpu(stage, run_config):
     pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [scale] extra: pip install -e '.[scale]'")

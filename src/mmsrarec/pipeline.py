@@ -100,7 +100,8 @@ def _stages() -> dict[str, Stage]:
               lambda c: {"evaluate": c.evaluate, **({"rank_scoring": c.rank.scoring} if _ranks(c) else {}),
                          **({"mllm_msr_scoring": c.mllm_msr.scoring} if msr.evaluated(c) else {}),
                          **score_file_digests(c)},  # an outside score file's content is an input too
-              "score every method on both protocols, write the leaderboard", check_score_files),
+              "score every method on both protocols, write the leaderboard", check_score_files,
+              distributed=True),  # under a launcher every process scores a share of the LLM's cases
     ]}
 
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .. import distributed
 from ..artifacts import write_json, write_parquet
 from ..cf.base import Cases
 from ..cf.stage import load_trained
@@ -28,6 +29,12 @@ def run(ctx) -> None:
     n_items = len(data["items"])
     cases = {split: Cases.from_frame(data[split]) for split in ("valid", "test")}
     cf_dir = ctx.input("train-cf")
+    if not distributed.is_main():  # under accelerate launch / torchrun: score a share of the LLM's cases only
+        if cfg.rank.name in ev.methods and "sampled" in ev.protocols:
+            ranker_row(ctx, data, cases, write=False)
+        if cfg.rank.name in ev.methods and "rerank" in ev.protocols:
+            rerank_row(ctx, data, cf_dir)
+        return
     rows = outside_rows(ctx, data, cases)  # evaluate.score_files: checked before any model is scored
     for method in ev.methods:
         if method == cfg.rank.name:
@@ -69,13 +76,19 @@ def run(ctx) -> None:
     write_report(ctx, ctx.out / "report.html")
 
 
+def llm_store(ctx, name: str):
+    """Where the LLM's per-case scores go while they are computed (rank/sharded.py): a killed evaluate
+    resumes from them, and under a launcher every process scores its share of the cases into it."""
+    return ctx.out / "llm_scores" / name
+
+
 def write_scores(out, method: str, split: str, cases: Cases, scores: np.ndarray) -> None:
     """Per-case scores of the stored candidate lists (target first), so any metric can be traced."""
     write_parquet(out / "scores" / f"{method}_{split}.parquet", pd.DataFrame({
         "user": cases.users, "candidates": cases.candidates().tolist(), "scores": scores.tolist()}))
 
 
-def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
+def ranker_row(ctx, data: dict, cases: dict[str, Cases], write: bool = True) -> dict:
     """The LLM ranker (train-ranker's adapter) on the stored candidate lists: one forward pass per user
     over its shared prefix (rank.scoring), all candidates scored from it."""
     from ..artifacts import read_json
@@ -90,9 +103,10 @@ def ranker_row(ctx, data: dict, cases: dict[str, Cases]) -> dict:
            "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": info.get("epochs"), "llm_calls_per_user": 1}
     for split, c in ((s, cases[s]) for s in cfg.evaluate.llm_splits):
         t0 = time.perf_counter()
-        scores = score_cases(ctx, split, log=ctx.log)
+        scores = score_cases(ctx, split, log=ctx.log, store=llm_store(ctx, f"{cfg.rank.name}_{split}"))
         seconds = time.perf_counter() - t0
-        write_scores(ctx.out, cfg.rank.name, split, c, scores)
+        if write:
+            write_scores(ctx.out, cfg.rank.name, split, c, scores)
         row[f"{split}_cases"] = len(c)
         row[f"{split}_eval_time_s"] = round(seconds, 3)
         row[f"{split}_s_per_user"] = round(seconds / max(len(c), 1), 4)
@@ -114,7 +128,8 @@ def rerank_row(ctx, data: dict, cf_dir) -> dict:
     model, _ = load_trained(cf_dir, ev.rerank_cf, cfg, n_items)
     manifest = read_json(ctx.input("train-ranker") / "manifest.json")
     t0 = time.perf_counter()
-    per, facts = evaluate_rerank(lambda hits: score_cases(ctx, "test", cases=hits, log=ctx.log), model,
+    store = llm_store(ctx, f"{cfg.rank.name}_rerank_test")
+    per, facts = evaluate_rerank(lambda hits: score_cases(ctx, "test", cases=hits, log=ctx.log, store=store), model,
                                  data["test"], n_items, ev.rerank_top, ev.ks, ev.full_exclude_history)
     seconds = time.perf_counter() - t0
     row = {"method": cfg.rank.name, "protocol": "rerank", "train_time_s": manifest.get("wall_time_s"),
