@@ -29,19 +29,23 @@ def run(ctx) -> None:
     n_items = len(data["items"])
     cases = {split: Cases.from_frame(data[split]) for split in ("valid", "test")}
     cf_dir = ctx.input("train-cf")
+    ranker = None
+    if cfg.rank.name in ev.methods and {"sampled", "rerank"} & set(ev.protocols):
+        from ..rank.stage import load_ranker
+        ranker = load_ranker(ctx)  # once, for every split and protocol
     if not distributed.is_main():  # under accelerate launch / torchrun: score a share of the LLM's cases only
-        if cfg.rank.name in ev.methods and "sampled" in ev.protocols:
-            ranker_row(ctx, data, cases, write=False)
-        if cfg.rank.name in ev.methods and "rerank" in ev.protocols:
-            rerank_row(ctx, data, cf_dir)
+        if ranker is not None and "sampled" in ev.protocols:
+            ranker_row(ctx, ranker, cases, write=False)
+        if ranker is not None and "rerank" in ev.protocols:
+            rerank_row(ctx, ranker, data, cf_dir)
         return
     rows = outside_rows(ctx, data, cases)  # evaluate.score_files: checked before any model is scored
     for method in ev.methods:
         if method == cfg.rank.name:
             if "sampled" in ev.protocols:
-                rows.append(ranker_row(ctx, data, cases))
+                rows.append(ranker_row(ctx, ranker, cases))
             if "rerank" in ev.protocols:
-                rows.append(rerank_row(ctx, data, cf_dir))
+                rows.append(rerank_row(ctx, ranker, data, cf_dir))
             continue
         if method == cfg.mllm_msr.name:  # sampled protocol only: its summaries exist for the stored cases
             from ..mllmmsr.stage import leaderboard_row
@@ -88,7 +92,7 @@ def write_scores(out, method: str, split: str, cases: Cases, scores: np.ndarray)
         "user": cases.users, "candidates": cases.candidates().tolist(), "scores": scores.tolist()}))
 
 
-def ranker_row(ctx, data: dict, cases: dict[str, Cases], write: bool = True) -> dict:
+def ranker_row(ctx, ranker, cases: dict[str, Cases], write: bool = True) -> dict:
     """The LLM ranker (train-ranker's adapter) on the stored candidate lists: one forward pass per user
     over its shared prefix (rank.scoring), all candidates scored from it."""
     from ..artifacts import read_json
@@ -103,7 +107,7 @@ def ranker_row(ctx, data: dict, cases: dict[str, Cases], write: bool = True) -> 
            "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": info.get("epochs"), "llm_calls_per_user": 1}
     for split, c in ((s, cases[s]) for s in cfg.evaluate.llm_splits):
         t0 = time.perf_counter()
-        scores = score_cases(ctx, split, log=ctx.log, store=llm_store(ctx, f"{cfg.rank.name}_{split}"))
+        scores = score_cases(ranker, split, log=ctx.log, store=llm_store(ctx, f"{cfg.rank.name}_{split}"))
         seconds = time.perf_counter() - t0
         if write:
             write_scores(ctx.out, cfg.rank.name, split, c, scores)
@@ -116,7 +120,7 @@ def ranker_row(ctx, data: dict, cases: dict[str, Cases], write: bool = True) -> 
     return row
 
 
-def rerank_row(ctx, data: dict, cf_dir) -> dict:
+def rerank_row(ctx, ranker, data: dict, cf_dir) -> dict:
     """The LLM ranker on leave-one-out test cases: it reranks the top evaluate.rerank_top items of
     evaluate.rerank_cf (see rerank.py); valid is not scored (nothing is selected on it here)."""
     from ..artifacts import read_json
@@ -129,7 +133,7 @@ def rerank_row(ctx, data: dict, cf_dir) -> dict:
     manifest = read_json(ctx.input("train-ranker") / "manifest.json")
     t0 = time.perf_counter()
     store = llm_store(ctx, f"{cfg.rank.name}_rerank_test")
-    per, facts = evaluate_rerank(lambda hits: score_cases(ctx, "test", cases=hits, log=ctx.log, store=store), model,
+    per, facts = evaluate_rerank(lambda hits: score_cases(ranker, "test", cases=hits, log=ctx.log, store=store), model,
                                  data["test"], n_items, ev.rerank_top, ev.ks, ev.full_exclude_history)
     seconds = time.perf_counter() - t0
     row = {"method": cfg.rank.name, "protocol": "rerank", "train_time_s": manifest.get("wall_time_s"),

@@ -130,31 +130,48 @@ class RankerInputs:
                    ctx.input("index") if rank.use_retrieval else None)
 
 
+@dataclass
+class LoadedRanker:
+    """The trained ranker with what scoring reads, loaded once for any number of score_cases calls."""
+
+    inputs: RankerInputs
+    data: dict
+    catalog: Catalog
+    scorer: Scorer
+
+
+def load_ranker(source: Any) -> LoadedRanker:
+    """source: a StageContext of a stage that ran after train-ranker (e.g. evaluate), or RankerInputs."""
+    inputs = source if isinstance(source, RankerInputs) else RankerInputs.from_context(source)
+    cfg = inputs.cfg.rank
+    data = load_prepared(inputs.prepare)
+    adapter = inputs.ranker / ADAPTER
+    if not cfg.zero_shot and not (adapter / "adapter_config.json").is_file():
+        raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
+    model, processor, is_vlm = load_model(cfg.model, adapter=None if cfg.zero_shot else str(adapter))
+    return LoadedRanker(inputs, data, catalog_for(cfg, data["items"], inputs.keywords),
+                        Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size))
+
+
 def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
                 log: Callable[[str], None] | None = None, progress: bool = True,
                 store: Path | None = None) -> np.ndarray:
     """[n_cases, 1 + N] ranker scores of each case's stored candidates, the target first, then its
     negatives (the column order of cf.base.Cases.candidates()).
 
-    source: a StageContext of a stage that ran after train-ranker (e.g. evaluate), or RankerInputs.
-    cases: rows of the prepare stage's <split> table (default: all of it); their index is the case
-    number, which keys the retrieved context. method: rank.scoring unless given.
+    source: a LoadedRanker (load_ranker), or what load_ranker takes (then the model is loaded for this
+    call only). cases: rows of the prepare stage's <split> table (default: all of it); their index is
+    the case number, which keys the retrieved context. method: rank.scoring unless given.
     store: a folder to score into resumably, shared by the processes of a torchrun / accelerate job,
     each scoring its share of the cases (rank/sharded.py); every process returns all the scores."""
-    inputs = source if isinstance(source, RankerInputs) else RankerInputs.from_context(source)
+    ranker = source if isinstance(source, LoadedRanker) else load_ranker(source)
+    inputs, catalog, scorer = ranker.inputs, ranker.catalog, ranker.scorer
     cfg = inputs.cfg.rank
-    data = load_prepared(inputs.prepare)
-    cases = data[split] if cases is None else cases
+    cases = ranker.data[split] if cases is None else cases
     if "negatives" not in cases:
         raise DataError(f"the {split} cases carry no stored negatives to rank", path=str(inputs.prepare))
-    catalog = catalog_for(cfg, data["items"], inputs.keywords)
     contexts = retrieved_contexts(inputs.index, split, catalog, cfg.max_context_keywords) \
         if cfg.use_retrieval and inputs.index is not None else {}
-    adapter = inputs.ranker / ADAPTER
-    if not cfg.zero_shot and not (adapter / "adapter_config.json").is_file():
-        raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
-    model, processor, is_vlm = load_model(cfg.model, adapter=None if cfg.zero_shot else str(adapter))
-    scorer = Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size)
     if store is not None:
         from .sharded import score_frame_sharded
         return score_frame_sharded(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, store, log=log,
