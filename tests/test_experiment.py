@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmsrarec.config import load_config
-from mmsrarec.errors import ConfigError
+from mmsrarec.errors import ConfigError, MmsrarecError
 from mmsrarec.evaluate.rerank import cf_top, rerank_cases, rerank_metrics, rerank_names
 from mmsrarec.experiment import aggregate, members, run_experiment
 
@@ -123,3 +123,34 @@ def test_a_pinned_data_seed_equal_to_the_run_seed_is_the_same_prepare_stage(toy_
     pinned = Runner(load_config(None, [*toy_overrides, "seed=7", "data.seed=7"]))
     other = Runner(load_config(None, [*toy_overrides, "seed=7", "data.seed=8"]))
     assert plain.key("prepare") == pinned.key("prepare") != other.key("prepare")
+
+
+def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tiny_lm):
+    from pathlib import Path
+
+    from mmsrarec.pipeline import Runner
+
+    over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=1", "evaluate.methods=[pop, mmsrarec]",
+            "evaluate.report_users=0",
+            "evaluate.protocols=[sampled]", f"summarize.model.name_or_path={tiny_lm}", "summarize.max_new_tokens=6",
+            "rank.keywords_from=summarize", f"rank.model.name_or_path={tiny_lm}",
+            "rank.sft.max_steps=1", "rank.max_examples=8", "rank.score_batch_size=8", "experiment.parallel=2",
+            "experiment.variants=[{name: zero-shot, set: [rank.zero_shot=true]}, "
+            "{name: no-retrieval, set: [rank.use_retrieval=false]}]"]
+    cfg = load_config(None, over)
+    runner = Runner(cfg)
+    plan = runner._before(runner.plan("evaluate"), "train-ranker")
+    assert "train-ranker" not in plan and "evaluate" not in plan and "index" in plan
+    assert run_experiment(cfg, None, over, stop_before="train-ranker") is None  # e.g. the CPU part
+    main_dir = Path(cfg.runs_dir) / cfg.name
+    variant = main_dir / "experiment" / f"{cfg.seed}-no-retrieval"
+    assert (main_dir / "index" / "manifest.json").is_file()
+    assert not (main_dir / "train-ranker").exists() and not (main_dir / "evaluate").exists()
+    assert (variant / "summarize").is_symlink() and not (variant / "train-ranker").exists()
+    out = run_experiment(cfg, None, over)  # the rankers, two processes at a time
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["method"]) == {"pop", "mmsrarec", "zero-shot", "no-retrieval"}
+    assert "[train-ranker]" in (variant / "run.log").read_text()
+    assert (variant / "train-ranker" / "manifest.json").is_file() and not (variant / "train-ranker").is_symlink()
+    with pytest.raises(MmsrarecError, match="unknown stage"):
+        runner._before(plan, "no-such-stage")

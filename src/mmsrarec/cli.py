@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage the config's evaluate section needs, in order; with an "
                                       "experiment section, once per seed and variant, then merge the leaderboards")
     _common(run)
+    for name in [*STAGES, "run"]:
+        sub.choices[name].add_argument(
+            "--stop-before", metavar="STAGE", default=None,
+            help="leave out STAGE and every stage that needs it (e.g. --stop-before train-ranker: everything but "
+                 "the LLM ranker, to finish on another machine)")
     for name in ("evaluate", "run"):
         sub.choices[name].add_argument(
             "--scores", action="append", default=[], metavar="[NAME=]FILE",
@@ -90,11 +95,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run" and (cfg.experiment.seeds or cfg.experiment.variants):
         from .experiment import run_experiment
 
-        run_experiment(cfg, args.config, args.overrides, force=args.force)
+        run_experiment(cfg, args.config, args.overrides, force=args.force, stop_before=args.stop_before)
         return 0
     runner = Runner(cfg)
     target = "evaluate" if args.command == "run" else args.command
-    runner.run(target, force=args.force)
+    runner.run(target, force=args.force, stop_before=args.stop_before)
     return 0
 
 

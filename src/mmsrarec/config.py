@@ -41,10 +41,15 @@ class ExperimentConfig:
 
     seeds: list[int] = field(default_factory=list, help="run seeds to average over (empty = only `seed`)")
     variants: list[Variant] = field(default_factory=list, help="extra rankers: each is the run with its overrides")
+    parallel: int = field(1, help="runs executed at once, each in its own process with its log in "
+                                  "<run>/run.log (> 1 pays on a GPU that a small model leaves idle; finish "
+                                  "the shared stages first, e.g. with --stop-before train-ranker)")
 
     def validate(self) -> None:
         if len(set(self.seeds)) != len(self.seeds):
             raise InvalidValue("seeds", f"has duplicates: {self.seeds}")
+        if self.parallel < 1:
+            raise InvalidValue("parallel", f"must be >= 1, got {self.parallel}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise InvalidValue("variants", f"names must be unique, got {names}")

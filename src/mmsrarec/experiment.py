@@ -53,22 +53,98 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
     return out
 
 
-def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str], force: bool = False) -> Path:
-    from .pipeline import Runner
-
+def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str], force: bool = False,
+                   stop_before: str | None = None) -> Path | None:
+    """Every member run, then the merged leaderboard (none with `stop_before`: the runs are unfinished)."""
     runs = members(cfg, config_path, overrides)
-    done: list[Path] = []
-    for n, member in enumerate(runs, 1):
-        print(f"[experiment] run {n}/{len(runs)}: seed {member.seed}, "
-              f"{member.method or 'main'} -> {Path(member.cfg.runs_dir) / member.cfg.name}", file=sys.stderr)
-        runner = Runner(member.cfg, reuse=done)
-        runner.run("evaluate", force=force)
-        done.append(runner.run_dir)
+    if cfg.experiment.parallel > 1 and stop_before is None:
+        # the stages before the ranker one run after another, so that each is computed once and linked;
+        # then the rankers and their evaluations side by side
+        _run_sequential(runs, force=False, stop_before=PARALLEL_FROM)
+        done = _run_parallel(runs, cfg.experiment.parallel, force)
+    else:
+        done = _run_sequential(runs, force, stop_before)
+    if stop_before is not None:
+        print(f"[experiment] {len(runs)} runs done up to {stop_before}; run again without --stop-before "
+              "to finish them", file=sys.stderr)
+        return None
     out = Path(cfg.runs_dir) / cfg.name / "leaderboard"
     board = merge([(m, d) for m, d in zip(runs, done)])
     write_board(board, out, cfg, len(cfg.experiment.seeds or [cfg.seed]))
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
+
+
+PARALLEL_FROM = "train-ranker"  # experiment.parallel runs this stage and those after it side by side
+
+
+def _run_sequential(runs: list[Member], force: bool, stop_before: str | None) -> list[Path]:
+    from .pipeline import Runner
+
+    done: list[Path] = []
+    for n, member in enumerate(runs, 1):
+        until = f" (up to {stop_before})" if stop_before else ""
+        print(f"[experiment] run {n}/{len(runs)}{until}: seed {member.seed}, "
+              f"{member.method or 'main'} -> {Path(member.cfg.runs_dir) / member.cfg.name}", file=sys.stderr)
+        runner = Runner(member.cfg, reuse=done)
+        runner.run("evaluate", force=force, stop_before=stop_before)
+        done.append(runner.run_dir)
+    return done
+
+
+def _run_member(cfg: RunConfig, reuse: list[Path], force: bool, log: Path) -> Path:
+    """One member run in a worker process, its output (Python's and native code's) into `log`."""
+    import os
+
+    from .pipeline import Runner
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    runner = Runner(cfg, reuse=reuse)
+    runner.run("evaluate", force=force)
+    return runner.run_dir
+
+
+def _run_parallel(runs: list[Member], workers: int, force: bool) -> list[Path]:
+    """The member runs, `workers` at a time, each in a fresh (spawned) process, its output in
+    <run>/run.log. Each may link the finished stages of the runs listed before it, as in a sequential
+    experiment."""
+    import multiprocessing
+    import time
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    dirs = [Path(m.cfg.runs_dir) / m.cfg.name for m in runs]
+    logs = [d / "run.log" for d in dirs]
+    started = time.perf_counter()
+    failed = []
+    with ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(_run_member, m.cfg, dirs[:i], force, logs[i]): i
+                   for i, m in enumerate(runs)}
+        print(f"[experiment] {len(runs)} runs, {workers} at a time; logs: <run>/run.log", file=sys.stderr)
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = pending.pop(future)
+                what = f"seed {runs[i].seed}, {runs[i].method or 'main'}"
+                if future.exception() is None:
+                    print(f"[experiment] done ({len(runs) - len(pending)}/{len(runs)}, "
+                          f"{time.perf_counter() - started:.0f} s): {what}", file=sys.stderr)
+                else:
+                    failed.append(i)
+                    tail = logs[i].read_text(errors="replace").splitlines()[-5:] if logs[i].is_file() else []
+                    print(f"[experiment] FAILED: {what}: {future.exception()}; log {logs[i]}:\n  " +
+                          "\n  ".join(tail), file=sys.stderr)
+    if failed:
+        raise ArtifactError(f"{len(failed)} of {len(runs)} runs failed (logs: " +
+                            ", ".join(str(logs[i]) for i in failed) + "); fix and rerun: finished stages are kept")
+    return dirs
 
 
 def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:

@@ -198,13 +198,27 @@ class Runner:
                 self.stages[name].check(self.cfg)
         return order
 
-    def run(self, target: str, force: bool = False) -> dict:
-        """Run `target` and the stages it needs; `force` redoes the target even if it is up to date."""
+    def run(self, target: str, force: bool = False, stop_before: str | None = None) -> dict:
+        """Run `target` and the stages it needs; `force` redoes the target even if it is up to date.
+        `stop_before`: leave out that stage and every planned stage that needs it, directly or not
+        (e.g. run the CPU-cheap stages on one machine and the LLM ranker on another)."""
         manifest: dict = {}
         ensure = self._ensure_launched if distributed.join() else self.ensure
-        for name in self.plan(target):
+        plan = self.plan(target)
+        if stop_before is not None:
+            plan = self._before(plan, stop_before)
+        for name in plan:
             manifest = ensure(name, force=force and name == target)
         return manifest
+
+    def _before(self, plan: list[str], stop: str) -> list[str]:
+        if stop not in self.stages:
+            raise MmsrarecError(f"--stop-before: unknown stage {stop!r}; stages are: {', '.join(self.stages)}")
+        cut = {stop}
+        for name in plan:  # plan is in dependency order, so a stage's needs come before it
+            if any(dep in cut for dep in self.stages[name].needs(self.cfg)):
+                cut.add(name)
+        return [name for name in plan if name not in cut]
 
     def _ensure_launched(self, name: str, force: bool = False) -> dict:
         """`ensure` under `accelerate launch`: the main process decides, runs and writes the manifest as

