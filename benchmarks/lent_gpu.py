@@ -30,7 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STASH = Path("/tmp/mmsrarec-stash")
 SITE = Path("/tmp/mmsrarec-site")
-HEAVY = ("*.safetensors", "*.faiss", "*.pt", "*.gguf", "checkpoints", "*.bin")
+# left out of results.tgz, which must stay under the 16 MB a file that comes back may have (the per-case
+# scores of seven runs alone passed it on all of ML-100K)
+HEAVY = ("*.safetensors", "*.faiss", "*.pt", "*.gguf", "checkpoints", "*.bin", "*.jsonl", "tokenizer.json",
+         "scores", "llm_scores", "*.parquet")
+KEY_LINES = ("test hr@", "] done in", "SFT on", "SFT examples", "train_runtime", "[experiment]")
 
 
 def _cfg(config: str, overrides: list[str]):
@@ -189,6 +193,12 @@ def finish(args: argparse.Namespace) -> None:
     print(f"[lent_gpu] mmsrarec run: {rc} after {time.perf_counter() - started:.0f} s", flush=True)
     sys.path[:0] = [str(ROOT / "src"), str(SITE)]
     merge_finished(args.config, args.set)
+    lines = []  # the lines that matter from every run's log, in case results.tgz does not come back
+    for log in sorted(run.rglob("run.log")):
+        lines.append(f"== {log.parent}")
+        text = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+        lines += list(dict.fromkeys(x[:240] for x in text if any(k in x for k in KEY_LINES)))
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
         tar.add(run, cfg.name, filter=lambda m: None if any(Path(m.name).match(p) for p in HEAVY) else m)
     print((run / "leaderboard" / "leaderboard.md").read_text() if (run / "leaderboard" / "leaderboard.md").is_file()

@@ -181,8 +181,9 @@ def main() -> None:
     stem = args.out or Path("benchmarks/results") / (
         "rank_speed" if (args.shape, args.device) == ("smollm2", "cpu") else f"rank_speed_{args.shape}_{args.device}")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    # not with_suffix: a stem such as rank_speed_qwen2.5-vl-7b_cuda has a dot of its own
+    stem.parent.joinpath(stem.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.parent.joinpath(stem.name + ".md").write_text(markdown(result))
     print(markdown(result))
 
 
