@@ -435,3 +435,20 @@ def test_item_text_cannot_inject_chat_control_tokens(tiny_lm, items):
     tok = AutoTokenizer.from_pretrained(tiny_lm)
     prompt = rank_prompt(tok, catalog, [1, 2], "", [1, 3], 10)
     assert prompt.full(0).count("<|im_start|>") == 2 and prompt.full(0).count("<|im_end|>") == 1
+
+
+def test_per_user_scoring_time_comes_from_the_stored_times_not_the_resumed_wall(tmp_path):
+    import pandas as pd
+
+    from mmsrarec.evaluate.stage import scoring_times
+    from mmsrarec.summarize.store import ChunkStore
+
+    store = ChunkStore(tmp_path / "s", key="case", writer="r000")
+    store.append(pd.DataFrame({"case": [0, 1], "scores": [[0.1], [0.2]], "seconds": [0.5, 1.5]}))
+    store.append(pd.DataFrame({"case": [2], "scores": [[0.3]], "seconds": [4.0]}))
+    # a resumed evaluation found every case stored and waited 0.01 s: the cost is what scoring took
+    assert scoring_times(tmp_path / "s", 4, "test", wall_s=0.01) == {
+        "test_s_per_user": 1.5, "test_s_per_scored_user_median": 1.5}  # 6 s over 4 cases (one not scored)
+    old = ChunkStore(tmp_path / "old", key="case", writer="r000")
+    old.append(pd.DataFrame({"case": [0], "scores": [[0.1]]}))  # stored before times were kept
+    assert scoring_times(tmp_path / "old", 2, "valid", wall_s=3.0) == {"valid_s_per_user": 1.5}

@@ -92,6 +92,20 @@ def write_scores(out, method: str, split: str, cases: Cases, scores: np.ndarray)
         "user": cases.users, "candidates": cases.candidates().tolist(), "scores": scores.tolist()}))
 
 
+def scoring_times(store, n_cases: int, split: str, wall_s: float) -> dict:
+    """<split>_s_per_user: LLM scoring seconds per case (user) from the times stored with the scores, so a
+    resumed or sharded evaluation reports what scoring cost, not how long this process waited; rerank cases
+    whose target the CF model missed cost nothing and count. <split>_s_per_scored_user_median: the median
+    over the cases the LLM scored. Falls back to this call's wall time for scores stored without times."""
+    from ..rank.sharded import stored_seconds
+
+    times = stored_seconds(store)
+    if not len(times) or np.isnan(times).any():
+        return {f"{split}_s_per_user": round(wall_s / max(n_cases, 1), 4)}
+    return {f"{split}_s_per_user": round(float(times.sum()) / max(n_cases, 1), 4),
+            f"{split}_s_per_scored_user_median": round(float(np.median(times)), 4)}
+
+
 def ranker_row(ctx, ranker, cases: dict[str, Cases], write: bool = True) -> dict:
     """The LLM ranker (train-ranker's adapter) on the stored candidate lists: one forward pass per user
     over its shared prefix (rank.scoring), all candidates scored from it."""
@@ -107,13 +121,14 @@ def ranker_row(ctx, ranker, cases: dict[str, Cases], write: bool = True) -> dict
            "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": info.get("epochs"), "llm_calls_per_user": 1}
     for split, c in ((s, cases[s]) for s in cfg.evaluate.llm_splits):
         t0 = time.perf_counter()
-        scores = score_cases(ranker, split, log=ctx.log, store=llm_store(ctx, f"{cfg.rank.name}_{split}"))
+        store = llm_store(ctx, f"{cfg.rank.name}_{split}")
+        scores = score_cases(ranker, split, log=ctx.log, store=store)
         seconds = time.perf_counter() - t0
         if write:
             write_scores(ctx.out, cfg.rank.name, split, c, scores)
         row[f"{split}_cases"] = len(c)
         row[f"{split}_eval_time_s"] = round(seconds, 3)
-        row[f"{split}_s_per_user"] = round(seconds / max(len(c), 1), 4)
+        row.update(scoring_times(store, len(c), split, seconds))
         row.update({f"{split}_{k}": v for k, v in summarize(sampled_metrics(scores, names)).items()})
     ctx.log(f"{cfg.rank.name:10s} sampled  test " + "  ".join(
         f"{k}={row['test_' + k]:.4f}" for k in ("hr@5", "ndcg@5", "auc")))
@@ -139,7 +154,7 @@ def rerank_row(ctx, ranker, data: dict, cf_dir) -> dict:
     row = {"method": cfg.rank.name, "protocol": "rerank", "train_time_s": manifest.get("wall_time_s"),
            "peak_rss_mb": manifest.get("peak_rss_mb"), "rerank_cf": ev.rerank_cf, "rerank_top": ev.rerank_top,
            "test_cases": len(data["test"]), "test_eval_time_s": round(seconds, 3),
-           "test_s_per_user": round(seconds / max(len(data["test"]), 1), 4), **facts,
+           **scoring_times(store, len(data["test"]), "test", seconds), **facts,
            **{f"test_{k}": v for k, v in summarize(per).items()}}
     ctx.log(f"{cfg.rank.name:10s} rerank   test hr@10={row.get('test_hr@10', float('nan')):.4f}  "
             f"ndcg@10={row.get('test_ndcg@10', float('nan')):.4f}  (CF top-{ev.rerank_top} hit rate "

@@ -40,10 +40,12 @@ def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, c
         log(f"rank {shard.rank} of {shard.world}: scoring {len(todo):,} cases")
     pending, last_flush = [], time.monotonic()
     for done, number in enumerate(todo.index, start=1):
+        t0 = time.perf_counter()
         scores = score_frame(scorer, catalog, todo.loc[[number]], contexts, cfg, method, progress=False)[0]
-        pending.append((int(number), scores.astype(np.float32).tolist()))
+        pending.append((int(number), scores.astype(np.float32).tolist(), time.perf_counter() - t0))
         if len(pending) >= flush_cases or time.monotonic() - last_flush >= flush_s or done == len(todo):
-            store.append(pd.DataFrame({"case": [c for c, _ in pending], "scores": [s for _, s in pending]}))
+            store.append(pd.DataFrame({"case": [c for c, _, _ in pending], "scores": [s for _, s, _ in pending],
+                                       "seconds": [t for _, _, t in pending]}))
             pending, last_flush = [], time.monotonic()
             if progress and log is not None:
                 log(f"rank {shard.rank}: {done:,} / {len(todo):,} cases scored")
@@ -60,3 +62,14 @@ def stored_scores(store: ChunkStore, numbers: np.ndarray) -> np.ndarray:
     if not len(numbers):
         return np.zeros((0, 0), np.float32)
     return np.stack([np.asarray(s, np.float32) for s in frame.loc[numbers, "scores"]])
+
+
+def stored_seconds(store_dir: Path) -> np.ndarray:
+    """Seconds spent scoring each stored case, by whichever process and run scored it (NaN for cases
+    stored without a time): per-user times that a resumed or sharded evaluation does not distort."""
+    if not Path(store_dir).is_dir():
+        return np.zeros(0)
+    frame = ChunkStore(store_dir, key="case").merged()
+    if "seconds" not in frame:
+        return np.full(len(frame), np.nan)
+    return frame["seconds"].to_numpy(dtype=float)
