@@ -47,8 +47,16 @@ QWEN25_VL_7B_TEXT = dict(hidden_size=3584, num_hidden_layers=28, num_attention_h
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
 
 
-def build_model(shape: str, device: str, dtype: torch.dtype):
-    """(model, tokenizer) on `device`: the embedded SmolLM2, or random weights of a named shape."""
+# Qwen2.5-VL's own ids of its vision tokens, used with a real (text) tokenizer that lacks them
+QWEN25_VL_VISION_IDS = {"vision_start_token_id": 151652, "vision_end_token_id": 151653,
+                        "image_token_id": 151655, "video_token_id": 151656}
+
+
+def build_model(shape: str, device: str, dtype: torch.dtype, tokenizer_path: str | None = None):
+    """(model, tokenizer) on `device`: the embedded SmolLM2, or random weights of a named shape. With
+    `tokenizer_path` (a folder holding a Hugging Face tokenizer, e.g. the converted SmolLM2's), prompts
+    are tokenized by it instead of the tiny stand-in, whose 1,024-token vocabulary makes prompts ~1.7x
+    longer than a real BPE tokenizer would."""
     if shape == "smollm2":
         from mmsrarec.models import ModelConfig, load_causal_lm
 
@@ -61,7 +69,17 @@ def build_model(shape: str, device: str, dtype: torch.dtype):
     tokenizer = tiny_tokenizer(QWEN_VL_SPECIALS, "<|vision_start|><|image_pad|><|vision_end|>")
     parts = _qwen_vl_parts(tokenizer)
     tiny_rope = parts.pop("rope")
+    if tokenizer_path:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        parts.update(QWEN25_VL_VISION_IDS)  # text-only prompts: these ids never occur
     text = {**_text_config(tokenizer, "qwen2_5_vl_text"), "rope_parameters": tiny_rope}
+    if tokenizer_path:
+        text["vocab_size"] = max(len(tokenizer), max(QWEN25_VL_VISION_IDS.values()) + 1)
     vision = dict(depth=LAYERS, num_heads=HEADS, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
                   out_hidden_size=HIDDEN, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                   fullatt_block_indexes=[LAYERS - 1])
@@ -128,6 +146,10 @@ def main() -> None:
                     "line; the end of the user turn and the assistant header add ~5")
     ap.add_argument("--history-keywords", type=int, default=5, help="keywords per history item (rank.history_keywords)")
     ap.add_argument("--batch-size", type=int, default=32, help="candidates per forward (batched, shared_prefix)")
+    ap.add_argument("--tokenizer", default=None, help="random-weight shapes: a folder with a real tokenizer for "
+                    "realistic prompt lengths (e.g. ~/.cache/mmsrarec/smollm2-135m-instruct); default: tiny stand-in")
+    ap.add_argument("--profile", type=int, default=0, help="after timing, profile shared_prefix on this many users "
+                    "(torch.profiler) and write <out>_profile.txt: where the time goes, kernel launches")
     ap.add_argument("--methods", default="naive,batched,shared_prefix")
     ap.add_argument("--note", default="", help="a sentence about the conditions, written into the report")
     ap.add_argument("--out", type=Path, default=None, help="results stem (default benchmarks/results/rank_speed"
@@ -138,7 +160,7 @@ def main() -> None:
     methods = args.methods.split(",")
 
     t0 = time.perf_counter()
-    model, tokenizer = build_model(args.shape, args.device, dtype)
+    model, tokenizer = build_model(args.shape, args.device, dtype, args.tokenizer)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     catalog = synthetic_catalog(tokenizer, 400, args.candidate_tokens, args.history_keywords, rng)
@@ -181,10 +203,39 @@ def main() -> None:
     stem = args.out or Path("benchmarks/results") / (
         "rank_speed" if (args.shape, args.device) == ("smollm2", "cpu") else f"rank_speed_{args.shape}_{args.device}")
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if args.profile and "shared_prefix" in methods:
+        result["profile"] = profile_shared_prefix(scorer, prompts[args.warmup:args.warmup + args.profile], args.device,
+                                                  stem.parent / (stem.name + "_profile.txt"))
     # not with_suffix: a stem such as rank_speed_qwen2.5-vl-7b_cuda has a dot of its own
     stem.parent.joinpath(stem.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.parent.joinpath(stem.name + ".md").write_text(markdown(result))
     print(markdown(result))
+
+
+def profile_shared_prefix(scorer, prompts: list[RankPrompt], device: str, path: Path) -> dict:
+    """torch.profiler over shared-prefix scoring of `prompts`: the ops that take the time (self time on
+    the device, or on the CPU without one), and how many kernels were launched per user."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for prompt in prompts:
+            score_shared_prefix(scorer, prompt)
+        sync(device)
+    wall = (time.perf_counter() - start) / max(len(prompts), 1)
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events) if cuda else 0
+    facts = {"users": len(prompts), "wall_s_per_user_profiled": round(wall, 4),
+             "kernel_launches_per_user": round(launches / max(len(prompts), 1), 1),
+             "device_busy_s_per_user": round(device_us / 1e6 / max(len(prompts), 1), 4)}
+    path.write_text(json.dumps(facts, indent=1) + "\n\n" + events.table(sort_by=sort, row_limit=30) + "\n")
+    print(f"profile: {facts} -> {path}")
+    return facts
 
 
 def markdown(r: dict) -> str:

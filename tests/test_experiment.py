@@ -154,3 +154,12 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert (variant / "train-ranker" / "manifest.json").is_file() and not (variant / "train-ranker").is_symlink()
     with pytest.raises(MmsrarecError, match="unknown stage"):
         runner._before(plan, "no-such-stage")
+
+
+def test_last_line_of_a_log_reads_through_progress_bar_redraws(tmp_path):
+    from mmsrarec.experiment import last_line
+
+    log = tmp_path / "run.log"
+    assert last_line(log) == "(no log yet)"
+    log.write_text("x" * 5000 + "\n[train-ranker] SFT on 10 examples\n 10%|#  | 1/10\r 20%|##  | 2/10\r\n\n")
+    assert last_line(log) == "20%|##  | 2/10"

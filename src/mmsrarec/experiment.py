@@ -112,7 +112,19 @@ def _run_member(cfg: RunConfig, reuse: list[Path], force: bool, log: Path) -> Pa
     return runner.run_dir
 
 
-def _run_parallel(runs: list[Member], workers: int, force: bool) -> list[Path]:
+def last_line(log: Path, width: int = 110) -> str:
+    """The last non-blank line of a log, progress-bar redraws (carriage returns) included."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            tail = fh.read().decode(errors="replace")
+    except OSError:
+        return "(no log yet)"
+    lines = [x.strip() for x in tail.replace("\r", "\n").splitlines() if x.strip()]
+    return lines[-1][:width] if lines else "(starting)"
+
+
+def _run_parallel(runs: list[Member], workers: int, force: bool, status_every_s: float = 60.0) -> list[Path]:
     """The member runs, `workers` at a time, each in a fresh (spawned) process, its output in
     <run>/run.log. Each may link the finished stages of the runs listed before it, as in a sequential
     experiment."""
@@ -129,7 +141,11 @@ def _run_parallel(runs: list[Member], workers: int, force: bool) -> list[Path]:
                    for i, m in enumerate(runs)}
         print(f"[experiment] {len(runs)} runs, {workers} at a time; logs: <run>/run.log", file=sys.stderr)
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=status_every_s, return_when=FIRST_COMPLETED)
+            if not finished:  # progress: where each running run is, from the last line of its log
+                for i in sorted(pending.values()):
+                    print(f"[experiment] {time.perf_counter() - started:.0f} s, {runs[i].method or 'main'}: "
+                          f"{last_line(logs[i])}", file=sys.stderr)
             for future in finished:
                 i = pending.pop(future)
                 what = f"seed {runs[i].seed}, {runs[i].method or 'main'}"
