@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from mmsrarec.rank.prompts import Catalog, RankPrompt, rank_prompt, tokenizer_of
-from mmsrarec.rank.score import Scorer, score_batched, score_naive, score_shared_prefix
+from mmsrarec.rank.score import Scorer, score_batched, score_naive, score_shared_prefix, score_shared_prefix_many
 
 METHODS = {"naive": score_naive, "batched": score_batched, "shared_prefix": score_shared_prefix}
 WORDS = ("acoustic adventure animated baby bamboo blanket bottle bright classic comedy compact console cotton "
@@ -148,6 +148,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="candidates per forward (batched, shared_prefix)")
     ap.add_argument("--tokenizer", default=None, help="random-weight shapes: a folder with a real tokenizer for "
                     "realistic prompt lengths (e.g. ~/.cache/mmsrarec/smollm2-135m-instruct); default: tiny stand-in")
+    ap.add_argument("--users-per-batch", type=int, default=1, help="> 1: also time shared_prefix over this many "
+                    "users at once (score_shared_prefix_many; per-user time = group time / users)")
     ap.add_argument("--profile", type=int, default=0, help="after timing, profile shared_prefix on this many users "
                     "(torch.profiler) and write <out>_profile.txt: where the time goes, kernel launches")
     ap.add_argument("--methods", default="naive,batched,shared_prefix")
@@ -185,6 +187,20 @@ def main() -> None:
             scores[m].append(out)
         print(f"user {u + 1}/{args.users}: " + ", ".join(f"{m} {times[m][-1]:.3f} s" for m in methods), flush=True)
 
+    if args.users_per_batch > 1 and "shared_prefix" in methods:  # several users per forward (score_many)
+        timed = prompts[args.warmup:]
+        score_shared_prefix_many(scorer, [RankPrompt(p.prefix, p.suffixes[:3]) for p in timed[:2]])  # warm-up
+        groups = [timed[i:i + args.users_per_batch] for i in range(0, len(timed), args.users_per_batch)]
+        many, got = [], []
+        for group in groups:
+            sync(args.device)
+            start = time.perf_counter()
+            got += score_shared_prefix_many(scorer, group)
+            sync(args.device)
+            many += [(time.perf_counter() - start) / len(group)] * len(group)
+        times[f"shared_prefix_x{args.users_per_batch}"] = many
+        scores[f"shared_prefix_x{args.users_per_batch}"] = got
+        methods = [*methods, f"shared_prefix_x{args.users_per_batch}"]
     medians = {m: statistics.median(v) for m, v in times.items()}
     ref = methods[0]
     diff = {m: float(max(np.abs(a - b).max() for a, b in zip(scores[m], scores[ref]))) for m in methods}

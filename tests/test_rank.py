@@ -201,6 +201,39 @@ def test_shared_prefix_equals_naive_for_a_qwen_vlm_with_an_image_in_the_prefix(a
         _assert_same_scores(Scorer.from_model(with_random_lora(model), processor, True, batch_size=4), prompt)
 
 
+@pytest.mark.parametrize("kind", ["lm", "qwen2_5_vl"])
+def test_several_users_scored_together_equal_each_user_alone(kind, tiny_lm, folder, catalog):
+    """score_shared_prefix_many: prefixes of different lengths in one padded batch, candidate chunks that
+    cross users; every user's scores equal that user scored alone (and naive) in float32."""
+    from mmsrarec.models.tiny import tiny_qwen2_5_vl
+    from mmsrarec.rank.score import score_many, score_shared_prefix_many
+
+    if kind == "lm":
+        model, proc = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu", dtype="float32"))
+    else:
+        path = tiny_qwen2_5_vl(folder / "qwen2_5_vl_many")
+        model, proc = load_vlm(ModelConfig(name_or_path=str(path), kind="vlm", device="cpu", dtype="float32"))
+    sharpen(model)
+    is_vlm = kind != "lm"
+    prompts = [rank_prompt(proc, catalog, history, context, candidates, 10, is_vlm=is_vlm)
+               for history, context, candidates in [(HISTORY, CONTEXT, CANDIDATES), ([2], "", [5, 6, 7]),
+                                                    ([1, 4, 8, 9, 11, 13, 14, 16, 17, 18], "drama", [3, 19, 20, 12])]]
+    tok = scoring.tokenizer_of(proc)
+    assert len({len(tok(p.prefix)["input_ids"]) for p in prompts}) == 3  # three prefix lengths: padding matters
+    scorer = Scorer.from_model(model, proc, is_vlm, batch_size=5)  # chunks of 5 rows cross user boundaries
+    together = score_shared_prefix_many(scorer, prompts)
+    for prompt, got in zip(prompts, together):
+        alone = score_shared_prefix(scorer, prompt)
+        assert got.shape == alone.shape and np.abs(got - alone).max() < 1e-4
+        assert np.abs(got - score_naive(scorer, prompt)).max() < 1e-4
+    assert [g.tolist() for g in score_many(scorer, prompts)] == [g.tolist() for g in together]
+    from mmsrarec.rank.prompts import RankPrompt
+
+    image_prompt = RankPrompt(prompts[0].prefix, prompts[0].suffixes, prefix_images=["x"])
+    with pytest.raises(PromptError, match="text-only"):
+        score_shared_prefix_many(scorer, [image_prompt, prompts[1]])
+
+
 def test_candidate_images_fall_back_to_batched_full_prompts(tiny_vlm, catalog):
     model, processor = load_vlm(ModelConfig(name_or_path=str(tiny_vlm), kind="vlm", device="cpu", dtype="float32"))
     sharpen(model)
@@ -423,6 +456,24 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     assert scores.shape == (4, 6) and ((scores > 0) & (scores < 1)).all()
     naive = score_cases(inputs, "valid", valid.head(4), method="naive", progress=False)
     assert np.abs(naive - scores).max() < 1e-4
+    # rank.score_batch_size 32 holds 5 users' 6 candidates, so those 4 users were scored together; one
+    # user per forward (6) gives the same scores, and so do pairs (12) scored resumably into a store
+    from dataclasses import replace
+
+    from mmsrarec.rank.stage import users_per_forward
+
+    def with_rows(n: int) -> RankerInputs:
+        return replace(inputs, cfg=load_config(None, [*over, "rank.keywords_from=summarize",
+                                                      f"rank.score_batch_size={n}"]))
+
+    assert [users_per_forward(c.cfg.rank, 6) for c in (inputs, with_rows(6), with_rows(12))] == [5, 1, 2]
+    alone = score_cases(with_rows(6), "valid", valid.head(4), progress=False)
+    assert np.abs(alone - scores).max() < 1e-4
+    store = runner.run_dir / "grouped-scores"
+    together = score_cases(with_rows(12), "valid", valid.head(5), progress=False, store=store)
+    assert np.abs(together[:4] - alone).max() < 1e-4 and together.shape == (5, 6)
+    from mmsrarec.rank.sharded import stored_seconds
+    assert len(stored_seconds(store)) == 5 and (stored_seconds(store) > 0).all()
 
 
 def test_item_text_cannot_inject_chat_control_tokens(tiny_lm, items):

@@ -117,7 +117,9 @@ class RankConfig:
                                             "shared prefix)")
     zero_shot: bool = field(False, help="no SFT: rank with the untrained model (the 'zero-shot LLM' row); "
                                         "train-ranker then only records that")
-    score_batch_size: int = field(32, help="candidates per forward pass when scoring")
+    score_batch_size: int = field(32, help="candidate rows per forward pass when scoring; with shared_prefix, "
+                                           "several users share a pass when it holds all their candidates "
+                                           "(score_batch_size // candidates users; 1 with the default 32 and 1+20)")
     scoring: Literal["shared_prefix", "batched", "naive"] = field(
         "shared_prefix", help="shared_prefix: the user's prompt prefix runs once, candidates share its KV cache; "
                               "batched: full prompts in one batch; naive: one full forward per candidate")

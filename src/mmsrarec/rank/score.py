@@ -175,6 +175,83 @@ def score_shared_prefix(scorer: Scorer, prompt: RankPrompt, check: bool = True) 
     return torch.cat(out).cpu().numpy()
 
 
+def score_many(scorer: Scorer, prompts: Sequence[RankPrompt], method: str = "shared_prefix") -> list[np.ndarray]:
+    """Scores of several users' candidates. shared_prefix over text-only prefixes runs the users together
+    (score_shared_prefix_many): one prefix forward for all of them and their candidates in shared batches,
+    which keeps a GPU busy where one user's forward would leave it waiting on kernel launches."""
+    if method == "shared_prefix" and len(prompts) > 1 and all(p.shared and not p.prefix_images for p in prompts):
+        return score_shared_prefix_many(scorer, prompts)
+    return [score(scorer, p, method) for p in prompts]
+
+
+@torch.inference_mode()
+def score_shared_prefix_many(scorer: Scorer, prompts: Sequence[RankPrompt], check: bool = True) -> list[np.ndarray]:
+    """score_shared_prefix for several users at once: their prefixes run as one right-padded batch (a
+    real token never attends to the padding after it), then every (user, candidate) row continues its
+    own user's prefix: the row's cache is that user's, its attention mask is [the user's prefix mask |
+    suffix mask] (the prefix padding masked out) and its positions start at the user's prefix length."""
+    if any(not p.shared or p.prefix_images for p in prompts):
+        raise PromptError("score_shared_prefix_many takes text-only shared prefixes; score the others one by one")
+    tok = scorer.tokenizer
+    if check:
+        for p in prompts:
+            if len(p):
+                check_split(tok, p.prefix, p.suffixes[0])
+    prefix = encode(scorer, [p.prefix for p in prompts])
+    mask = prefix["attention_mask"]
+    lengths = mask.sum(1)
+    b, width_p = mask.shape
+    positions = torch.arange(width_p, device=scorer.device).expand(b, width_p)
+    mrope = getattr(scorer.decoder, "get_rope_index", None) is not None
+    if mrope:  # text-only prefixes on a Qwen-VL model: the same position on all three axes
+        positions = positions.expand(3, b, width_p)
+    cache = new_cache(scorer)
+    scorer.decoder(**prefix, position_ids=positions, cache=cache, use_cache=True)
+    rows = [(u, tok(s, add_special_tokens=False)["input_ids"]) for u, p in enumerate(prompts) for s in p.suffixes]
+    out = []
+    for start in range(0, len(rows), scorer.batch_size):
+        chunk = rows[start:start + scorer.batch_size]
+        users = torch.tensor([u for u, _ in chunk], device=scorer.device)
+        n, width = len(chunk), max(len(s) for _, s in chunk)
+        ids = torch.full((n, width), _pad_id(tok), dtype=torch.long)
+        smask = torch.zeros((n, width), dtype=torch.long)
+        for row, (_, s) in enumerate(chunk):
+            ids[row, :len(s)] = torch.tensor(s)
+            smask[row, :len(s)] = 1
+        ids, smask = ids.to(scorer.device), smask.to(scorer.device)
+        attention = torch.cat([mask[users], smask], dim=1)
+        pos = lengths[users][:, None] + torch.arange(width, device=scorer.device)
+        if mrope:
+            pos = pos.expand(3, n, width)
+        hidden = scorer.decoder(input_ids=ids, attention_mask=attention, position_ids=pos,
+                                cache=select_cache(cache, users), use_cache=True).last_hidden_state
+        last = smask.sum(1) - 1
+        out.append(yes_probability(scorer, hidden[torch.arange(n, device=hidden.device), last]))
+    flat = torch.cat(out).float().cpu().numpy() if out else np.zeros(0, np.float32)
+    bounds = np.cumsum([0, *(len(p) for p in prompts)])
+    return [flat[bounds[i]:bounds[i + 1]] for i in range(len(prompts))]
+
+
+def select_cache(cache: Any, rows: torch.Tensor) -> Any:
+    """A cache whose row i is row rows[i] of `cache` (a copy: the suffix forward appends to it)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    layers = []
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            raise PromptError(f"shared-prefix scoring supports full-attention caches only, not "
+                              f"{type(layer).__name__} (sliding-window or linear attention); use method 'batched'")
+        new = DynamicLayer()
+        new.lazy_initialization(layer.keys, layer.values)
+        new.keys = layer.keys.index_select(0, rows)
+        new.values = layer.values.index_select(0, rows)
+        layers.append(new)
+    out = DynamicCache()
+    out.layers = layers
+    return out
+
+
 def check_split(tokenizer: Any, prefix: str, suffix: str) -> None:
     """tokenize(prefix) + tokenize(suffix) must equal tokenize(prefix + suffix), or the shared-prefix
     scores would be scores of a different token sequence than the one trained on."""

@@ -30,7 +30,7 @@ def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, c
     """score_frame over this process's share of `cases` (index = case number) into `store_dir`, then
     the scores of all cases once every process has stored its share. A chunk is written every
     `flush_cases` cases or `flush_s` seconds, whichever comes first."""
-    from .stage import score_frame
+    from .stage import score_frame, users_per_forward
 
     shard = shard or current_shard()
     store = ChunkStore(store_dir, key="case", writer=shard.tag)
@@ -39,10 +39,15 @@ def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, c
     if log is not None and shard.world > 1:
         log(f"rank {shard.rank} of {shard.world}: scoring {len(todo):,} cases")
     pending, last_flush = [], time.monotonic()
-    for done, number in enumerate(todo.index, start=1):
+    group = users_per_forward(cfg, 1 + len(cases["negatives"].iloc[0])) if len(cases) else 1
+    numbers_todo = todo.index.tolist()
+    for start in range(0, len(numbers_todo), group):
+        chunk = numbers_todo[start:start + group]
         t0 = time.perf_counter()
-        scores = score_frame(scorer, catalog, todo.loc[[number]], contexts, cfg, method, progress=False)[0]
-        pending.append((int(number), scores.astype(np.float32).tolist(), time.perf_counter() - t0))
+        scores = score_frame(scorer, catalog, todo.loc[chunk], contexts, cfg, method, progress=False)
+        each = (time.perf_counter() - t0) / len(chunk)  # users scored together share the time
+        pending += [(int(n), s.astype(np.float32).tolist(), each) for n, s in zip(chunk, scores)]
+        done = start + len(chunk)
         if len(pending) >= flush_cases or time.monotonic() - last_flush >= flush_s or done == len(todo):
             store.append(pd.DataFrame({"case": [c for c, _, _ in pending], "scores": [s for _, s, _ in pending],
                                        "seconds": [t for _, _, t in pending]}))

@@ -26,7 +26,7 @@ from ..data.prepare import load_prepared
 from ..errors import ArtifactError, DataError
 from .config import RankConfig, keyword_stage
 from .prompts import Catalog
-from .score import Scorer, load_model, score
+from .score import Scorer, load_model, score_many
 from .tasks import build_examples, example_counts
 from .train import ADAPTER, CHECKPOINTS, train_ranker
 
@@ -179,9 +179,16 @@ def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, meth
     return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress)
 
 
+def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
+    """Users scored together so that a suffix forward holds up to rank.score_batch_size candidate rows
+    (1 when one user's candidates already fill it, as with the CPU defaults)."""
+    return max(1, cfg.score_batch_size // max(n_candidates, 1))
+
+
 def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
                 method: str, log: Callable[[str], None] | None = None, progress: bool = True) -> np.ndarray:
-    """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer."""
+    """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer; with
+    shared_prefix, several users per forward pass where rank.score_batch_size leaves room (score_many)."""
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
@@ -190,14 +197,17 @@ def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts:
     if log is not None and cfg.candidate_image and method == "shared_prefix":
         log("candidate images make every suffix multimodal: scoring batched full prompts instead of a shared prefix")
     processor = scorer.processor
-    rows = []
-    for case, history, target, negatives in tqdm(list(zip(cases.index, cases["history"], cases["target"],
-                                                         cases["negatives"])), desc="rank", unit="case",
-                                                 disable=not progress):
+    prompts = []
+    for case, history, target, negatives in zip(cases.index, cases["history"], cases["target"], cases["negatives"]):
         candidates = [int(target), *(int(n) for n in negatives)]
-        prompt = rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
-                             candidates, cfg.history_len, scorer.is_vlm, cfg.history_image, cfg.candidate_image,
-                             load_image)
-        rows.append(score(scorer, prompt, method))
+        prompts.append(rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
+                                   candidates, cfg.history_len, scorer.is_vlm, cfg.history_image,
+                                   cfg.candidate_image, load_image))
+    group = users_per_forward(cfg, len(prompts[0])) if prompts else 1
+    rows: list[np.ndarray] = []
+    with tqdm(total=len(prompts), desc="rank", unit="case", disable=not progress) as bar:
+        for start in range(0, len(prompts), group):
+            rows += score_many(scorer, prompts[start:start + group], method)
+            bar.update(len(prompts[start:start + group]))
     return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
