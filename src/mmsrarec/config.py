@@ -41,9 +41,10 @@ class ExperimentConfig:
 
     seeds: list[int] = field(default_factory=list, help="run seeds to average over (empty = only `seed`)")
     variants: list[Variant] = field(default_factory=list, help="extra rankers: each is the run with its overrides")
-    parallel: int = field(1, help="runs executed at once, each in its own process with its log in "
-                                  "<run>/run.log (> 1 pays on a GPU that a small model leaves idle; finish "
-                                  "the shared stages first, e.g. with --stop-before train-ranker)")
+    parallel: int = field(1, help="> 1: the stages before train-ranker run one after another (each computed "
+                                  "once, then linked), then the rankers and their evaluations this many at a "
+                                  "time, each in its own process (log: <run>/run.log); pays on a GPU that a "
+                                  "small model leaves idle")
 
     def validate(self) -> None:
         if len(set(self.seeds)) != len(self.seeds):
