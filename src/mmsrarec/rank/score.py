@@ -156,14 +156,8 @@ def score_shared_prefix(scorer: Scorer, prompt: RankPrompt, check: bool = True) 
     mrope = positions.ndim == 3
     out = []
     for start in range(0, len(suffix_ids), scorer.batch_size):
-        chunk = suffix_ids[start:start + scorer.batch_size]
-        n, width = len(chunk), max(len(s) for s in chunk)
-        ids = torch.full((n, width), _pad_id(tok), dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for row, s in enumerate(chunk):
-            ids[row, :len(s)] = torch.tensor(s)
-            mask[row, :len(s)] = 1
-        ids, mask = ids.to(scorer.device), mask.to(scorer.device)
+        ids, mask = right_padded(scorer, suffix_ids[start:start + scorer.batch_size])
+        n, width = ids.shape
         attention = torch.cat([torch.ones((n, n_prefix), dtype=torch.long, device=scorer.device), mask], dim=1)
         pos = (next_position + torch.arange(width, device=scorer.device)).expand(n, width)
         if mrope:
@@ -212,13 +206,8 @@ def score_shared_prefix_many(scorer: Scorer, prompts: Sequence[RankPrompt], chec
     for start in range(0, len(rows), scorer.batch_size):
         chunk = rows[start:start + scorer.batch_size]
         users = torch.tensor([u for u, _ in chunk], device=scorer.device)
-        n, width = len(chunk), max(len(s) for _, s in chunk)
-        ids = torch.full((n, width), _pad_id(tok), dtype=torch.long)
-        smask = torch.zeros((n, width), dtype=torch.long)
-        for row, (_, s) in enumerate(chunk):
-            ids[row, :len(s)] = torch.tensor(s)
-            smask[row, :len(s)] = 1
-        ids, smask = ids.to(scorer.device), smask.to(scorer.device)
+        ids, smask = right_padded(scorer, [s for _, s in chunk])
+        n, width = ids.shape
         attention = torch.cat([mask[users], smask], dim=1)
         pos = lengths[users][:, None] + torch.arange(width, device=scorer.device)
         if mrope:
@@ -234,22 +223,7 @@ def score_shared_prefix_many(scorer: Scorer, prompts: Sequence[RankPrompt], chec
 
 def select_cache(cache: Any, rows: torch.Tensor) -> Any:
     """A cache whose row i is row rows[i] of `cache` (a copy: the suffix forward appends to it)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    layers = []
-    for layer in cache.layers:
-        if type(layer) is not DynamicLayer:
-            raise PromptError(f"shared-prefix scoring supports full-attention caches only, not "
-                              f"{type(layer).__name__} (sliding-window or linear attention); use method 'batched'")
-        new = DynamicLayer()
-        new.lazy_initialization(layer.keys, layer.values)
-        new.keys = layer.keys.index_select(0, rows)
-        new.values = layer.values.index_select(0, rows)
-        layers.append(new)
-    out = DynamicCache()
-    out.layers = layers
-    return out
+    return _rebatched(cache, lambda t: t.index_select(0, rows))
 
 
 def check_split(tokenizer: Any, prefix: str, suffix: str) -> None:
@@ -286,6 +260,11 @@ def new_cache(scorer: Scorer) -> Any:
 def expand_cache(cache: Any, n: int) -> Any:
     """A cache whose every layer views the (batch 1) prefix keys/values as batch n without copying;
     the suffix forward concatenates onto the view, leaving the prefix cache untouched for the next batch."""
+    return _rebatched(cache, lambda t: t.expand(n, -1, -1, -1))
+
+
+def _rebatched(cache: Any, take: Any) -> Any:
+    """A new DynamicCache whose every layer holds take(keys), take(values) of `cache`'s layer."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -296,12 +275,22 @@ def expand_cache(cache: Any, n: int) -> Any:
                               f"{type(layer).__name__} (sliding-window or linear attention); use method 'batched'")
         new = DynamicLayer()
         new.lazy_initialization(layer.keys, layer.values)
-        new.keys = layer.keys.expand(n, -1, -1, -1)
-        new.values = layer.values.expand(n, -1, -1, -1)
+        new.keys, new.values = take(layer.keys), take(layer.values)
         layers.append(new)
     out = DynamicCache()
     out.layers = layers
     return out
+
+
+def right_padded(scorer: Scorer, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) [len(seqs), longest] on the scorer's device, padded on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), _pad_id(scorer.tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+        mask[row, :len(s)] = 1
+    return ids.to(scorer.device), mask.to(scorer.device)
 
 
 # ----------------------------------------------------------------------------- the answer
