@@ -35,6 +35,21 @@ def write_atomic(folder: Path, name: str = "toy", n_users: int = 30, n_items: in
     return folder
 
 
+def with_item_images(folder: Path, name: str, n_items: int, size, color) -> Path:
+    """Rewrite <name>.item with an image column: even items get pics/<i>.png of size(i) and color(i),
+    odd items none (a VLM sees both kinds)."""
+    from PIL import Image
+
+    (folder / "pics").mkdir(exist_ok=True)
+    rows = ["item_id:token\ttitle:token_seq\timage:token"]
+    for i in range(n_items):
+        if i % 2 == 0:
+            Image.new("RGB", size(i), color(i)).save(folder / "pics" / f"{i}.png")
+        rows.append(f"i{i}\tItem {i}\t" + (f"pics/{i}.png" if i % 2 == 0 else ""))
+    (folder / f"{name}.item").write_text("\n".join(rows) + "\n")
+    return folder
+
+
 @pytest.fixture
 def toy_dataset(tmp_path: Path) -> Path:
     return write_atomic(tmp_path / "toy")

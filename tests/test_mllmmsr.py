@@ -11,7 +11,6 @@ import re
 import pandas as pd
 import pytest
 
-from PIL import Image
 
 from mmsrarec.config import load_config
 from mmsrarec.errors import ConfigError
@@ -200,16 +199,10 @@ def test_a_vlm_describes_items_with_their_images_and_the_recommender_sees_them(t
     from mmsrarec.mllmmsr.stage import read_states
     from mmsrarec.models.tiny import tiny_qwen2_vl
 
-    from conftest import write_atomic
+    from conftest import with_item_images, write_atomic
 
-    folder = write_atomic(tmp_path / "img", name="img", n_users=6, n_items=12, length=6)
-    (folder / "pics").mkdir()
-    rows = ["item_id:token\ttitle:token_seq\timage:token"]
-    for i in range(12):
-        if i % 2 == 0:
-            Image.new("RGB", (48 + i, 40), (20 * i, 90, 200 - 10 * i)).save(folder / "pics" / f"{i}.png")
-        rows.append(f"i{i}\tItem {i}\t" + (f"pics/{i}.png" if i % 2 == 0 else ""))
-    (folder / "img.item").write_text("\n".join(rows) + "\n")
+    folder = with_item_images(write_atomic(tmp_path / "img", name="img", n_users=6, n_items=12, length=6), "img", 12,
+                              size=lambda i: (48 + i, 40), color=lambda i: (20 * i, 90, 200 - 10 * i))
     vlm = tiny_qwen2_vl(tmp_path / "vlm")
     cfg = load_config(None, [f"runs_dir={tmp_path / 'runs'}", "name=v", "data.source=atomic", f"data.path={folder}",
                              "data.name=img", "data.num_negatives=3", f"mllm_msr.model.name_or_path={vlm}",

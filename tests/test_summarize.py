@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from mmsrarec.config import load_config
 from mmsrarec.pipeline import Runner
 from mmsrarec.summarize.stage import merge_keywords
 from mmsrarec.summarize.store import ChunkStore
 
-from conftest import write_atomic
+from conftest import with_item_images, write_atomic
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +81,8 @@ def test_kill_9_midway_then_rerun_loses_and_duplicates_nothing(toy_dataset, tmp_
 def test_vlm_summarizes_text_and_images(tmp_path):
     from mmsrarec.models.tiny import tiny_qwen2_vl
 
-    folder = write_atomic(tmp_path / "img", name="img", n_users=8, n_items=20, length=6)
-    (folder / "pics").mkdir()
-    rows = ["item_id:token\ttitle:token_seq\timage:token"]
-    for i in range(20):
-        if i % 2 == 0:
-            Image.new("RGB", (64 + i, 48), (10 * i, 100, 200 - 5 * i)).save(folder / "pics" / f"{i}.png")
-            rows.append(f"i{i}\tItem {i}\tpics/{i}.png")
-        else:
-            rows.append(f"i{i}\tItem {i}\t")
-    (folder / "img.item").write_text("\n".join(rows) + "\n")
+    folder = with_item_images(write_atomic(tmp_path / "img", name="img", n_users=8, n_items=20, length=6), "img", 20,
+                              size=lambda i: (64 + i, 48), color=lambda i: (10 * i, 100, 200 - 5 * i))
     vlm = tiny_qwen2_vl(tmp_path / "vlm")
     over = [f"runs_dir={tmp_path / 'runs'}", "name=v", "data.source=atomic", f"data.path={folder}", "data.name=img",
             "data.num_negatives=3", f"summarize.model.name_or_path={vlm}", "summarize.model.kind=vlm",
