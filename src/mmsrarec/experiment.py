@@ -75,6 +75,28 @@ def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str]
     return out
 
 
+def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> Path:
+    """The merged leaderboard over the runs that are finished now (evaluate up to date for the config,
+    see pipeline.Runner.finished), running nothing; it names the runs left out."""
+    from .pipeline import Runner
+
+    done, missing = [], []
+    for member in members(cfg, config_path, overrides):
+        runner = Runner(member.cfg)
+        if runner.finished(runner.plan("evaluate"), log=False) is None:
+            missing.append(f"{member.seed}-{member.method or 'main'}")
+        else:
+            done.append((member, runner.run_dir))
+    print(f"[experiment] {len(done)} of {len(done) + len(missing)} runs finished"
+          + (f"; not finished: {', '.join(missing)}" if missing else ""), file=sys.stderr)
+    if not done:
+        raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
+    out = Path(cfg.runs_dir) / cfg.name / "leaderboard"
+    write_board(merge(done), out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
+    print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
+    return out
+
+
 PARALLEL_FROM = "train-ranker"  # experiment.parallel runs this stage and those after it side by side
 
 
@@ -200,7 +222,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc"], "full": ["hr@10", "ndcg@10"], "rerank": ["hr@10", "ndcg@10"]}
 
 
-def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int) -> None:
+def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     board = aggregate(rows)
     rows.to_csv(out / "runs.csv", index=False)
@@ -215,6 +237,8 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int) -> 
             cells = [_cell(r, f"test_{m}") for m in metrics]
             lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+    if missing:
+        lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
     write_text(out / "leaderboard.md", "\n".join(lines))
 
 

@@ -207,6 +207,10 @@ class Runner:
         plan = self.plan(target)
         if stop_before is not None:
             plan = self._before(plan, stop_before)
+        elif not force:
+            finished = self.finished(plan)
+            if finished is not None:
+                return finished
         for name in plan:
             manifest = ensure(name, force=force and name == target)
         return manifest
@@ -243,9 +247,42 @@ class Runner:
             self._done[name] = manifest
         return manifest
 
-    def key(self, name: str) -> tuple[str, dict]:
+    def finished(self, plan: list[str], log: bool = True) -> dict | None:
+        """The target's manifest (plan[-1]) if nothing in the plan has to run, else None (then `ensure`
+        decides stage by stage). Nothing has to run when every stage has the key that the config gives it
+        now, the target's outputs are intact, and the stages before it lack at most some outputs that they
+        wrote, with none changed: pruned, e.g. a ranker's weights deleted, or left on the GPU machine that
+        ran it, once its evaluation was done. A stage whose outputs were changed is redone, with all after it."""
+        done: dict[str, dict] = {}
+        for name in plan:  # keys first: they need no hashing, and fail fast where something must run
+            path = self.run_dir / name / "manifest.json"
+            if not path.is_file():
+                return None
+            manifest = read_json(path)
+            if manifest.get("key") != self.key(name, done)[0]:
+                return None
+            done[name] = manifest
+        pruned: dict[str, list[str]] = {}
+        for name in plan:
+            missing, changed = self._output_diff(self.run_dir / name, done[name])
+            if changed or (missing and name == plan[-1]):
+                return None
+            if missing:
+                pruned[name] = missing
+        for name in plan if log else []:
+            if name in pruned:
+                gone = pruned[name]
+                print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
+                      f"{', ...' if len(gone) > 2 else ''}), not needed: {plan[-1]} is up to date", file=sys.stderr)
+            else:
+                print(f"[{name}] up to date, skipped ({self.run_dir / name}); use --force to redo it", file=sys.stderr)
+        self._done.update(done)
+        return done[plan[-1]]
+
+    def key(self, name: str, done: dict[str, dict] | None = None) -> tuple[str, dict]:
         stage = self.stages[name]
-        inputs = {dep: self._done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
+        done = self._done if done is None else done
+        inputs = {dep: done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
         config = to_dict(stage.section(self.cfg))
         return sha256_json({"config": config, "inputs": inputs, "version": __version__}), inputs
 
@@ -289,9 +326,17 @@ class Runner:
 
     @staticmethod
     def _changed_outputs(folder: Path, manifest: dict) -> list[str]:
+        missing, changed = Runner._output_diff(folder, manifest)
+        return sorted(missing + changed)
+
+    @staticmethod
+    def _output_diff(folder: Path, manifest: dict) -> tuple[list[str], list[str]]:
+        """(outputs the manifest lists that are gone, outputs that are new or differ)."""
         actual = hash_tree(folder)
         expected = manifest.get("outputs", {})
-        return sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
+        missing = sorted(k for k in expected if k not in actual)
+        changed = sorted(k for k in actual if actual[k] != expected.get(k))
+        return missing, changed
 
     def _execute(self, name: str, key: str, inputs: dict, force: bool) -> dict:
         stage = self.stages[name]

@@ -75,7 +75,7 @@ def evaluate_full(full_scores: FullScorer, cases: Cases, n_items: int, names: li
         with torch.no_grad():
             scores = full_scores(hist).float()
         mask = full_mask(hist, targets, n_items, scores.device, exclude_history)
-        pos = scores[torch.arange(len(targets), device=scores.device), torch.as_tensor(targets, device=scores.device)]
+        pos = scores[torch.arange(len(targets), device=scores.device), torch.tensor(targets, device=scores.device)]
         g, t, c = count_ranks(pos, scores, mask)
         greater.append(g), ties.append(t), n.append(c)
     return per_case(names, np.concatenate(greater), np.concatenate(ties), np.concatenate(n))
