@@ -68,7 +68,9 @@ def pack(args: argparse.Namespace) -> None:
             if "manifest.json" in files:
                 manifest = Path(folder) / "manifest.json"
                 tar.add(manifest, f"manifests/{manifest.relative_to(run)}")
-        tar.add(run, f"run/{cfg.name}")  # links stay links (they are relative, inside the run)
+        # links stay links (they are relative, inside the run); the GRPO policy's weights stay here: the
+        # tuned keywords are done, so no stage that reads them runs there (pipeline.Runner.standing)
+        tar.add(run, f"run/{cfg.name}", filter=lambda m: None if _left_here(Path(m.name)) else m)
         gguf = find_smollm2_gguf()
         tar.add(gguf, f"gguf/{gguf.name}")
     size = tar_path.stat().st_size
@@ -80,6 +82,10 @@ def pack(args: argparse.Namespace) -> None:
     tar_path.unlink()
     print(f"{size / 1e6:.1f} MB in {parts} parts of <= {args.chunk / 1e6:.0f} MB under {out}; "
           f"call k carries .gpu/k")
+
+
+def _left_here(path: Path) -> bool:
+    return "train-summarizer" in path.parts and any(path.match(w) for w in WEIGHTS)
 
 
 def _extract(parts: list[Path], dest: Path) -> list[str]:

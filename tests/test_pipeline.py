@@ -76,51 +76,60 @@ def test_cli_prepare_prints_statistics_and_errors_are_clean(toy_overrides, capsy
 
 
 def _counting_stages(monkeypatch, calls):
-    """a -> b: 'a' writes weights.bin and notes.txt, 'b' writes a metric from them."""
+    """a -> b -> c, and d that reads a and b: 'a' writes weights.bin and notes.txt, the others a number."""
     import sys
     import types
 
-    module = types.ModuleType("fake_pair")
+    module = types.ModuleType("fake_chain")
 
     def run_a(ctx):
         calls.append("a")
         (ctx.out / "weights.bin").write_bytes(b"w" * 10)
         (ctx.out / "notes.txt").write_text("a")
 
-    def run_b(ctx):
-        calls.append("b")
-        (ctx.out / "metric.json").write_text(str(len((ctx.input("a") / "weights.bin").read_bytes())))
+    def later(name, reads):
+        def run(ctx):
+            calls.append(name)
+            (ctx.out / "n.txt").write_text(str(sum(len(list(ctx.input(r).iterdir())) for r in reads)))
+        return run
 
-    module.run_a, module.run_b = run_a, run_b
-    monkeypatch.setitem(sys.modules, "fake_pair", module)
-    return {"a": Stage("a", "fake_pair:run_a", lambda c: [], lambda c: {"seed": c.seed}),
-            "b": Stage("b", "fake_pair:run_b", lambda c: ["a"], lambda c: {"seed": c.seed})}
+    module.run_a, module.run_b, module.run_c, module.run_d = run_a, later("b", ["a"]), later("c", ["b"]), \
+        later("d", ["a", "b"])
+    monkeypatch.setitem(sys.modules, "fake_chain", module)
+    needs = {"a": [], "b": ["a"], "c": ["b"], "d": ["a", "b"]}
+    return {n: Stage(n, f"fake_chain:run_{n}", lambda c, n=n: needs[n], lambda c, n=n: {"seed": c.seed,
+            "extra": c.data.num_negatives if n in "cd" else 0}) for n in needs}
 
 
-def test_pruned_outputs_before_a_finished_target_do_not_rerun_it_but_changed_ones_do(toy_overrides, monkeypatch,
-                                                                                     capsys):
+def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overrides, monkeypatch, capsys):
     calls: list = []
     stages = _counting_stages(monkeypatch, calls)
     cfg = load_config(None, toy_overrides)
-    first = Runner(cfg, stages).run("b")
+    first = Runner(cfg, stages).run("c")
     weights = Runner(cfg, stages).run_dir / "a" / "weights.bin"
     weights.unlink()  # pruned: e.g. a ranker's adapter deleted after its evaluation
-    assert Runner(cfg, stages).run("b")["key"] == first["key"] and calls == ["a", "b"]
-    err = capsys.readouterr().err
-    assert "[a] finished; 1 of its outputs are gone (weights.bin), not needed: b is up to date" in err
-    # what needs the pruned stage to run again gets it back
-    Runner(load_config(None, [*toy_overrides, "seed=7"]), stages).run("b")
-    assert calls == ["a", "b", "a", "b"]
+    assert Runner(cfg, stages).run("c")["key"] == first["key"] and calls == ["a", "b", "c"]
+    assert "[a] finished; 1 of its outputs are gone (weights.bin), not needed" in capsys.readouterr().err
+    # c has to run (its config changed) but reads only b: a stays pruned
+    other = load_config(None, [*toy_overrides, "data.num_negatives=9"])
+    Runner(other, stages).run("c")
+    assert calls == ["a", "b", "c", "c"] and not weights.exists()
+    # d reads a and has to run: a runs again first (same outputs, so b stands)
+    Runner(other, stages).run("d")
+    assert calls == ["a", "b", "c", "c", "a", "d"] and weights.exists()
     # a changed output is not a pruned one: the stage is redone (its new outputs equal the old, so b stands)
-    Runner(cfg, stages).run("b")
     calls.clear()
     (weights.parent / "notes.txt").write_text("edited")
-    Runner(cfg, stages).run("b")
+    Runner(other, stages).run("d")
     assert calls == ["a"] and (weights.parent / "notes.txt").read_text() == "a"
     # the target's own outputs must be intact, and --force redoes it whatever the manifests say
     calls.clear()
-    (weights.parent.parent / "b" / "metric.json").unlink()
-    Runner(cfg, stages).run("b")
-    assert calls == ["b"]
-    Runner(cfg, stages).run("b", force=True)
-    assert calls == ["b", "b"]
+    (weights.parent.parent / "d" / "n.txt").unlink()
+    Runner(other, stages).run("d")
+    assert calls == ["d"]
+    Runner(other, stages).run("d", force=True)
+    assert calls == ["d", "d"]
+    # what needs the pruned stage with another key gets it run again
+    weights.unlink()
+    Runner(load_config(None, [*toy_overrides, "seed=7"]), stages).run("c")
+    assert calls == ["d", "d", "a", "b", "c"]

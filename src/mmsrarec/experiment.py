@@ -83,7 +83,7 @@ def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[s
     done, missing = [], []
     for member in members(cfg, config_path, overrides):
         runner = Runner(member.cfg)
-        if runner.finished(runner.plan("evaluate"), log=False) is None:
+        if runner.finished(runner.plan("evaluate")) is None:
             missing.append(f"{member.seed}-{member.method or 'main'}")
         else:
             done.append((member, runner.run_dir))

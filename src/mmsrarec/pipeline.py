@@ -177,6 +177,7 @@ class Runner:
         self.run_dir = Path(cfg.runs_dir) / cfg.name
         self.reuse = [Path(p) for p in reuse]
         self._done: dict[str, dict] = {}
+        self._pruned: dict[str, list[str]] = {}  # stage -> outputs gone, of the stages `standing` kept
 
     def plan(self, target: str) -> list[str]:
         """The target and everything it needs, in dependency order."""
@@ -207,12 +208,14 @@ class Runner:
         plan = self.plan(target)
         if stop_before is not None:
             plan = self._before(plan, stop_before)
-        elif not force:
-            finished = self.finished(plan)
-            if finished is not None:
-                return finished
+        standing = {} if force else self.standing(plan)
+        distributed.barrier()  # every process has decided before any stage runs
         for name in plan:
-            manifest = ensure(name, force=force and name == target)
+            if name in standing:
+                manifest = self._done[name] = standing[name]
+                self._say_standing(name, manifest)
+            else:
+                manifest = ensure(name, force=force and name == target)
         return manifest
 
     def _before(self, plan: list[str], stop: str) -> list[str]:
@@ -247,37 +250,55 @@ class Runner:
             self._done[name] = manifest
         return manifest
 
-    def finished(self, plan: list[str], log: bool = True) -> dict | None:
-        """The target's manifest (plan[-1]) if nothing in the plan has to run, else None (then `ensure`
-        decides stage by stage). Nothing has to run when every stage has the key that the config gives it
-        now, the target's outputs are intact, and the stages before it lack at most some outputs that they
-        wrote, with none changed: pruned, e.g. a ranker's weights deleted, or left on the GPU machine that
-        ran it, once its evaluation was done. A stage whose outputs were changed is redone, with all after it."""
+    def standing(self, plan: list[str]) -> dict[str, dict]:
+        """The stages of `plan` that need not run, by their manifests: each has the key that the config
+        gives it now, and outputs intact, or pruned: some of its outputs gone, none changed (e.g. a
+        ranker's weights deleted once its evaluation was done, or left on the GPU machine that ran it). A
+        pruned stage stands only while no stage that reads it has to run; the target (plan[-1]) must be
+        intact. Stages after one that has to run are not judged here: `ensure` decides them."""
         done: dict[str, dict] = {}
-        for name in plan:  # keys first: they need no hashing, and fail fast where something must run
+        pruned: dict[str, list[str]] = {}  # stage -> its outputs that are gone
+        for name in plan:
+            if any(dep not in done for dep in self.stages[name].needs(self.cfg)):
+                continue  # something it reads has to run first: its key is known only then
             path = self.run_dir / name / "manifest.json"
             if not path.is_file():
-                return None
+                continue
             manifest = read_json(path)
             if manifest.get("key") != self.key(name, done)[0]:
-                return None
-            done[name] = manifest
-        pruned: dict[str, list[str]] = {}
-        for name in plan:
-            missing, changed = self._output_diff(self.run_dir / name, done[name])
+                continue
+            missing, changed = self._output_diff(self.run_dir / name, manifest)
             if changed or (missing and name == plan[-1]):
-                return None
+                continue
             if missing:
                 pruned[name] = missing
-        for name in plan if log else []:
-            if name in pruned:
-                gone = pruned[name]
-                print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
-                      f"{', ...' if len(gone) > 2 else ''}), not needed: {plan[-1]} is up to date", file=sys.stderr)
-            else:
-                print(f"[{name}] up to date, skipped ({self.run_dir / name}); use --force to redo it", file=sys.stderr)
-        self._done.update(done)
-        return done[plan[-1]]
+            done[name] = manifest
+        readers = {p: [n for n in plan if p in self.stages[n].needs(self.cfg)] for p in plan}
+        redo = [p for p in pruned if any(r not in done for r in readers[p])]
+        while redo:  # a pruned stage that a running stage reads runs again, and so do the stages after it
+            stack = redo
+            while stack:
+                name = stack.pop()
+                if done.pop(name, None) is not None:
+                    stack += readers[name]
+            redo = [p for p in pruned if p in done and any(r not in done for r in readers[p])]
+        self._pruned = {p: gone for p, gone in pruned.items() if p in done}
+        return done
+
+    def finished(self, plan: list[str]) -> dict | None:
+        """The target's manifest if no stage of `plan` has to run (see `standing`), else None."""
+        standing = self.standing(plan)
+        return standing[plan[-1]] if len(standing) == len(plan) else None
+
+    def _say_standing(self, name: str, manifest: dict) -> None:
+        gone = self._pruned.get(name)
+        if not distributed.is_main():
+            return
+        if gone:
+            print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
+                  f"{', ...' if len(gone) > 2 else ''}), not needed: no stage that reads it has to run", file=sys.stderr)
+        else:
+            print(f"[{name}] up to date, skipped ({self.run_dir / name}); use --force to redo it", file=sys.stderr)
 
     def key(self, name: str, done: dict[str, dict] | None = None) -> tuple[str, dict]:
         stage = self.stages[name]
