@@ -18,6 +18,7 @@ methods rotates from user to user), the speedups, and the largest score differen
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -152,6 +153,8 @@ def main() -> None:
                     "users at once (score_shared_prefix_many; per-user time = group time / users)")
     ap.add_argument("--profile", type=int, default=0, help="after timing, profile shared_prefix on this many users "
                     "(torch.profiler) and write <out>_profile.txt: where the time goes, kernel launches")
+    ap.add_argument("--also-dtype", default=None, help="e.g. bfloat16: also time shared_prefix on a copy of the "
+                    "model in this dtype, in the same rotation (its score difference is against the first method's)")
     ap.add_argument("--methods", default="naive,batched,shared_prefix")
     ap.add_argument("--note", default="", help="a sentence about the conditions, written into the report")
     ap.add_argument("--out", type=Path, default=None, help="results stem (default benchmarks/results/rank_speed"
@@ -168,20 +171,28 @@ def main() -> None:
     catalog = synthetic_catalog(tokenizer, 400, args.candidate_tokens, args.history_keywords, rng)
     prompts = user_prompts(tokenizer, catalog, args.warmup + args.users, args.candidates, 10, args.prefix_tokens, rng)
     scorer = Scorer.from_model(model, tokenizer, is_vlm=False, batch_size=args.batch_size)
+    scorers = {m: scorer for m in methods}
+    run = dict(METHODS)
+    if args.also_dtype:  # the same weights in another dtype, timed in the same rotation
+        other = f"shared_prefix_{args.also_dtype}"
+        scorers[other] = Scorer.from_model(copy.deepcopy(model).to(getattr(torch, args.also_dtype)), tokenizer,
+                                           is_vlm=False, batch_size=args.batch_size)
+        run[other] = METHODS["shared_prefix"]
+        methods.append(other)
     prefix_len = [len(tokenizer(p.prefix, add_special_tokens=False)["input_ids"]) for p in prompts]
     suffix_len = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for p in prompts for s in p.suffixes]
 
     for prompt in prompts[:args.warmup]:  # warm-up: every method on a few candidates
         short = RankPrompt(prompt.prefix, prompt.suffixes[:3])
         for m in methods:
-            METHODS[m](scorer, short)
+            run[m](scorers[m], short)
     times: dict[str, list[float]] = {m: [] for m in methods}
     scores: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     for u, prompt in enumerate(prompts[args.warmup:]):
         for m in methods[u % len(methods):] + methods[:u % len(methods)]:  # rotate the order: load drifts
             sync(args.device)
             start = time.perf_counter()
-            out = METHODS[m](scorer, prompt)
+            out = run[m](scorers[m], prompt)
             sync(args.device)
             times[m].append(time.perf_counter() - start)
             scores[m].append(out)
@@ -264,12 +275,13 @@ def markdown(r: dict) -> str:
         f"{r['suffix_tokens_range'][1]}); median over {r['users']} users (after a warm-up); "
         f"machine load average at the end {r['load_average_1_5_15min']} (1/5/15 min).",
         "",
-        "| method | s / user (median) | speedup vs naive | max abs score diff vs naive |",
-        "|---|---:|---:|---:|",
     ]
-    diffs = next(v for k, v in r.items() if k.startswith("max_abs_score_diff"))
+    ref, diffs = next((k.removeprefix("max_abs_score_diff_vs_"), v) for k, v in r.items()
+                      if k.startswith("max_abs_score_diff"))
+    lines += [f"| method | s / user (median) | speedup vs naive | max abs score diff vs {ref} |", "|---|---:|---:|---:|"]
     for m, s in r["seconds_per_user_median"].items():
-        lines.append(f"| {m} | {s:.4f} | {r['speedup_vs_naive'].get(m, float('nan')):.2f}x | {diffs[m]:.2e} |")
+        speedup = r["speedup_vs_naive"].get(m)
+        lines.append(f"| {m} | {s:.4f} | {f'{speedup:.2f}x' if speedup else '–'} | {diffs[m]:.2e} |")
     if r.get("note"):
         lines += ["", r["note"]]
     lines += ["", "naive: one full forward per candidate with full logits; batched: the full prompts in one batch, "

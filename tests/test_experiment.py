@@ -181,6 +181,8 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     board = pd.read_csv(out / "leaderboard.csv")
     assert set(board["method"]) == {"pop", "mmsrarec", "zero-shot"}
     assert f"Not finished, left out: {cfg.seed}-no-retrieval." in (out / "leaderboard.md").read_text()
+    from mmsrarec.cli import main
+    assert main(["board", *[a for o in over for a in ("--set", o)]]) == 0
     with pytest.raises(MmsrarecError, match="unknown stage"):
         runner._before(plan, "no-such-stage")
 
