@@ -157,15 +157,10 @@ def score_shared_prefix(scorer: Scorer, prompt: RankPrompt, check: bool = True) 
     out = []
     for start in range(0, len(suffix_ids), scorer.batch_size):
         ids, mask = right_padded(scorer, suffix_ids[start:start + scorer.batch_size])
-        n, width = ids.shape
-        attention = torch.cat([torch.ones((n, n_prefix), dtype=torch.long, device=scorer.device), mask], dim=1)
-        pos = (next_position + torch.arange(width, device=scorer.device)).expand(n, width)
-        if mrope:
-            pos = pos.expand(3, n, width)
-        hidden = scorer.decoder(input_ids=ids, attention_mask=attention, position_ids=pos,
-                                cache=expand_cache(cache, n), use_cache=True).last_hidden_state
-        last = mask.sum(1) - 1
-        out.append(yes_probability(scorer, hidden[torch.arange(n, device=hidden.device), last]))
+        n = len(ids)
+        out.append(suffix_yes(scorer, ids, mask, expand_cache(cache, n),
+                              torch.ones((n, n_prefix), dtype=torch.long, device=scorer.device),
+                              torch.full((n,), next_position, device=scorer.device), mrope))
     return torch.cat(out).cpu().numpy()
 
 
@@ -207,18 +202,24 @@ def score_shared_prefix_many(scorer: Scorer, prompts: Sequence[RankPrompt], chec
         chunk = rows[start:start + scorer.batch_size]
         users = torch.tensor([u for u, _ in chunk], device=scorer.device)
         ids, smask = right_padded(scorer, [s for _, s in chunk])
-        n, width = ids.shape
-        attention = torch.cat([mask[users], smask], dim=1)
-        pos = lengths[users][:, None] + torch.arange(width, device=scorer.device)
-        if mrope:
-            pos = pos.expand(3, n, width)
-        hidden = scorer.decoder(input_ids=ids, attention_mask=attention, position_ids=pos,
-                                cache=select_cache(cache, users), use_cache=True).last_hidden_state
-        last = smask.sum(1) - 1
-        out.append(yes_probability(scorer, hidden[torch.arange(n, device=hidden.device), last]))
+        out.append(suffix_yes(scorer, ids, smask, select_cache(cache, users), mask[users], lengths[users], mrope))
     flat = torch.cat(out).float().cpu().numpy() if out else np.zeros(0, np.float32)
     bounds = np.cumsum([0, *(len(p) for p in prompts)])
     return [flat[bounds[i]:bounds[i + 1]] for i in range(len(prompts))]
+
+
+def suffix_yes(scorer: Scorer, ids: torch.Tensor, mask: torch.Tensor, cache: Any, prefix_mask: torch.Tensor,
+               start: torch.Tensor, mrope: bool) -> torch.Tensor:
+    """P(Yes) after each right-padded suffix row: row i continues the prefix in row i of `cache`, attends
+    to prefix_mask[i] and then its own tokens, at positions start[i], start[i] + 1, ..."""
+    n, width = ids.shape
+    pos = start[:, None] + torch.arange(width, device=scorer.device)
+    if mrope:
+        pos = pos.expand(3, n, width)
+    hidden = scorer.decoder(input_ids=ids, attention_mask=torch.cat([prefix_mask, mask], dim=1), position_ids=pos,
+                            cache=cache, use_cache=True).last_hidden_state
+    last = mask.sum(1) - 1
+    return yes_probability(scorer, hidden[torch.arange(n, device=hidden.device), last])
 
 
 def select_cache(cache: Any, rows: torch.Tensor) -> Any:
