@@ -177,7 +177,6 @@ class Runner:
         self.run_dir = Path(cfg.runs_dir) / cfg.name
         self.reuse = [Path(p) for p in reuse]
         self._done: dict[str, dict] = {}
-        self._pruned: dict[str, list[str]] = {}  # stage -> outputs gone, of the stages `standing` kept
 
     def plan(self, target: str) -> list[str]:
         """The target and everything it needs, in dependency order."""
@@ -208,12 +207,12 @@ class Runner:
         plan = self.plan(target)
         if stop_before is not None:
             plan = self._before(plan, stop_before)
-        standing = {} if force else self.standing(plan)
+        standing, pruned = ({}, {}) if force else self.standing(plan)
         distributed.barrier()  # every process has decided before any stage runs
         for name in plan:
             if name in standing:
                 manifest = self._done[name] = standing[name]
-                self._say_standing(name, manifest)
+                self._say_standing(name, pruned.get(name))
             else:
                 manifest = ensure(name, force=force and name == target)
         return manifest
@@ -250,12 +249,13 @@ class Runner:
             self._done[name] = manifest
         return manifest
 
-    def standing(self, plan: list[str]) -> dict[str, dict]:
-        """The stages of `plan` that need not run, by their manifests: each has the key that the config
-        gives it now, and outputs intact, or pruned: some of its outputs gone, none changed (e.g. a
-        ranker's weights deleted once its evaluation was done, or left on the GPU machine that ran it). A
-        pruned stage stands only while no stage that reads it has to run; the target (plan[-1]) must be
-        intact. Stages after one that has to run are not judged here: `ensure` decides them."""
+    def standing(self, plan: list[str]) -> tuple[dict[str, dict], dict[str, list[str]]]:
+        """(the manifest of each stage of `plan` that need not run, the outputs gone of those pruned).
+        By its manifest, a stage need not run when it has the key that the config gives it now, and its
+        outputs are intact, or pruned: some gone, none changed (e.g. a ranker's weights deleted once its
+        evaluation was done, or left on the GPU machine that ran it). A pruned stage stands only while no
+        stage that reads it has to run; the target (plan[-1]) must be intact. Stages after one that has
+        to run are not judged here: `ensure` decides them."""
         done: dict[str, dict] = {}
         pruned: dict[str, list[str]] = {}  # stage -> its outputs that are gone
         for name in plan:
@@ -274,24 +274,20 @@ class Runner:
                 pruned[name] = missing
             done[name] = manifest
         readers = {p: [n for n in plan if p in self.stages[n].needs(self.cfg)] for p in plan}
-        redo = [p for p in pruned if any(r not in done for r in readers[p])]
-        while redo:  # a pruned stage that a running stage reads runs again, and so do the stages after it
-            stack = redo
+        # a pruned stage that a running stage reads runs again, and so do the stages after it
+        while stack := [p for p in pruned if p in done and any(r not in done for r in readers[p])]:
             while stack:
                 name = stack.pop()
                 if done.pop(name, None) is not None:
                     stack += readers[name]
-            redo = [p for p in pruned if p in done and any(r not in done for r in readers[p])]
-        self._pruned = {p: gone for p, gone in pruned.items() if p in done}
-        return done
+        return done, {p: gone for p, gone in pruned.items() if p in done}
 
     def finished(self, plan: list[str]) -> dict | None:
         """The target's manifest if no stage of `plan` has to run (see `standing`), else None."""
-        standing = self.standing(plan)
+        standing, _ = self.standing(plan)
         return standing[plan[-1]] if len(standing) == len(plan) else None
 
-    def _say_standing(self, name: str, manifest: dict) -> None:
-        gone = self._pruned.get(name)
+    def _say_standing(self, name: str, gone: list[str] | None) -> None:
         if not distributed.is_main():
             return
         if gone:
@@ -316,7 +312,7 @@ class Runner:
             if manifest.get("key") == key:
                 changed = self._changed_outputs(final, manifest)
                 if not changed:
-                    print(f"[{name}] up to date, skipped ({final}); use --force to redo it", file=sys.stderr)
+                    self._say_standing(name, None)
                     self._done[name] = manifest
                     return manifest
                 print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
