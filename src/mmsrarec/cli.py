@@ -12,10 +12,14 @@ import sys
 from .errors import MmsrarecError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config file (keys not given keep their defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set cf.train.epochs=5 (repeatable)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
     p.add_argument("--force", action="store_true", help="redo this stage even if it is up to date")
 
 
@@ -42,15 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "appends to evaluate.score_files (repeatable)")
     export = sub.add_parser("export-candidates", help="write the stored candidate lists and the training "
                                                       "interactions, for scoring a model outside mmsrarec")
-    export.add_argument("--config", "-c", help="YAML config file (keys not given keep their defaults)")
-    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable)")
+    _config_args(export)
     export.add_argument("--out", help="output folder (default: <runs_dir>/<name>/export)")
     board = sub.add_parser("board", help="merge the leaderboard of an experiment's runs finished so far, running "
                                           "nothing; names the runs left out")
-    board.add_argument("--config", "-c", help="YAML config file with an experiment section")
-    board.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
+    _config_args(board)
     keys = sub.add_parser("keys", help="list every config key with its default and help")
     keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. data.")
     check = sub.add_parser("check-config", help="load and validate a config, print it, do nothing else")

@@ -68,11 +68,7 @@ def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str]
         print(f"[experiment] {len(runs)} runs done up to {stop_before}; run again without --stop-before "
               "to finish them", file=sys.stderr)
         return None
-    out = Path(cfg.runs_dir) / cfg.name / "leaderboard"
-    board = merge([(m, d) for m, d in zip(runs, done)])
-    write_board(board, out, cfg, len(cfg.experiment.seeds or [cfg.seed]))
-    print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
-    return out
+    return _board(cfg, list(zip(runs, done)))
 
 
 def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> Path:
@@ -91,8 +87,13 @@ def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[s
           + (f"; not finished: {', '.join(missing)}" if missing else ""), file=sys.stderr)
     if not done:
         raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
+    return _board(cfg, done, missing)
+
+
+def _board(cfg: RunConfig, runs: list[tuple[Member, Path]], missing: list[str] = ()) -> Path:
+    """The merged leaderboard of `runs` in runs/<name>/leaderboard/."""
     out = Path(cfg.runs_dir) / cfg.name / "leaderboard"
-    write_board(merge(done), out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
+    write_board(merge(runs), out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
 
