@@ -251,6 +251,8 @@ def unpack(args: argparse.Namespace) -> None:
     """Here: put the stage folders that came back (results.tgz.NN in args.folder) into the local run,
     each replacing the local one, then merge the leaderboard of every run finished so far."""
     cfg = _cfg(args.config, args.set)
+    from mmsrarec.pipeline import remove_stage
+
     parts = sorted(Path(args.folder).glob("results.tgz.[0-9][0-9]"))
     if not parts:
         sys.exit(f"no results.tgz.NN in {args.folder}")
@@ -269,10 +271,7 @@ def unpack(args: argparse.Namespace) -> None:
         for d in list(dirs):
             if d in DEVICE_STAGES:
                 source, target = here / d, run / (here / d).relative_to(came)
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-                elif target.exists():
-                    shutil.rmtree(target)
+                remove_stage(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if source.is_symlink():
                     target.symlink_to(os.readlink(source), target_is_directory=True)

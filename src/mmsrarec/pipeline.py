@@ -333,7 +333,7 @@ class Runner:
             manifest = read_json(source / "manifest.json")
             if manifest.get("key") != key or self._changed_outputs(source, manifest):
                 continue
-            _remove(final)
+            remove_stage(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             final.symlink_to(os.path.relpath(source.resolve(), final.parent.resolve()), target_is_directory=True)
             print(f"[{name}] identical to {source}, linked", file=sys.stderr)
@@ -387,14 +387,14 @@ class Runner:
             "started_at": started.isoformat(timespec="seconds"), "summary": ctx.summary,
         }
         write_json(partial / "manifest.json", manifest)
-        _remove(final)
+        remove_stage(final)
         partial.rename(final)
         ctx.log(f"done in {wall:.1f} s, peak memory {mem.peak_mb:.0f} MB")
         self._done[name] = manifest
         return manifest
 
 
-def _remove(path: Path) -> None:
+def remove_stage(path: Path) -> None:
     """Remove a finished stage folder, or only the link if it is shared from another run."""
     if path.is_symlink():
         path.unlink()
