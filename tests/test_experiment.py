@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 
 import numpy as np
@@ -75,6 +76,39 @@ def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overri
     assert {m.cfg.data_seed for m in runs} == {cfg.data_seed}
     assert runs[1].cfg.rank.use_retrieval is False and runs[1].cfg.evaluate.methods == ["no-retrieval"]
     assert runs[3].cfg.name == "4-no-retrieval"
+
+
+def test_runs_pick_members_by_label_and_link_what_the_runs_before_them_finished(toy_overrides):
+    from pathlib import Path
+
+    from mmsrarec.cli import main
+    from mmsrarec.experiment import select
+
+    over = [*toy_overrides, "experiment.seeds=[3, 4]", "evaluate.methods=[pop]", "cf.models=[pop]",
+            "experiment.variants=[{name: no-retrieval, set: [rank.use_retrieval=false, rank.use_keywords=false]}]"]
+    cfg = load_config(None, over)
+    runs = members(cfg, None, over)
+    assert [m.label for m in runs] == ["3-main", "3-no-retrieval", "4-main", "4-no-retrieval"]
+    assert [m.label for m in select(runs, ["4-*"])] == ["4-main", "4-no-retrieval"]
+    assert [m.label for m in select(runs, ["*-no-retrieval", "3-main"])] == ["3-main", "3-no-retrieval",
+                                                                            "4-no-retrieval"]
+    assert select(runs, []) == runs
+    with pytest.raises(MmsrarecError, match=r"'5-\*' matches none of the experiment's runs: 3-main, 3-no-retrieval"):
+        select(runs, ["5-*"])
+    main_dir = Path(cfg.runs_dir) / cfg.name
+    run_experiment(cfg, None, over, stop_before="train-ranker", only=["4-no-retrieval"])
+    picked = main_dir / "experiment" / "4-no-retrieval"
+    assert (picked / "prepare" / "manifest.json").is_file()
+    assert not (main_dir / "prepare").exists() and not (main_dir / "experiment" / "4-main").exists()
+    run_experiment(cfg, None, over, stop_before="train-ranker", only=["3-main"])
+    # a run listed earlier finished later: the picked run keeps its own (identical) prepare stage
+    assert not (picked / "prepare").is_symlink() and (main_dir / "prepare" / "manifest.json").is_file()
+    run_experiment(cfg, None, over, stop_before="train-ranker", only=["3-no-*"])
+    assert (main_dir / "experiment" / "3-no-retrieval" / "prepare").is_symlink()  # linked to 3-main's
+    args = [a for o in over for a in ("--set", o)]
+    assert main(["run", *args, "--stop-before", "train-ranker", "--runs", "9-*"]) == 2
+    plain = [a for o in toy_overrides for a in ("--set", o)]
+    assert main(["run", *plain, "--stop-before", "train-ranker", "--runs", "3-*"]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +202,40 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     lent_gpu.unpack(argparse.Namespace(folder=str(parts[0].parent), config=None, set=here_over))
     here_board = pd.read_csv(here / cfg.name / "leaderboard" / "leaderboard.csv")
     assert here_board.equals(board)
+    # a loan for one run packs only what that run needs: its own folders and those its links point to
+    links, folders, manifests = lent_gpu.needed(cfg, None, over, [f"{cfg.seed}-no-retrieval"])
+    rel = f"experiment/{cfg.seed}-no-retrieval"
+    assert f"{rel}/prepare" in links and f"{rel}/summarize" in links
+    assert {"prepare", "summarize", f"{rel}/train-ranker", f"{rel}/evaluate"} <= set(folders)
+    assert "index" not in folders and "train-ranker" not in folders  # the main run's, which it does not read
+    assert f"{rel}/prepare/manifest.json" in manifests
+    assert len(lent_gpu.needed(cfg, None, over, [])[1]) > len(folders)
+    # a ranker trained, its evaluation cut off: it comes back whole, and here only its evaluation runs
+    key = json.loads((variant / "evaluate" / "manifest.json").read_text())["key"]
+    (variant / "evaluate" / "manifest.json").unlink()
+    (variant / "evaluate").rename(variant / "evaluate.partial")
+    (variant / "evaluate.partial" / ".key").write_text(key)  # as pipeline.Runner leaves a stage it runs
+    back = lent_gpu.results(main_dir, Path(cfg.runs_dir).parent / "back2" / "results.tgz")
+    names = _names(back)
+    assert f"{cfg.name}/{rel}/train-ranker/adapter/adapter_model.safetensors" in names
+    assert f"{cfg.name}/{rel}/evaluate.partial/.key" in names
+    assert f"{cfg.name}/train-ranker/adapter/adapter_model.safetensors" not in names  # finished: no weights
+    assert not [n for n in _names(lent_gpu.results(main_dir, back[0].parent / "none.tgz", resume_bytes=1000))
+                if n.endswith(".safetensors")]  # over the budget: back without weights, as before
+    here_variant = here / cfg.name / rel
+    shutil.rmtree(here_variant / "evaluate")  # as if it had never finished here either
+    lent_gpu.unpack(argparse.Namespace(folder=str(back[0].parent), config=None, set=here_over))
+    assert (here_variant / "evaluate.partial" / ".key").is_file()
+    trained_here = (here_variant / "train-ranker" / "manifest.json").read_text()
+    run_experiment(load_config(None, here_over), None, here_over, only=[f"{cfg.seed}-no-retrieval"])
+    assert (here_variant / "train-ranker" / "manifest.json").read_text() == trained_here  # not retrained
+    assert "[evaluate] resuming" in (here_variant / "run.log").read_text()
+    assert (here_variant / "evaluate" / "manifest.json").is_file()
+    metrics = ["method", "protocol", "test_hr@5", "test_ndcg@5", "test_auc"]  # the timings differ
+    assert pd.read_csv(here / cfg.name / "leaderboard" / "leaderboard.csv")[metrics].equals(board[metrics])
+    (variant / "evaluate.partial" / ".key").unlink()
+    (variant / "evaluate.partial").rename(variant / "evaluate")  # as it was, for what follows
+    run_experiment(cfg, None, over)
     # the rankers' weights pruned (as results come back from a GPU machine): the finished runs stay finished
     trained = (variant / "train-ranker" / "manifest.json").read_text()
     pruned = sorted(set(main_dir.rglob("adapter_model.safetensors")))

@@ -76,7 +76,8 @@ def test_cli_prepare_prints_statistics_and_errors_are_clean(toy_overrides, capsy
 
 
 def _counting_stages(monkeypatch, calls):
-    """a -> b -> c, and d that reads a and b: 'a' writes weights.bin and notes.txt, the others a number."""
+    """a -> b -> c, and d that reads a and b: 'a' writes weights.bin, notes.txt and index.bin (its own: no
+    other stage reads it), the others a number."""
     import sys
     import types
 
@@ -86,6 +87,7 @@ def _counting_stages(monkeypatch, calls):
         calls.append("a")
         (ctx.out / "weights.bin").write_bytes(b"w" * 10)
         (ctx.out / "notes.txt").write_text("a")
+        (ctx.out / "index.bin").write_bytes(b"i")
 
     def later(name, reads):
         def run(ctx):
@@ -98,7 +100,7 @@ def _counting_stages(monkeypatch, calls):
     monkeypatch.setitem(sys.modules, "fake_chain", module)
     needs = {"a": [], "b": ["a"], "c": ["b"], "d": ["a", "b"]}
     return {n: Stage(n, f"fake_chain:run_{n}", lambda c, n=n: needs[n], lambda c, n=n: {"seed": c.seed,
-            "extra": c.data.num_negatives if n in "cd" else 0}) for n in needs}
+            "extra": c.data.num_negatives if n in "cd" else 0}, own=("index.*",) if n == "a" else ()) for n in needs}
 
 
 def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overrides, monkeypatch, capsys):
@@ -133,3 +135,11 @@ def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overr
     weights.unlink()
     Runner(load_config(None, [*toy_overrides, "seed=7"]), stages).run("c")
     assert calls == ["d", "d", "a", "b", "c"]
+    # all that is gone is a's own output, which no stage reads: a stands while d, which reads a, runs
+    calls.clear()
+    (weights.parent / "index.bin").unlink()
+    Runner(load_config(None, [*toy_overrides, "seed=7"]), stages).run("d")
+    assert calls == ["d"] and not (weights.parent / "index.bin").exists()
+    (weights.parent / "notes.txt").unlink()  # and something others read gone too: a runs again
+    Runner(load_config(None, [*toy_overrides, "seed=7", "data.num_negatives=9"]), stages).run("d")
+    assert calls == ["d", "a", "d"] and (weights.parent / "index.bin").exists()

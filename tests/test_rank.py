@@ -107,6 +107,8 @@ def test_config_rejects_impossible_values():
         from_dict(RankConfig, {"tasks": {"main": 0}})
     with pytest.raises(ConfigError, match="sft.max_steps"):
         from_dict(RankConfig, {"sft": {"max_steps": 0}})
+    with pytest.raises(ConfigError, match="sft.sampling.*random, group_by_length"):
+        from_dict(RankConfig, {"sft": {"sampling": "by_length"}})
     assert TaskWeights(1, 1, 1, 1).shares()["main"] == 0.25
 
 
@@ -364,6 +366,33 @@ def test_sft_loss_decreases_and_the_adapter_loads_back(tiny_lm, items, tmp_path)
     after = score(Scorer.from_model(tuned, tok, False), prompt)
     assert np.abs(after - before).max() > 1e-3
     assert facts["yes_token_id"] == answer_token_ids(tok)[0]
+
+
+def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm, items, tmp_path):
+    import transformers
+
+    from mmsrarec.rank.train import train_ranker
+
+    data, catalog = _train_data(items)
+    examples = build_examples(data, catalog, _cfg(tiny_lm), seed=0)
+    seen = {}
+    for sampling in ("random", "group_by_length"):
+        tokens = seen.setdefault(sampling, [0, 0])  # real, with padding
+
+        def count(module, args, kwargs, tokens=tokens):
+            if module.training:
+                tokens[0] += int(kwargs["attention_mask"].sum())
+                tokens[1] += kwargs["attention_mask"].numel()
+
+        class Hook(transformers.TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                model.register_forward_pre_hook(count, with_kwargs=True)
+
+        facts = train_ranker(examples, _cfg(tiny_lm, sampling=sampling), tmp_path / sampling, seed=0,
+                             log=lambda m: None, callbacks=[Hook()])
+        assert facts["examples"] == len(examples)
+    assert seen["random"][0] == seen["group_by_length"][0]  # one pass over the same examples
+    assert seen["group_by_length"][1] < seen["random"][1], seen
 
 
 def test_vlm_sft_with_images_runs(tiny_vlm, items, tmp_path):

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from .errors import MmsrarecError
+from .errors import ConfigError, MmsrarecError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--stop-before", metavar="STAGE", default=None,
             help="leave out STAGE and every stage that needs it (e.g. --stop-before train-ranker: everything but "
                  "the LLM ranker, to finish on another machine)")
+    run.add_argument("--runs", action="append", default=[], metavar="PATTERN",
+                     help="with an experiment section: only the runs whose label SEED-VARIANT matches the shell "
+                          "pattern (e.g. 2026-*, *-no-rl, 2025-main; repeatable); the others are left as they are, "
+                          "and the leaderboard merges the runs finished so far")
     for name in ("evaluate", "run"):
         sub.choices[name].add_argument(
             "--scores", action="append", default=[], metavar="[NAME=]FILE",
@@ -105,8 +109,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run" and (cfg.experiment.seeds or cfg.experiment.variants):
         from .experiment import run_experiment
 
-        run_experiment(cfg, args.config, args.overrides, force=args.force, stop_before=args.stop_before)
+        run_experiment(cfg, args.config, args.overrides, force=args.force, stop_before=args.stop_before,
+                       only=args.runs)
         return 0
+    if getattr(args, "runs", None):
+        raise ConfigError("--runs picks runs of an experiment, and this config has no experiment.seeds or "
+                          "experiment.variants")
     runner = Runner(cfg)
     target = "evaluate" if args.command == "run" else args.command
     runner.run(target, force=args.force, stop_before=args.stop_before)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .artifacts import read_json, write_json, write_text
 from .config import RunConfig, Variant, load_config
-from .errors import ArtifactError
+from .errors import ArtifactError, MmsrarecError
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,30 @@ class Member:
     def method(self) -> str | None:
         return self.variant.name if self.variant else None
 
+    @property
+    def label(self) -> str:
+        """SEED-VARIANT, e.g. 2026-main, 2026-no-rl: what `--runs` matches, the board names, and the folder
+        name of every run but the first seed's main one."""
+        return label(self.seed, self.variant)
+
+
+def label(seed: int, variant: Variant | None) -> str:
+    return f"{seed}-{variant.name if variant else 'main'}"
+
+
+def select(runs: list[Member], patterns: list[str]) -> list[Member]:
+    """The runs whose label matches one of the shell patterns (all of them for none); a pattern that
+    matches no run is an error that lists the labels."""
+    from fnmatch import fnmatchcase
+
+    if not patterns:
+        return runs
+    for pattern in patterns:
+        if not any(fnmatchcase(m.label, pattern) for m in runs):
+            raise MmsrarecError(f"--runs {pattern!r} matches none of the experiment's runs: "
+                                f"{', '.join(m.label for m in runs)}")
+    return [m for m in runs if any(fnmatchcase(m.label, p) for p in patterns)]
+
 
 def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> list[Member]:
     """Every run of the experiment, main runs first within each seed."""
@@ -43,10 +67,9 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
     out = []
     for i, seed in enumerate(seeds):
         for variant in [None, *cfg.experiment.variants]:
-            label = f"{seed}-{variant.name if variant else 'main'}"
             extra = [f"seed={seed}", f"data.seed={cfg.data_seed}", "experiment.seeds=[]", "experiment.variants=[]"]
             if i > 0 or variant is not None:
-                extra += [f"runs_dir={root}", f"name={label}"]
+                extra += [f"runs_dir={root}", f"name={label(seed, variant)}"]
             if variant is not None:
                 extra += [*variant.set, f"rank.name={variant.name}", f"evaluate.methods=[{variant.name}]"]
             out.append(Member(seed, variant, load_config(config_path, [*overrides, *extra])))
@@ -54,20 +77,27 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
 
 
 def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str], force: bool = False,
-                   stop_before: str | None = None) -> Path | None:
-    """Every member run, then the merged leaderboard (none with `stop_before`: the runs are unfinished)."""
-    runs = members(cfg, config_path, overrides)
+                   stop_before: str | None = None, only: list[str] = ()) -> Path | None:
+    """Every member run (or those whose label matches a pattern of `only`), then the merged leaderboard
+    (of the runs finished so far, with `only`; none with `stop_before`: the runs are unfinished)."""
+    everything = members(cfg, config_path, overrides)
+    runs = select(everything, list(only))
+    if only:
+        print(f"[experiment] --runs: {len(runs)} of {len(everything)} runs: {', '.join(m.label for m in runs)}",
+              file=sys.stderr)
     if cfg.experiment.parallel > 1 and stop_before is None:
         # the stages before the ranker one run after another, so that each is computed once and linked;
         # then the rankers and their evaluations side by side
-        _run_sequential(runs, force=False, stop_before=PARALLEL_FROM)
-        done = _run_parallel(runs, cfg.experiment.parallel, force)
+        _run_sequential(everything, runs, force=False, stop_before=PARALLEL_FROM)
+        done = _run_parallel(everything, runs, cfg.experiment.parallel, force)
     else:
-        done = _run_sequential(runs, force, stop_before)
+        done = _run_sequential(everything, runs, force, stop_before)
     if stop_before is not None:
         print(f"[experiment] {len(runs)} runs done up to {stop_before}; run again without --stop-before "
               "to finish them", file=sys.stderr)
         return None
+    if len(runs) < len(everything):
+        return board_of_finished(cfg, config_path, overrides)
     return _board(cfg, list(zip(runs, done)))
 
 
@@ -80,7 +110,7 @@ def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[s
     for member in members(cfg, config_path, overrides):
         runner = Runner(member.cfg)
         if runner.finished(runner.plan("evaluate")) is None:
-            missing.append(f"{member.seed}-{member.method or 'main'}")
+            missing.append(member.label)
         else:
             done.append((member, runner.run_dir))
     print(f"[experiment] {len(done)} of {len(done) + len(missing)} runs finished"
@@ -101,15 +131,24 @@ def _board(cfg: RunConfig, runs: list[tuple[Member, Path]], missing: list[str] =
 PARALLEL_FROM = "train-ranker"  # experiment.parallel runs this stage and those after it side by side
 
 
-def _run_sequential(runs: list[Member], force: bool, stop_before: str | None) -> list[Path]:
+def _run_dir(member: Member) -> Path:
+    return Path(member.cfg.runs_dir) / member.cfg.name
+
+
+def _reuse(everything: list[Member], member: Member) -> list[Path]:
+    """The folders of the runs listed before `member`, run now or not: it may link their finished stages."""
+    return [_run_dir(m) for m in everything[:everything.index(member)]]
+
+
+def _run_sequential(everything: list[Member], runs: list[Member], force: bool, stop_before: str | None) -> list[Path]:
     from .pipeline import Runner
 
     done: list[Path] = []
     for n, member in enumerate(runs, 1):
         until = f" (up to {stop_before})" if stop_before else ""
         print(f"[experiment] run {n}/{len(runs)}{until}: seed {member.seed}, "
-              f"{member.method or 'main'} -> {Path(member.cfg.runs_dir) / member.cfg.name}", file=sys.stderr)
-        runner = Runner(member.cfg, reuse=done)
+              f"{member.method or 'main'} -> {_run_dir(member)}", file=sys.stderr)
+        runner = Runner(member.cfg, reuse=_reuse(everything, member))
         runner.run("evaluate", force=force, stop_before=stop_before)
         done.append(runner.run_dir)
     return done
@@ -147,7 +186,8 @@ def last_line(log: Path, width: int = 110) -> str:
     return lines[-1][:width] if lines else "(starting)"
 
 
-def _run_parallel(runs: list[Member], workers: int, force: bool, status_every_s: float = 60.0) -> list[Path]:
+def _run_parallel(everything: list[Member], runs: list[Member], workers: int, force: bool,
+                  status_every_s: float = 60.0) -> list[Path]:
     """The member runs, `workers` at a time, each in a fresh (spawned) process, its output in
     <run>/run.log. Each may link the finished stages of the runs listed before it, as in a sequential
     experiment."""
@@ -155,12 +195,12 @@ def _run_parallel(runs: list[Member], workers: int, force: bool, status_every_s:
     import time
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    dirs = [Path(m.cfg.runs_dir) / m.cfg.name for m in runs]
+    dirs = [_run_dir(m) for m in runs]
     logs = [d / "run.log" for d in dirs]
     started = time.perf_counter()
     failed = []
     with ProcessPoolExecutor(min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(_run_member, m.cfg, dirs[:i], force, logs[i]): i
+        pending = {pool.submit(_run_member, m.cfg, _reuse(everything, m), force, logs[i]): i
                    for i, m in enumerate(runs)}
         print(f"[experiment] {len(runs)} runs, {workers} at a time; logs: <run>/run.log", file=sys.stderr)
         while pending:

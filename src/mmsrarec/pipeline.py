@@ -9,6 +9,7 @@ are unchanged is skipped; `force` redoes it.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
 import platform
@@ -45,6 +46,7 @@ class Stage:
     help: str = ""
     check: Callable[[RunConfig], None] | None = None  # cross-section checks, run before any stage of a plan
     distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
+    own: tuple[str, ...] = ()  # outputs (glob patterns) that no other stage reads: gone, they rerun no stage
 
 
 def _check_index(cfg: RunConfig) -> None:
@@ -76,7 +78,8 @@ def _stages() -> dict[str, Stage]:
               lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
         Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
               lambda c: {"index": c.index, "seed": c.seed},
-              "build the FAISS index over training users and retrieve neighbours for every case", _check_index),
+              "build the FAISS index over training users and retrieve neighbours for every case", _check_index,
+              own=("index.faiss", "index.npy")),  # the later stages read the neighbours tables
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
               lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
               check_summarize_backend, distributed=True),
@@ -254,7 +257,9 @@ class Runner:
         By its manifest, a stage need not run when it has the key that the config gives it now, and its
         outputs are intact, or pruned: some gone, none changed (e.g. a ranker's weights deleted once its
         evaluation was done, or left on the GPU machine that ran it). A pruned stage stands only while no
-        stage that reads it has to run; the target (plan[-1]) must be intact. Stages after one that has
+        stage that reads it has to run, unless all that is gone is its own (Stage.own: outputs that no other
+        stage reads, e.g. the FAISS index once the neighbours are written); the target (plan[-1]) must be
+        intact. Stages after one that has
         to run are not judged here: `ensure` decides them."""
         done: dict[str, dict] = {}
         pruned: dict[str, list[str]] = {}  # stage -> its outputs that are gone
@@ -274,13 +279,17 @@ class Runner:
                 pruned[name] = missing
             done[name] = manifest
         readers = {p: [n for n in plan if p in self.stages[n].needs(self.cfg)] for p in plan}
-        # a pruned stage that a running stage reads runs again, and so do the stages after it
-        while stack := [p for p in pruned if p in done and any(r not in done for r in readers[p])]:
+        read = [p for p, gone in pruned.items() if not all(self._own(p, g) for g in gone)]
+        # a stage pruned of what others read runs again if one of them has to run, and so do the stages after it
+        while stack := [p for p in read if p in done and any(r not in done for r in readers[p])]:
             while stack:
                 name = stack.pop()
                 if done.pop(name, None) is not None:
                     stack += readers[name]
         return done, {p: gone for p, gone in pruned.items() if p in done}
+
+    def _own(self, name: str, output: str) -> bool:
+        return any(fnmatch.fnmatchcase(output, pattern) for pattern in self.stages[name].own)
 
     def finished(self, plan: list[str]) -> dict | None:
         """The target's manifest if no stage of `plan` has to run (see `standing`), else None."""

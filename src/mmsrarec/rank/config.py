@@ -59,6 +59,9 @@ class TaskWeights:
         return {k: v / total for k, v in weights.items()}
 
 
+SAMPLINGS = ("random", "group_by_length")  # transformers' train_sampling_strategy
+
+
 @dataclass
 class SFTSettings:
     epochs: float = field(1.0, help="passes over the SFT examples")
@@ -73,6 +76,9 @@ class SFTSettings:
                                      "from the last one)")
     warmup_ratio: float = field(0.03, help="share of steps with linear learning-rate warm-up (0 = none)")
     activation_checkpointing: bool = field(False, help="recompute activations in backward (less memory, slower)")
+    sampling: str = field("random", help="order of the examples: 'random', or 'group_by_length' (shuffled chunks "
+                                         "of up to 50 batches, each sorted by length: less padding; ML-100K's SFT "
+                                         "at batch 16: 1.3% padding instead of 24.5%, 1.31x fewer tokens)")
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "max_seq_len", "save_steps"):
@@ -86,6 +92,8 @@ class SFTSettings:
             raise InvalidValue("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise InvalidValue("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.sampling not in SAMPLINGS:
+            raise InvalidValue("sampling", f"must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
 
 
 @dataclass

@@ -74,15 +74,7 @@ def run(ctx) -> None:
         write_json(ctx.out / "ranker.json", {"zero_shot": True, "model": cfg.model.name_or_path, "examples": 0,
                                              "steps": 0, "train_time_s": 0.0})
         return
-    data = load_prepared(ctx.input("prepare"))
-    keywords_path = keyword_table(ctx) if cfg.use_keywords else None
-    catalog = catalog_for(cfg, data["items"], keywords_path)
-    context: Callable[[int, int], str] | None = None
-    if cfg.use_retrieval:
-        contexts = retrieved_contexts(ctx.input("index"), "train", catalog, cfg.max_context_keywords)
-        context = lambda user, t: contexts.get((user, t), "")  # noqa: E731
-    is_vlm = cfg.model.kind == "vlm"
-    examples = build_examples(data, catalog, cfg, seed, context, is_vlm)
+    examples, keywords_path = sft_examples(ctx)
     counts = example_counts(examples)
     ctx.log("SFT examples: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if distributed.is_main():  # under `accelerate launch`, every process trains; the main one writes
@@ -96,6 +88,20 @@ def run(ctx) -> None:
             "retrieval": cfg.use_retrieval}
     write_json(ctx.out / "ranker.json", info)
     ctx.summary.update({k: info[k] for k in ("examples", "steps", "train_time_s", "first_loss", "last_loss")})
+
+
+def sft_examples(ctx) -> tuple[Any, Path | None]:
+    """(the multitask SFT examples of the run, the keyword table they use) from the stages before
+    train-ranker (`ctx.input(stage)` gives a stage's folder)."""
+    cfg = ctx.cfg.rank
+    data = load_prepared(ctx.input("prepare"))
+    keywords_path = keyword_table(ctx) if cfg.use_keywords else None
+    catalog = catalog_for(cfg, data["items"], keywords_path)
+    context: Callable[[int, int], str] | None = None
+    if cfg.use_retrieval:
+        contexts = retrieved_contexts(ctx.input("index"), "train", catalog, cfg.max_context_keywords)
+        context = lambda user, t: contexts.get((user, t), "")  # noqa: E731
+    return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm"), keywords_path
 
 
 def write_examples(examples, path: Path) -> None:

@@ -71,7 +71,7 @@ def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[
         activation_checkpointing=sft.activation_checkpointing, bf16=device.type == "cuda" and str(dtype) == "torch.bfloat16",
         fp16=False, completion_only_loss=True, max_length=None if is_vlm else sft.max_seq_len,
         save_strategy="steps", save_steps=sft.save_steps, save_total_limit=2, logging_steps=1, report_to="none",
-        dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy=sft.sampling,
     )
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.modules(), task_type="CAUSAL_LM")

@@ -1,0 +1,177 @@
+"""Ranker SFT speed on the CPU: float32 vs bfloat16 (`rank.model.dtype`), or random vs length-grouped
+batches (`rank.sft.sampling`), one process.
+
+Trains the real ranker (rank/train.py: TRL SFTTrainer + LoRA) on SFT examples for --steps optimizer
+steps per setting, one setting after the other, and reports the seconds per step after the first two
+(median), the seconds of all steps (for a whole pass over the examples: --steps x --batch x --accum =
+--examples, the fair measure for sampling), the tokens the batches held (real and padded) and the
+losses. The examples come from a finished run's train-ranker stage (--run, default runs/demo from
+`make demo`), or are built from the stages before train-ranker of a config's main run (--config: e.g.
+configs/ml100k_gpu.yaml after `--stop-before train-ranker`). The first --examples of a run's file are
+used; of the built ones (ordered by task), --examples are drawn at random (seed 0).
+
+    python benchmarks/sft_speed.py                                  # dtype: SmolLM2-135M, 8 steps of 4 x 4
+    python benchmarks/sft_speed.py --compare sampling --config configs/ml100k_gpu.yaml --examples 192 \\
+        --batch 8 --accum 1 --steps 24 --dtype bfloat16 --out benchmarks/results/sft_sampling_cpu
+CPUs with AVX512-BF16 or AMX run bfloat16 matrix products about twice as fast as float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+SETTINGS = {"dtype": [{"dtype": "float32"}, {"dtype": "bfloat16"}],
+            "sampling": [{"sampling": "random"}, {"sampling": "group_by_length"}]}
+
+
+def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: int) -> dict:
+    import transformers
+
+    from mmsrarec.rank.config import RankConfig
+    from mmsrarec.rank.train import train_ranker
+
+    cfg = RankConfig()
+    cfg.model.dtype = setting["dtype"]
+    cfg.sft.sampling = setting["sampling"]
+    cfg.sft.batch_size, cfg.sft.grad_accum, cfg.sft.max_steps, cfg.sft.save_steps = batch, accum, steps, 10**6
+    label = f"{setting['dtype']}, {setting['sampling']}"
+    times: list[float] = []
+    tokens: list[tuple[int, int]] = []  # (real, padded) per optimizer step
+
+    class StepTimer(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t = time.perf_counter()
+            tokens.append((0, 0))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.t)
+            print(f"{label} step {len(times)}/{steps}: {times[-1]:.1f} s, {tokens[-1][0]} tokens "
+                  f"({tokens[-1][1]} with padding)", flush=True)
+
+    def count(module, args, kwargs):  # every forward of the training model: the batch's tokens
+        mask = kwargs.get("attention_mask")
+        if mask is not None and tokens and module.training:
+            real, padded = tokens[-1]
+            tokens[-1] = (real + int(mask.sum()), padded + mask.numel())
+
+    out = Path(tempfile.mkdtemp(prefix="sft-speed-"))
+    hooked = []
+
+    class Hook(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            hooked.append(model.register_forward_pre_hook(count, with_kwargs=True))
+
+    try:
+        facts = train_ranker(examples, cfg, out, seed=seed, log=print, callbacks=[Hook(), StepTimer()])
+    finally:
+        for handle in hooked:
+            handle.remove()
+        shutil.rmtree(out, ignore_errors=True)
+    timed = times[2:] or times
+    return {**setting, "s_per_step_median": round(statistics.median(timed), 2),
+            "s_all_steps": round(sum(times), 1), "s_per_step_all": [round(t, 2) for t in times],
+            "tokens_per_step": [r for r, _ in tokens], "padded_tokens_per_step": [p for _, p in tokens],
+            "padding_share": round(1 - sum(r for r, _ in tokens) / max(1, sum(p for _, p in tokens)), 3),
+            "first_loss": facts["first_loss"], "last_loss": facts["last_loss"]}
+
+
+def count_tokens(examples, batch: int, seed: int = 0) -> dict:
+    """Without training: the tokens that one pass of random and of length-grouped batches of `batch` would
+    hold (transformers' own get_length_grouped_indices, whose chunks are min(50, n / (4 batch)) batches)."""
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from mmsrarec.models.loading import embedded_smollm2_dir
+    from mmsrarec.rank.train import example_lengths
+
+    lengths = example_lengths(examples, AutoTokenizer.from_pretrained(embedded_smollm2_dir()))
+    generator = torch.Generator().manual_seed(seed)
+    orders = {"random": torch.randperm(len(lengths), generator=generator).tolist(),
+              "group_by_length": get_length_grouped_indices(lengths, batch, generator=generator)}
+    out = {"examples": len(lengths), "batch": batch, "real_tokens": sum(lengths)}
+    for name, order in orders.items():
+        padded = sum(max(lengths[i] for i in order[k:k + batch]) * len(order[k:k + batch])
+                     for k in range(0, len(order), batch))
+        out[name] = {"padded_tokens": padded, "padding_share": round(1 - sum(lengths) / padded, 3)}
+    out["ratio"] = round(out["random"]["padded_tokens"] / out["group_by_length"]["padded_tokens"], 2)
+    return out
+
+
+def load_examples(args):
+    from datasets import Dataset
+
+    if args.config:
+        from mmsrarec.config import load_config
+        from mmsrarec.rank.stage import sft_examples
+
+        cfg = load_config(args.config, ["experiment.seeds=[]", "experiment.variants=[]"])
+        run = Path(cfg.runs_dir) / cfg.name
+        examples, _ = sft_examples(SimpleNamespace(cfg=cfg, input=lambda stage: run / stage))
+        examples = examples.shuffle(seed=0)
+    else:
+        source = args.run / "train-ranker" / "examples.jsonl"
+        if not source.is_file():
+            raise SystemExit(f"{source} is missing: run `make demo` (or pass --run with a finished train-ranker "
+                             "stage, or --config with the stages before train-ranker done)")
+        rows = [json.loads(line) for line in source.read_text().splitlines()]
+        examples = Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})
+    return examples.select(range(min(args.examples, len(examples))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compare", choices=sorted(SETTINGS), default="dtype")
+    ap.add_argument("--run", type=Path, default=Path("runs/demo"), help="a run with a finished train-ranker stage")
+    ap.add_argument("--config", help="build the examples from this config's main run instead")
+    ap.add_argument("--examples", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--accum", type=int, default=4)
+    ap.add_argument("--dtype", default="float32", help="the dtype of a --compare sampling")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--count-only", action="store_true",
+                    help="train nothing: count the tokens of one pass of random and length-grouped batches of --batch")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sft_dtype_cpu"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    examples = load_examples(args)
+    if args.count_only:
+        counts = count_tokens(examples, args.batch)
+        print(json.dumps(counts, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name(args.out.name + "_tokens.json").write_text(json.dumps(counts, indent=2) + "\n")
+        return
+    settings = [{"dtype": args.dtype, "sampling": "random", **s} for s in SETTINGS[args.compare]]
+    results = [time_sft(examples, s, args.steps, args.batch, args.accum, seed=1) for s in settings]
+    key = "s_all_steps" if args.compare == "sampling" else "s_per_step_median"
+    speedup = results[0][key] / results[1][key]
+    report = {"compare": args.compare, "examples": len(examples), "examples_per_step": args.batch * args.accum,
+              "threads": args.threads, "torch": torch.__version__, "speedup": round(speedup, 2),
+              "speedup_of": key,
+              "results": results, "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_name(args.out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Ranker SFT on the CPU: {args.compare} ({args.threads} threads, {args.batch * args.accum} examples "
+             f"per step, {len(examples)} examples, SmolLM2-135M + LoRA)", "",
+             "| dtype | sampling | s / step (median) | s, all steps | padding | first loss | last loss |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['dtype']} | {r['sampling']} | {r['s_per_step_median']:.2f} | {r['s_all_steps']:.1f} | "
+              f"{r['padding_share']:.1%} | {r['first_loss']:.4f} | {r['last_loss']:.4f} |" for r in results]
+    lines += ["", f"{settings[1][args.compare]} over {settings[0][args.compare]}: {speedup:.2f}x ({key}); "
+              f"load average at the end {report['load_average_1_5_15min']}.", ""]
+    args.out.with_name(args.out.name + ".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
