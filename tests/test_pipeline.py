@@ -112,6 +112,8 @@ def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overr
     weights.unlink()  # pruned: e.g. a ranker's adapter deleted after its evaluation
     assert Runner(cfg, stages).run("c")["key"] == first["key"] and calls == ["a", "b", "c"]
     assert "[a] finished; 1 of its outputs are gone (weights.bin), not needed" in capsys.readouterr().err
+    Runner(cfg, stages).run("c", stop_before="b")  # plan [a]: the target is cut, so nothing must be intact
+    assert calls == ["a", "b", "c"] and not weights.exists()
     # c has to run (its config changed) but reads only b: a stays pruned
     other = load_config(None, [*toy_overrides, "data.num_negatives=9"])
     Runner(other, stages).run("c")
@@ -140,6 +142,7 @@ def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overr
     (weights.parent / "index.bin").unlink()
     Runner(load_config(None, [*toy_overrides, "seed=7"]), stages).run("d")
     assert calls == ["d"] and not (weights.parent / "index.bin").exists()
+    assert "(index.bin), not needed: no other stage reads them" in capsys.readouterr().err
     (weights.parent / "notes.txt").unlink()  # and something others read gone too: a runs again
     Runner(load_config(None, [*toy_overrides, "seed=7", "data.num_negatives=9"]), stages).run("d")
     assert calls == ["d", "a", "d"] and (weights.parent / "index.bin").exists()

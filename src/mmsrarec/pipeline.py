@@ -210,7 +210,7 @@ class Runner:
         plan = self.plan(target)
         if stop_before is not None:
             plan = self._before(plan, stop_before)
-        standing, pruned = ({}, {}) if force else self.standing(plan)
+        standing, pruned = ({}, {}) if force else self.standing(plan, (target,) if target in plan else ())
         distributed.barrier()  # every process has decided before any stage runs
         for name in plan:
             if name in standing:
@@ -252,15 +252,18 @@ class Runner:
             self._done[name] = manifest
         return manifest
 
-    def standing(self, plan: list[str]) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    def standing(self, plan: list[str], intact: tuple[str, ...] | None = None
+                 ) -> tuple[dict[str, dict], dict[str, list[str]]]:
         """(the manifest of each stage of `plan` that need not run, the outputs gone of those pruned).
         By its manifest, a stage need not run when it has the key that the config gives it now, and its
         outputs are intact, or pruned: some gone, none changed (e.g. a ranker's weights deleted once its
         evaluation was done, or left on the GPU machine that ran it). A pruned stage stands only while no
         stage that reads it has to run, unless all that is gone is its own (Stage.own: outputs that no other
-        stage reads, e.g. the FAISS index once the neighbours are written); the target (plan[-1]) must be
-        intact. Stages after one that has
-        to run are not judged here: `ensure` decides them."""
+        stage reads, e.g. the FAISS index once the neighbours are written). The stages in `intact` (default:
+        the target, plan[-1]) must be intact: `run` passes none when --stop-before cut the target, since
+        then no stage was asked for by name. Stages after one that has to run are not judged here:
+        `ensure` decides them."""
+        intact = (plan[-1],) if intact is None else intact
         done: dict[str, dict] = {}
         pruned: dict[str, list[str]] = {}  # stage -> its outputs that are gone
         for name in plan:
@@ -273,7 +276,7 @@ class Runner:
             if manifest.get("key") != self.key(name, done)[0]:
                 continue
             missing, changed = self._output_diff(self.run_dir / name, manifest)
-            if changed or (missing and name == plan[-1]):
+            if changed or (missing and name in intact):
                 continue
             if missing:
                 pruned[name] = missing
@@ -300,8 +303,10 @@ class Runner:
         if not distributed.is_main():
             return
         if gone:
+            why = ("no other stage reads them" if all(self._own(name, g) for g in gone)
+                   else "no stage that reads it has to run")
             print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
-                  f"{', ...' if len(gone) > 2 else ''}), not needed: no stage that reads it has to run", file=sys.stderr)
+                  f"{', ...' if len(gone) > 2 else ''}), not needed: {why}", file=sys.stderr)
         else:
             print(f"[{name}] up to date, skipped ({self.run_dir / name}); use --force to redo it", file=sys.stderr)
 
