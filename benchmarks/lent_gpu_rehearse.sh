@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A loan of benchmarks/lent_gpu.py rehearsed on this machine, every step as on the GPU machine, with a
+# toy experiment (2 seeds x 2 runs, a tiny random LM, CPU): the CPU part, `pack --runs '2-*'`, `stash 1`
+# (key check), `stash 2`, `finish`, a second `finish` (goes on with the warm machine's run), `unpack`
+# into the local run; fails unless seed 2's two runs come back finished. ~2 min on 2 cores.
+# Overwrites .gpu/ (the packed parts) and /tmp/mmsrarec-stash, /tmp/mmsrarec-site.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+R=${TMPDIR:-/tmp}/lent-gpu-rehearsal
+rm -rf "$R" /tmp/mmsrarec-stash /tmp/mmsrarec-site && mkdir -p "$R/empty" "$R/out"
+R="$R" $PY - <<'PY'
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, "tests")
+from conftest import write_atomic  # noqa: E402
+
+from mmsrarec.models.tiny import tiny_causal_lm  # noqa: E402
+
+R = Path(os.environ["R"])
+lm, data = tiny_causal_lm(R / "tiny"), write_atomic(R / "toy")
+(R / "toy.yaml").write_text(f"""name: toy
+data: {{source: atomic, path: {data}, name: toy, num_negatives: 5}}
+cf: {{models: [pop, sasrec], train: {{epochs: 1}}}}
+summarize: {{model: {{name_or_path: {lm}}}, max_new_tokens: 6}}
+rank: {{keywords_from: summarize, model: {{name_or_path: {lm}}}, sft: {{max_steps: 1}}, max_examples: 8, score_batch_size: 8}}
+evaluate: {{methods: [pop, mmsrarec], protocols: [sampled], report_users: 0}}
+experiment: {{seeds: [1, 2], parallel: 2, variants: [{{name: no-retrieval, set: [rank.use_retrieval=false]}}]}}
+""")
+PY
+HERE=(--config "$R/toy.yaml" --set "runs_dir=$R/here")
+THERE=(--config "$R/toy.yaml" --set "runs_dir=$R/device" --runs '2-*')
+echo "== here: the CPU part"; $PY -m mmsrarec.cli run "${HERE[@]}" --stop-before train-ranker 2>&1 | tail -1
+echo "== here: pack"; $PY benchmarks/lent_gpu.py pack "${HERE[@]}" --runs '2-*' --wheels "$R/empty" --chunk 60000000
+echo "== there: stash 1"; $PY benchmarks/lent_gpu.py stash 1 "${THERE[@]}" 2>&1 | grep "keys:"
+echo "== there: stash 2, finish"; $PY benchmarks/lent_gpu.py stash 2
+OUT=$R/out $PY benchmarks/lent_gpu.py finish "${THERE[@]}" --parts 2 --budget 300 2>&1 | grep "^\[lent_gpu\]"
+cp "$R/out/run.log" "$R/finish1.log"
+echo "== there: finish again"
+OUT=$R/out $PY benchmarks/lent_gpu.py finish "${THERE[@]}" --parts 2 --budget 300 2>&1 | grep "^\[lent_gpu\]"
+# nothing ran in the calls' own logs (the stop-before pass); train-ranker and evaluate once in each run's log
+expect() {
+  local n; n=$(grep -c "running ->" "$1" || true)
+  [ "$n" = "$2" ] || { echo "FAILED: $1: $n stages ran, expected $2"; grep "running ->" "$1"; exit 1; }
+}
+expect "$R/finish1.log" 0; expect "$R/out/run.log" 0
+for log in "$R"/device/toy/experiment/2-*/run.log; do expect "$log" 2; done
+echo "== here: unpack"; $PY benchmarks/lent_gpu.py unpack "$R/out" "${HERE[@]}" 2>&1 | grep "^\[" | tail -2
+grep -q "Not finished, left out: 1-main, 1-no-retrieval\." "$R/here/toy/leaderboard/leaderboard.md" \
+  || { echo "FAILED: seed 2's runs did not come back finished"; cat "$R/here/toy/leaderboard/leaderboard.md"; exit 1; }
+echo "rehearsal passed: $R/here/toy/leaderboard/leaderboard.md"
