@@ -188,6 +188,9 @@ def _check_keys(config: str, overrides: list[str], only: list[str], manifests: P
 
 def stash(args: argparse.Namespace) -> None:
     STASH.mkdir(parents=True, exist_ok=True)
+    if args.k == 1:  # a new payload: no part or unpacked run of an earlier one on this machine is used
+        for old in [*STASH.glob("part.*"), *STASH.glob("unpacked-*")]:
+            old.unlink()
     shutil.copy(ROOT / ".gpu" / str(args.k) / "part", STASH / f"part.{args.k:02d}")
     print(f"stashed part {args.k}: {sorted(p.name for p in STASH.glob('part.*'))}")
     if args.config:  # the first part: wheels and manifests are complete in it

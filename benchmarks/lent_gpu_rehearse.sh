@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 R=${TMPDIR:-/tmp}/lent-gpu-rehearsal
-rm -rf "$R" /tmp/mmsrarec-stash /tmp/mmsrarec-site && mkdir -p "$R/empty" "$R/out"
+rm -rf "$R" /tmp/mmsrarec-site && mkdir -p "$R/empty" "$R/out" /tmp/mmsrarec-stash && touch /tmp/mmsrarec-stash/part.09  # stash 1 drops it
 R="$R" $PY - <<'PY'
 import os
 import sys
