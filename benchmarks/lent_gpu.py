@@ -121,15 +121,12 @@ def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tu
 def _left_here(path: Path) -> bool:
     """What the GPU machine never reads: the GRPO policy's weights (the tuned keywords are done) and
     every stage's own outputs (pipeline.Stage.own, e.g. the FAISS index: the rankers read the neighbours)."""
-    from fnmatch import fnmatchcase
-
     from mmsrarec.pipeline import STAGES
 
     for i, part in enumerate(path.parts):
         if part in STAGES:
-            inside = "/".join(path.parts[i + 1:])
             return (part == "train-summarizer" and any(path.match(w) for w in WEIGHTS)) \
-                or any(fnmatchcase(inside, pattern) for pattern in STAGES[part].own)
+                or STAGES[part].owns("/".join(path.parts[i + 1:]))
     return False
 
 

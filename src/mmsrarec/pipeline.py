@@ -48,6 +48,10 @@ class Stage:
     distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
     own: tuple[str, ...] = ()  # outputs (glob patterns) that no other stage reads: gone, they rerun no stage
 
+    def owns(self, output: str) -> bool:
+        """Whether `output` (a path inside the stage's folder) is one that no other stage reads."""
+        return any(fnmatch.fnmatchcase(output, pattern) for pattern in self.own)
+
 
 def _check_index(cfg: RunConfig) -> None:
     if cfg.index.cf_model not in cfg.cf.models:
@@ -282,7 +286,7 @@ class Runner:
                 pruned[name] = missing
             done[name] = manifest
         readers = {p: [n for n in plan if p in self.stages[n].needs(self.cfg)] for p in plan}
-        read = [p for p, gone in pruned.items() if not all(self._own(p, g) for g in gone)]
+        read = [p for p, gone in pruned.items() if not all(map(self.stages[p].owns, gone))]
         # a stage pruned of what others read runs again if one of them has to run, and so do the stages after it
         while stack := [p for p in read if p in done and any(r not in done for r in readers[p])]:
             while stack:
@@ -290,9 +294,6 @@ class Runner:
                 if done.pop(name, None) is not None:
                     stack += readers[name]
         return done, {p: gone for p, gone in pruned.items() if p in done}
-
-    def _own(self, name: str, output: str) -> bool:
-        return any(fnmatch.fnmatchcase(output, pattern) for pattern in self.stages[name].own)
 
     def finished(self, plan: list[str]) -> dict | None:
         """The target's manifest if no stage of `plan` has to run (see `standing`), else None."""
@@ -303,7 +304,7 @@ class Runner:
         if not distributed.is_main():
             return
         if gone:
-            why = ("no other stage reads them" if all(self._own(name, g) for g in gone)
+            why = ("no other stage reads them" if all(map(self.stages[name].owns, gone))
                    else "no stage that reads it has to run")
             print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
                   f"{', ...' if len(gone) > 2 else ''}), not needed: {why}", file=sys.stderr)
