@@ -4,6 +4,7 @@ context, checksummed and config-checked persistence, item mode, keyword ranking.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -312,3 +313,47 @@ def test_index_config_is_checked():
         load_config(None, ["index.k=0"])
     with pytest.raises(ConfigError, match="index.metric"):
         load_config(None, ["index.metric=cosine"])
+
+
+def _context_signal():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "context_signal.py"
+    spec = importlib.util.spec_from_file_location("benchmark_context_signal", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_context_signal_readers_score_what_the_neighbours_chose():
+    signal = _context_signal()
+    words = {1: ["space", "war"], 2: ["romance"], 3: ["war", "drama"], 4: ["space"], 5: ["comedy"]}
+    candidates = np.array([[1, 2, 5], [2, 1, 5]])
+    next_items = np.array([[1, 4, 0], [3, 3, 0]])  # 0 / nan: fewer neighbours than k
+    sims = np.array([[0.9, 0.5, np.nan], [0.8, 0.4, np.nan]], np.float32)
+    scores = signal.reader_scores(candidates, next_items, sims, words, cap=20)
+    np.testing.assert_allclose(scores["items"], [[0.9, 0, 0], [0, 0, 0]], rtol=1e-6)
+    # case 0's context: space, war; case 1's: war, drama
+    np.testing.assert_array_equal(scores["words"], [[2, 0, 0], [0, 1, 0]])
+    assert signal.reader_scores(candidates, next_items, sims, words, cap=1)["words"][0].tolist() == [1, 0, 0]
+    history = signal.history_scores(candidates, [[4, 5], [9]], words, history_len=1)  # only item 5 for case 0
+    np.testing.assert_array_equal(history, [[0, 0, 1], [0, 0, 0]])
+
+
+def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, tmp_path):
+    """On the leaky dataset every valid / test item is one nobody else touches: the neighbours' next
+    items (training windows only) can never be it, at any k, and the readers rank it no higher than chance."""
+    signal = _context_signal()
+    out = tmp_path / "signal"
+    signal.main([*sum((["--set", o] for o in [*built["overrides"], "rank.use_keywords=false"]), []),
+                 "--k", "3", "10", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {(r["split"], r["k"], r["reader"]) for r in rows} == {
+        (s, k, reader) for s in ("valid", "test") for k, reader in [(0, "history"), (3, "items"), (3, "words"),
+                                                                    (10, "items"), (10, "words")]}
+    for row in rows:
+        assert row["cases"] == N_USERS and row["candidates"] == 6
+        assert row["target_in_context"] in (None, 0.0)
+        assert row["auc"] <= 0.5, row
+    assert "| leaky |" not in out.with_suffix(".md").read_text()  # one run: the variant is main
+    assert "| main | test | words | 10 | 1 |" in out.with_suffix(".md").read_text()
