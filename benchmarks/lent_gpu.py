@@ -65,7 +65,7 @@ def pack(args: argparse.Namespace) -> None:
     cfg = _cfg(args.config, args.set)
     from mmsrarec.models.loading import find_smollm2_gguf
 
-    run = Path(cfg.runs_dir) / cfg.name
+    run = cfg.run_dir
     out = ROOT / ".gpu"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -101,7 +101,7 @@ def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tu
     from mmsrarec.experiment import members, select
     from mmsrarec.pipeline import Runner
 
-    run = (Path(cfg.runs_dir) / cfg.name).resolve()
+    run = (cfg.run_dir).resolve()
     links, folders, manifests = set(), set(), set()
     for member in select(members(cfg, config, overrides), list(only)):
         runner = Runner(member.cfg)
@@ -163,11 +163,11 @@ def _check_keys(config: str, overrides: list[str], only: list[str], manifests: P
     from mmsrarec.pipeline import Runner
 
     cfg = _cfg(config, overrides)
-    main = Path(cfg.runs_dir) / cfg.name
+    main = cfg.run_dir
     ok = True
     for member in [m.cfg for m in select(members(cfg, config, overrides), only)]:
         runner = Runner(member)
-        folder = manifests / (Path(member.runs_dir) / member.name).relative_to(main)
+        folder = manifests / member.run_dir.relative_to(main)
         for name in runner._before(runner.plan("evaluate"), PARALLEL_FROM):
             path = folder / name / "manifest.json"
             if not path.is_file():
@@ -219,7 +219,7 @@ def finish(args: argparse.Namespace) -> None:
     if len(parts) != args.parts:
         sys.exit(f"expected {args.parts} parts in {STASH}, found {[p.name for p in parts]}: stash them first")
     cfg = _cfg(args.config, args.set)
-    run = Path(cfg.runs_dir) / cfg.name
+    run = cfg.run_dir
     unpacked = STASH / f"unpacked-{cfg.name}"
     if unpacked.is_file() and run.is_dir():  # a later call on the same warm machine: go on where the last stopped
         print(f"[lent_gpu] {run} is here from an earlier call; going on with it", flush=True)
@@ -318,7 +318,7 @@ def unpack(args: argparse.Namespace) -> None:
     parts = sorted(Path(args.folder).glob("results.tgz.[0-9][0-9]"))
     if not parts:
         sys.exit(f"no results.tgz.NN in {args.folder}")
-    run = Path(cfg.runs_dir) / cfg.name
+    run = cfg.run_dir
     tmp = Path(tempfile.mkdtemp(prefix="mmsrarec-results-"))
     joined = tmp / "results.tgz"
     with open(joined, "wb") as fh:

@@ -73,6 +73,11 @@ class RunConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @property
+    def run_dir(self) -> Path:
+        """<runs_dir>/<name>: the run's folder, one subfolder per stage."""
+        return Path(self.runs_dir) / self.name
+
+    @property
     def data_seed(self) -> int:
         """The seed of the split and the candidate lists: data.seed, or the run's seed when that is -1."""
         return self.data.seed if self.data.seed >= 0 else self.seed

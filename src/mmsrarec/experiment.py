@@ -63,7 +63,7 @@ def select(runs: list[Member], patterns: list[str]) -> list[Member]:
 def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> list[Member]:
     """Every run of the experiment, main runs first within each seed."""
     seeds = cfg.experiment.seeds or [cfg.seed]
-    root = Path(cfg.runs_dir) / cfg.name / "experiment"
+    root = cfg.run_dir / "experiment"
     out = []
     for i, seed in enumerate(seeds):
         for variant in [None, *cfg.experiment.variants]:
@@ -122,7 +122,7 @@ def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[s
 
 def _board(cfg: RunConfig, runs: list[tuple[Member, Path]], missing: list[str] = ()) -> Path:
     """The merged leaderboard of `runs` in runs/<name>/leaderboard/."""
-    out = Path(cfg.runs_dir) / cfg.name / "leaderboard"
+    out = cfg.run_dir / "leaderboard"
     write_board(merge(runs), out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
@@ -131,13 +131,9 @@ def _board(cfg: RunConfig, runs: list[tuple[Member, Path]], missing: list[str] =
 PARALLEL_FROM = "train-ranker"  # experiment.parallel runs this stage and those after it side by side
 
 
-def _run_dir(member: Member) -> Path:
-    return Path(member.cfg.runs_dir) / member.cfg.name
-
-
 def _reuse(everything: list[Member], member: Member) -> list[Path]:
     """The folders of the runs listed before `member`, run now or not: it may link their finished stages."""
-    return [_run_dir(m) for m in everything[:everything.index(member)]]
+    return [m.cfg.run_dir for m in everything[:everything.index(member)]]
 
 
 def _run_sequential(everything: list[Member], runs: list[Member], force: bool, stop_before: str | None) -> list[Path]:
@@ -147,7 +143,7 @@ def _run_sequential(everything: list[Member], runs: list[Member], force: bool, s
     for n, member in enumerate(runs, 1):
         until = f" (up to {stop_before})" if stop_before else ""
         print(f"[experiment] run {n}/{len(runs)}{until}: seed {member.seed}, "
-              f"{member.method or 'main'} -> {_run_dir(member)}", file=sys.stderr)
+              f"{member.method or 'main'} -> {member.cfg.run_dir}", file=sys.stderr)
         runner = Runner(member.cfg, reuse=_reuse(everything, member))
         runner.run("evaluate", force=force, stop_before=stop_before)
         done.append(runner.run_dir)
@@ -195,7 +191,7 @@ def _run_parallel(everything: list[Member], runs: list[Member], workers: int, fo
     import time
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    dirs = [_run_dir(m) for m in runs]
+    dirs = [m.cfg.run_dir for m in runs]
     logs = [d / "run.log" for d in dirs]
     started = time.perf_counter()
     failed = []

@@ -181,7 +181,7 @@ class Runner:
     def __init__(self, cfg: RunConfig, stages: dict[str, Stage] | None = None, reuse: list[Path] = ()):
         self.cfg = cfg
         self.stages = stages or STAGES
-        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.run_dir = cfg.run_dir
         self.reuse = [Path(p) for p in reuse]
         self._done: dict[str, dict] = {}
 
