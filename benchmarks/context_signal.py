@@ -2,13 +2,15 @@
 
 The ranker sees, per case, the words of the items that the k most similar training users chose next
 (index stage + index/context.py). This script scores the stored 1 + N candidate lists (the paper's
-protocol) with two LLM-free readers of that same retrieval, for several k:
+protocol) with LLM-free readers of that same retrieval, for several k:
 
 - words:  how many of the candidate's words (its keywords, or its title in the no-summarization
           ablation: `Catalog.context_words`) are among the case's context words, the very
           `rank.max_context_keywords` words a prompt shows;
 - items:  the summed similarity of the neighbours whose next item *is* the candidate (a user-KNN
           vote: the collaborative evidence before it is turned into words);
+- listM:  the candidate's place in the M most voted next items (M - place; 0 when not listed): what a
+          prompt that lists the voted items, rather than judging each candidate's vote, could pass on;
 - and, as the no-retrieval reference, `history`: how many of the candidate's words are among the
   words of the last `rank.history_len` history items.
 
@@ -57,16 +59,24 @@ def _words(items, words_by_item) -> set[str]:
 
 
 def reader_scores(candidates: np.ndarray, next_items: np.ndarray, similarities: np.ndarray,
-                  words_by_item: dict[int, list[str]], cap: int) -> dict[str, np.ndarray]:
-    """[cases, 1 + N] scores of the `items` and `words` readers for neighbours [cases, k] (padding:
-    next item 0, similarity nan)."""
+                  words_by_item: dict[int, list[str]], cap: int, lists: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """[cases, 1 + N] scores of the `items`, `words` and `list<M>` (M in lists) readers for neighbours
+    [cases, k] (padding: next item 0, similarity nan)."""
     sims = np.where(np.isfinite(similarities), similarities, 0.0)
     votes = ((next_items[:, None, :] == candidates[:, :, None]) * sims[:, None, :]).sum(-1)
     words = np.zeros(candidates.shape, np.float32)
+    listed = {m: np.zeros(candidates.shape, np.float32) for m in lists}
     for i, (row, items, row_sims) in enumerate(zip(candidates, next_items, similarities)):
         context = {w.casefold() for w in context_keywords(items, row_sims, words_by_item, cap)}
         words[i] = [len(_words([c], words_by_item) & context) for c in row]
-    return {"items": votes.astype(np.float32), "words": words}
+        if lists:
+            voted, inverse = np.unique(items[items > 0], return_inverse=True)
+            mass = np.bincount(inverse, weights=sims[i][items > 0], minlength=len(voted))
+            ranked = voted[np.lexsort((voted, -mass))]  # most voted first; ties: the smaller id
+            for m, out in listed.items():
+                place = {int(item): m - j for j, item in enumerate(ranked[:m])}
+                out[i] = [place.get(int(c), 0) for c in row]
+    return {"items": votes.astype(np.float32), "words": words, **{f"list{m}": v for m, v in listed.items()}}
 
 
 def history_scores(candidates: np.ndarray, histories, words_by_item: dict[int, list[str]],
@@ -83,7 +93,7 @@ def _metrics(scores: np.ndarray) -> dict[str, float]:
     return {name: round(float(values.mean()), 4) for name, values in sampled_metrics(scores, METRICS).items()}
 
 
-def measure(cfg: RunConfig, run_dir: Path, splits: list[str], ks: list[int]) -> list[dict]:
+def measure(cfg: RunConfig, run_dir: Path, splits: list[str], ks: list[int], lists: tuple[int, ...] = ()) -> list[dict]:
     """Rows (split, k, reader, metrics) for one run's index and words."""
     data = load_prepared(run_dir / "prepare")
     rank, icfg = cfg.rank, cfg.index
@@ -105,7 +115,7 @@ def measure(cfg: RunConfig, run_dir: Path, splits: list[str], ks: list[int]) -> 
                 _check_stored(found.next_items, load_neighbours(run_dir / "index", split), run_dir, split)
             hit = float((found.next_items == candidates[:, :1]).any(1).mean())
             for reader, scores in reader_scores(candidates, found.next_items, found.similarities, words_by_item,
-                                                rank.max_context_keywords).items():
+                                                rank.max_context_keywords, lists).items():
                 rows.append({**base, "k": k, "reader": reader, "target_in_context": round(hit, 4),
                              **_metrics(scores)})
     return rows
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--runs", nargs="*", default=[], help="labels (shell patterns) of the experiment's runs")
     parser.add_argument("--k", nargs="+", type=int, default=[3, 10, 20, 50, 100, 200], dest="ks")
+    parser.add_argument("--lists", nargs="*", type=int, default=[20], metavar="M",
+                        help="list<M> readers: the M most voted next items (none: no such reader)")
     parser.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, started = [], time.perf_counter()
     for label, run_cfg, run_dir in _measured_runs(args.config, args.overrides, args.runs):
         t0 = time.perf_counter()
-        found = measure(run_cfg, run_dir, args.splits, args.ks)
+        found = measure(run_cfg, run_dir, args.splits, args.ks, tuple(args.lists))
         rows += [{"run": label, **row} for row in found]
         print(f"[context-signal] {label}: {len(found)} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if not rows:

@@ -336,6 +336,12 @@ def test_context_signal_readers_score_what_the_neighbours_chose():
     # case 0's context: space, war; case 1's: war, drama
     np.testing.assert_array_equal(scores["words"], [[2, 0, 0], [0, 1, 0]])
     assert signal.reader_scores(candidates, next_items, sims, words, cap=1)["words"][0].tolist() == [1, 0, 0]
+    # the most voted next items as a list: case 0 votes 1 (0.9) over 4 (0.5); case 1 only 3 (0.8 + 0.4)
+    many = signal.reader_scores(np.array([[4, 1, 3]]), np.array([[1, 4, 4, 3]]), np.array([[0.9, 0.5, 0.5, 0.2]]),
+                                words, cap=20, lists=(1, 3))
+    assert many["list1"].tolist() == [[1, 0, 0]]  # 4 (0.5 + 0.5) is the most voted
+    assert many["list3"].tolist() == [[3, 2, 1]]
+    np.testing.assert_allclose(many["items"], [[1.0, 0.9, 0.2]], rtol=1e-6)
     history = signal.history_scores(candidates, [[4, 5], [9]], words, history_len=1)  # only item 5 for case 0
     np.testing.assert_array_equal(history, [[0, 0, 1], [0, 0, 0]])
 
@@ -346,11 +352,11 @@ def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, t
     signal = _context_signal()
     out = tmp_path / "signal"
     signal.main([*sum((["--set", o] for o in [*built["overrides"], "rank.use_keywords=false"]), []),
-                 "--k", "3", "10", "--out", str(out)])
+                 "--k", "3", "10", "--lists", "5", "--out", str(out)])
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert {(r["split"], r["k"], r["reader"]) for r in rows} == {
-        (s, k, reader) for s in ("valid", "test") for k, reader in [(0, "history"), (3, "items"), (3, "words"),
-                                                                    (10, "items"), (10, "words")]}
+        (s, k, reader) for s in ("valid", "test")
+        for k, reader in [(0, "history"), *((k, r) for k in (3, 10) for r in ("items", "words", "list5"))]}
     for row in rows:
         assert row["cases"] == N_USERS and row["candidates"] == 6
         assert row["target_in_context"] in (None, 0.0)
