@@ -144,6 +144,10 @@ def _measured_runs(config: str, overrides: list[str], patterns: list[str]):
             print(f"[context-signal] {label}: same index and words as {seen[key]}, not measured again", file=sys.stderr)
             continue
         seen[key] = label
+        needed = [run_dir / "index" / "manifest.json"] + ([words / "manifest.json"] if words != "titles" else [])
+        if not all(path.is_file() for path in needed):
+            sys.exit(f"{label}: {run_dir} has no finished {'index' if not needed[0].is_file() else words.name} stage; "
+                     f"`mmsrarec run --config {config or '...'} --stop-before train-ranker` builds it")
         yield label, run_cfg, run_dir
 
 

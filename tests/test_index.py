@@ -363,3 +363,5 @@ def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, t
         assert row["auc"] <= 0.5, row
     assert "| leaky |" not in out.with_suffix(".md").read_text()  # one run: the variant is main
     assert "| main | test | words | 10 | 1 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="no finished index stage.*--stop-before train-ranker"):
+        signal.main([*sum((["--set", o] for o in [*built["overrides"], "name=never-run"]), []), "--out", str(out)])
