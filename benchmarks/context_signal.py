@@ -158,11 +158,10 @@ def summarize(rows: list[dict]) -> pd.DataFrame:
     keys = ["variant", "split", "reader", "k"]
     values = ["target_in_context", *METRICS]
     grouped = frame.groupby(keys, sort=False)[values]
-    mean, std = grouped.mean(), grouped.std(ddof=1)
-    out = mean.round(4).astype(object)
-    for col in values:
-        out[col] = [_cell(m, s, n) for m, s, n in zip(mean[col], std[col], grouped.size())]
-    out.insert(0, "seeds", grouped.size())
+    mean, std, seeds = grouped.mean(), grouped.std(ddof=1), grouped.size()
+    out = pd.DataFrame({col: [_cell(m, s, n) for m, s, n in zip(mean[col], std[col], seeds)] for col in values},
+                       index=mean.index)
+    out.insert(0, "seeds", seeds)
     return out.reset_index()
 
 

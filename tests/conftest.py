@@ -50,6 +50,17 @@ def with_item_images(folder: Path, name: str, n_items: int, size, color) -> Path
     return folder
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def toy_dataset(tmp_path: Path) -> Path:
     return write_atomic(tmp_path / "toy")

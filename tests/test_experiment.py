@@ -16,6 +16,8 @@ from mmsrarec.errors import ConfigError, MmsrarecError
 from mmsrarec.evaluate.rerank import cf_top, rerank_cases, rerank_metrics, rerank_names
 from mmsrarec.experiment import aggregate, board_of_finished, members, run_experiment
 
+from conftest import load_benchmark
+
 
 class FixedScores:
     """A CF model stand-in whose full ranking prefers higher item ids."""
@@ -195,7 +197,7 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert (variant / "train-ranker" / "manifest.json").is_file() and not (variant / "train-ranker").is_symlink()
     # what comes back from a GPU machine (benchmarks/lent_gpu.py): the ranker and evaluate folders without
     # weights, in parts; put into the CPU machine's run, every run there is finished and merged
-    lent_gpu = _load_benchmark("lent_gpu")
+    lent_gpu = load_benchmark("lent_gpu")
     parts = lent_gpu.results(main_dir, Path(cfg.runs_dir).parent / "back" / "results.tgz", chunk=20_000)
     assert len(parts) > 1 and not any(".safetensors" in n for p in parts for n in _names(parts))
     here_over = [*over, f"runs_dir={here}"]
@@ -253,17 +255,6 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert main(["board", *[a for o in over for a in ("--set", o)]]) == 0
     with pytest.raises(MmsrarecError, match="unknown stage"):
         runner._before(plan, "no-such-stage")
-
-
-def _load_benchmark(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _names(parts) -> list[str]:

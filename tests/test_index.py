@@ -21,6 +21,8 @@ from mmsrarec.index.store import load_index, load_neighbours
 from mmsrarec.index.windows import training_windows
 from mmsrarec.pipeline import Runner
 
+from conftest import load_benchmark
+
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)  # 2 shared cores: OpenMP threads spinning against each other only slow the tests
 
@@ -315,18 +317,8 @@ def test_index_config_is_checked():
         load_config(None, ["index.metric=cosine"])
 
 
-def _context_signal():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "context_signal.py"
-    spec = importlib.util.spec_from_file_location("benchmark_context_signal", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_context_signal_readers_score_what_the_neighbours_chose():
-    signal = _context_signal()
+    signal = load_benchmark("context_signal")
     words = {1: ["space", "war"], 2: ["romance"], 3: ["war", "drama"], 4: ["space"], 5: ["comedy"]}
     candidates = np.array([[1, 2, 5], [2, 1, 5]])
     next_items = np.array([[1, 4, 0], [3, 3, 0]])  # 0 / nan: fewer neighbours than k
@@ -349,7 +341,7 @@ def test_context_signal_readers_score_what_the_neighbours_chose():
 def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, tmp_path):
     """On the leaky dataset every valid / test item is one nobody else touches: the neighbours' next
     items (training windows only) can never be it, at any k, and the readers rank it no higher than chance."""
-    signal = _context_signal()
+    signal = load_benchmark("context_signal")
     out = tmp_path / "signal"
     signal.main([*sum((["--set", o] for o in [*built["overrides"], "rank.use_keywords=false"]), []),
                  "--k", "3", "10", "--lists", "5", "--out", str(out)])
