@@ -9,6 +9,8 @@ protocol) with LLM-free readers of that same retrieval, for several k:
           `rank.max_context_keywords` words a prompt shows;
 - items:  the summed similarity of the neighbours whose next item *is* the candidate (a user-KNN
           vote: the collaborative evidence before it is turned into words);
+- votes:  how many of the neighbours chose the candidate next: the number rank.candidate_votes shows
+          on the candidate's line;
 - listM:  the candidate's place in the M most voted next items (M - place; 0 when not listed): what a
           prompt that lists the voted items, rather than judging each candidate's vote, could pass on;
 - and, as the no-retrieval reference, `history`: how many of the candidate's words are among the
@@ -40,14 +42,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import RunConfig, load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
 from mmsrarec.experiment import members, select
 from mmsrarec.index.context import context_keywords
-from mmsrarec.index.neighbours import similar_users
-from mmsrarec.index.store import load_index, load_neighbours
+from mmsrarec.index.store import load_neighbours, load_retriever
 from mmsrarec.rank.config import keyword_stage
 from mmsrarec.rank.stage import catalog_for
 
@@ -60,10 +60,11 @@ def _words(items, words_by_item) -> set[str]:
 
 def reader_scores(candidates: np.ndarray, next_items: np.ndarray, similarities: np.ndarray,
                   words_by_item: dict[int, list[str]], cap: int, lists: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
-    """[cases, 1 + N] scores of the `items`, `words` and `list<M>` (M in lists) readers for neighbours
-    [cases, k] (padding: next item 0, similarity nan)."""
+    """[cases, 1 + N] scores of the `items`, `votes`, `words` and `list<M>` (M in lists) readers for
+    neighbours [cases, k] (padding: next item 0, similarity nan)."""
     sims = np.where(np.isfinite(similarities), similarities, 0.0)
-    votes = ((next_items[:, None, :] == candidates[:, :, None]) * sims[:, None, :]).sum(-1)
+    chose = next_items[:, None, :] == candidates[:, :, None]  # [cases, 1 + N, k]
+    summed, counts = (chose * sims[:, None, :]).sum(-1), chose.sum(-1)
     words = np.zeros(candidates.shape, np.float32)
     listed = {m: np.zeros(candidates.shape, np.float32) for m in lists}
     for i, (row, items, row_sims) in enumerate(zip(candidates, next_items, similarities)):
@@ -76,7 +77,8 @@ def reader_scores(candidates: np.ndarray, next_items: np.ndarray, similarities: 
             for m, out in listed.items():
                 place = {int(item): m - j for j, item in enumerate(ranked[:m])}
                 out[i] = [place.get(int(c), 0) for c in row]
-    return {"items": votes.astype(np.float32), "words": words, **{f"list{m}": v for m, v in listed.items()}}
+    return {"items": summed.astype(np.float32), "votes": counts.astype(np.float32), "words": words,
+            **{f"list{m}": v for m, v in listed.items()}}
 
 
 def history_scores(candidates: np.ndarray, histories, words_by_item: dict[int, list[str]],
@@ -99,9 +101,7 @@ def measure(cfg: RunConfig, run_dir: Path, splits: list[str], ks: list[int], lis
     rank, icfg = cfg.rank, cfg.index
     keywords = run_dir / keyword_stage(cfg) / "keywords.parquet" if rank.use_keywords else None
     words_by_item = catalog_for(rank, data["items"], keywords).context_words()
-    model_file = run_dir / "train-cf" / f"{icfg.cf_model}.pt"
-    model, _ = load_trained(run_dir / "train-cf", icfg.cf_model, cfg, len(data["items"]))
-    index = load_index(run_dir / "index", icfg, model_file)
+    retriever = load_retriever(run_dir / "index", run_dir / "train-cf", cfg, len(data["items"]))
     rows = []
     for split in splits:
         cases = data[split]
@@ -110,7 +110,7 @@ def measure(cfg: RunConfig, run_dir: Path, splits: list[str], ks: list[int], lis
         rows.append({**base, "k": 0, "reader": "history", "target_in_context": None,
                      **_metrics(history_scores(candidates, cases["history"], words_by_item, rank.history_len))})
         for k in ks:
-            found = similar_users(index, model, list(cases["history"]), cases["user"].to_numpy(np.int64), icfg, k=k)
+            found = retriever.search(cases["history"], cases["user"], k)
             if k == icfg.k:
                 _check_stored(found.next_items, load_neighbours(run_dir / "index", split), run_dir, split)
             hit = float((found.next_items == candidates[:, :1]).any(1).mean())

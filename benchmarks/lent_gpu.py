@@ -18,7 +18,9 @@ of them. The payload is one tar, in this order: the wheels the GPU image lacks (
 picked runs' manifests (for the key check of `stash 1`), what the picked runs need of the run folder
 (their stage folders and the ones their links point to, links kept), the embedded SmolLM2 GGUF. What no
 stage that runs there reads stays here: the GRPO policy's weights and every stage's own outputs
-(pipeline.Stage.own, e.g. the FAISS index). ML-100K, one seed's 7 runs: 127 MB, 2 parts; all 21: 148 MB, 3.
+(pipeline.Stage.own, e.g. the FAISS index, unless a picked run has rank.candidate_votes). ML-100K, one seed's
+7 paper runs: 127 MB, 2 parts; all 21: 148 MB, 3; one seed's 8 runs with mmsrarec-votes: 152 MB, 3 (then
+the seed's two FAISS indexes travel, SASRec's and GRU4Rec's, though only SASRec's is searched).
 `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the config (only
 the stages not done here run), merges whatever runs finished within --budget seconds, and writes the
 train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
@@ -71,6 +73,7 @@ def pack(args: argparse.Namespace) -> None:
     out.mkdir()
     tar_path = Path(os.environ.get("TMPDIR", "/tmp")) / "mmsrarec-payload.tar"
     links, folders, manifests = needed(cfg, args.config, args.set, args.runs)
+    cfgs = picked_configs(cfg, args.config, args.set, args.runs)
     with tarfile.open(tar_path, "w") as tar:
         for wheel in sorted(Path(args.wheels).glob("*.whl")):
             tar.add(wheel, f".whl/{wheel.name}")
@@ -80,7 +83,8 @@ def pack(args: argparse.Namespace) -> None:
             tar.add(run / rel, f"run/{cfg.name}/{rel}", recursive=False)
         # what no stage that runs there reads stays here (_left_here; pipeline.Runner.standing)
         for rel in folders:
-            tar.add(run / rel, f"run/{cfg.name}/{rel}", filter=lambda m: None if _left_here(Path(m.name)) else m)
+            tar.add(run / rel, f"run/{cfg.name}/{rel}",
+                    filter=lambda m: None if _left_here(Path(m.name), cfgs) else m)
         gguf = find_smollm2_gguf()
         tar.add(gguf, f"gguf/{gguf.name}")
     size = tar_path.stat().st_size
@@ -92,6 +96,12 @@ def pack(args: argparse.Namespace) -> None:
     tar_path.unlink()
     print(f"{size / 1e6:.1f} MB in {parts} parts of <= {args.chunk / 1e6:.0f} MB under {out}; "
           f"call k carries .gpu/k")
+
+
+def picked_configs(cfg, config: str | None, overrides: list[str], only: list[str]) -> list:
+    from mmsrarec.experiment import members, select
+
+    return [member.cfg for member in select(members(cfg, config, overrides), list(only))]
 
 
 def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -118,15 +128,17 @@ def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tu
     return sorted(links), sorted(folders), sorted(manifests)
 
 
-def _left_here(path: Path) -> bool:
+def _left_here(path: Path, cfgs: list) -> bool:
     """What the GPU machine never reads: the GRPO policy's weights (the tuned keywords are done) and
-    every stage's own outputs (pipeline.Stage.own, e.g. the FAISS index: the rankers read the neighbours)."""
+    every stage's own outputs under every picked run's config (pipeline.Stage.own, e.g. the FAISS index:
+    the rankers read the neighbours, unless rank.candidate_votes searches the index again)."""
     from mmsrarec.pipeline import STAGES
 
     for i, part in enumerate(path.parts):
         if part in STAGES:
+            inside = "/".join(path.parts[i + 1:])
             return (part == "train-summarizer" and any(path.match(w) for w in WEIGHTS)) \
-                or STAGES[part].owns("/".join(path.parts[i + 1:]))
+                or all(STAGES[part].owns(inside, c) for c in cfgs)
     return False
 
 

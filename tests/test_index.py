@@ -110,6 +110,31 @@ def test_reloaded_index_reproduces_the_stored_neighbours(built):
                                np.array(stored["similarities"].tolist()), rtol=1e-5)
 
 
+def test_candidate_votes_count_training_choices_of_other_users_only(built):
+    """rank.candidate_votes searches the stored index again at a larger k: a valid / test item (unique to
+    its user) never gets a vote, at any k, and at index.k the votes are the stored neighbours' next items."""
+    from collections import Counter
+
+    from mmsrarec.index.store import load_retriever
+    from mmsrarec.rank.stage import similar_users_votes
+
+    tables = _prepared(built["run_dir"])
+    retriever = load_retriever(built["index"], built["run_dir"] / "train-cf", built["cfg"], len(tables["items"]))
+    for split in ("valid", "test"):
+        cases = tables[split]
+        stored = load_neighbours(built["index"], split)
+        at_k = similar_users_votes(retriever, cases["history"], cases["user"], built["cfg"].index.k)
+        assert [v.counts for v in at_k] == [Counter(items) for items in stored["next_items"]]
+        for k in (10, N_USERS - 1):
+            votes = similar_users_votes(retriever, cases["history"], cases["user"], k)
+            assert all(sum(v.counts.values()) == k and v.k == k for v in votes)  # one vote per other user
+            assert all(v.counts.get(int(t), 0) == 0 for v, t in zip(votes, cases["target"])), (split, k)
+            held_out = set(tables["valid"]["target"]) | set(tables["test"]["target"])
+            assert not held_out & {i for v in votes for i in v.counts}
+    found = retriever.search(tables["train"]["items"], tables["train"]["user"], N_USERS - 1)
+    assert not (found.users == tables["train"]["user"].to_numpy()[:, None]).any()  # never the user itself
+
+
 def test_corrupted_index_files_are_refused(built, tmp_path):
     cfg = built["cfg"].index
     for name in ("index.faiss", "windows.parquet"):
@@ -334,6 +359,7 @@ def test_context_signal_readers_score_what_the_neighbours_chose():
     assert many["list1"].tolist() == [[1, 0, 0]]  # 4 (0.5 + 0.5) is the most voted
     assert many["list3"].tolist() == [[3, 2, 1]]
     np.testing.assert_allclose(many["items"], [[1.0, 0.9, 0.2]], rtol=1e-6)
+    assert many["votes"].tolist() == [[2, 1, 1]]  # the count rank.candidate_votes shows
     history = signal.history_scores(candidates, [[4, 5], [9]], words, history_len=1)  # only item 5 for case 0
     np.testing.assert_array_equal(history, [[0, 0, 1], [0, 0, 0]])
 
@@ -348,7 +374,7 @@ def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, t
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert {(r["split"], r["k"], r["reader"]) for r in rows} == {
         (s, k, reader) for s in ("valid", "test")
-        for k, reader in [(0, "history"), *((k, r) for k in (3, 10) for r in ("items", "words", "list5"))]}
+        for k, reader in [(0, "history"), *((k, r) for k in (3, 10) for r in ("items", "votes", "words", "list5"))]}
     for row in rows:
         assert row["cases"] == N_USERS and row["candidates"] == 6
         assert row["target_in_context"] in (None, 0.0)

@@ -146,3 +146,22 @@ def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overr
     (weights.parent / "notes.txt").unlink()  # and something others read gone too: a runs again
     Runner(load_config(None, [*toy_overrides, "seed=7", "data.num_negatives=9"]), stages).run("d")
     assert calls == ["d", "a", "d"] and (weights.parent / "index.bin").exists()
+
+
+def test_the_faiss_index_is_the_index_stages_own_unless_candidate_votes_search_it(toy_overrides):
+    """Without rank.candidate_votes later stages read only the neighbour tables, so a missing index.faiss
+    reruns nothing and a GPU pack leaves it behind; with votes, train-ranker and evaluate search it again."""
+    from pathlib import Path
+
+    from conftest import load_benchmark
+    from mmsrarec.pipeline import STAGES
+
+    plain = load_config(None, toy_overrides)
+    votes = load_config(None, [*toy_overrides, "rank.candidate_votes=50"])
+    index = STAGES["index"]
+    assert index.owns("index.faiss", plain) and index.owns("index.npy", plain)
+    assert not index.owns("index.faiss", votes) and not index.owns("neighbours_test.parquet", plain)
+    left_here = load_benchmark("lent_gpu")._left_here
+    path = Path("run/toy/index/index.faiss")
+    assert left_here(path, [plain]) and not left_here(path, [plain, votes])
+    assert not left_here(Path("run/toy/index/neighbours_train.parquet"), [plain])

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mmsrarec.configtools import from_dict
-from mmsrarec.errors import ConfigError
+from mmsrarec.errors import ArtifactError, ConfigError
 from mmsrarec.models import ModelConfig, load_causal_lm, load_vlm
 from mmsrarec.rank import score as scoring
 from mmsrarec.rank.config import LoraSettings, RankConfig, SFTSettings, TaskWeights
@@ -309,6 +309,43 @@ def test_examples_use_training_interactions_only(items):
         r["completion"][0]["content"] == "Yes" for r in main)
 
 
+def test_candidate_votes_sit_on_the_candidate_lines_only(tiny_lm, items, catalog):
+    """rank.candidate_votes: each candidate's line ends with its vote; the shared prefix is unchanged,
+    the main and choice tasks of a training case show that case's votes."""
+    from transformers import AutoTokenizer
+
+    from mmsrarec.rank.prompts import Votes, candidate_line, choice_text
+
+    votes = Votes({3: 2, 5: 1}, k=4)
+    assert candidate_line(catalog, 3, votes) == catalog.line(3) + " (chosen next by 2 of 4 similar users)"
+    assert candidate_line(catalog, 4, votes).endswith("(chosen next by 0 of 4 similar users)")
+    assert candidate_line(catalog, 4) == catalog.line(4)
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    plain = rank_prompt(tok, catalog, [1, 2], "tea", [3, 4], history_len=5)
+    voted = rank_prompt(tok, catalog, [1, 2], "tea", [3, 4], history_len=5, votes=votes)
+    assert voted.prefix == plain.prefix and "chosen next by 2 of 4" in voted.suffixes[0]
+    assert "chosen next by 0 of 4" in voted.suffixes[1]
+    assert "B. " + candidate_line(catalog, 5, votes) in choice_text(catalog, [1], "", [3, 5], 5, votes)
+
+    data = _data_with_held_out_items()
+    cfg = RankConfig(max_examples=0, examples_per_user=2, tasks=TaskWeights(aux_title=0, aux_next_keywords=0))
+    asked = []
+
+    def vote(user, t):  # the stage searches the index at rank.candidate_votes; stubbed: user u votes for u + 1
+        asked.append((user, t))
+        return Votes({user + 1: 7}, k=9)
+
+    examples = build_examples(data, catalog, cfg, seed=3, votes=vote)
+    for row in examples.to_list():
+        text = row["prompt"][0]["content"]
+        if row["task"] == "main":
+            expected = 7 if row["item"] == row["user"] + 1 else 0
+            assert text.endswith(f"(chosen next by {expected} of 9 similar users)")
+        else:
+            assert text.count("of 9 similar users") == cfg.choice_candidates
+    assert set(asked) == {(r["user"], r["position"]) for r in examples.to_list()}
+
+
 def test_examples_are_deterministic_and_follow_the_task_weights(items):
     data = _data_with_held_out_items()
     catalog = Catalog.build(items, keywords(), use_keywords=True)
@@ -504,6 +541,29 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     from mmsrarec.rank.sharded import stored_seconds
     assert len(stored_seconds(store)) == 5 and (stored_seconds(store) > 0).all()
 
+    # rank.candidate_votes: only train-ranker runs again; its examples and scoring show the votes of the
+    # index searched at k = 4, the same search for training cases and held-out cases
+    from mmsrarec.index.store import load_retriever
+    from mmsrarec.rank.stage import similar_users_votes
+
+    voting = load_config(None, [*over, "rank.keywords_from=summarize", "rank.candidate_votes=4"])
+    assert Runner(voting).plan("train-ranker") == ["prepare", "summarize", "train-cf", "index", "train-ranker"]
+    Runner(voting).run("train-ranker")
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    retriever = load_retriever(runner.run_dir / "index", runner.run_dir / "train-cf", voting, len(items))
+    main = [r for r in rows if r["task"] == "main"]
+    found = similar_users_votes(retriever, [seqs[r["user"]][:r["position"]] for r in main], [r["user"] for r in main], 4)
+    assert any(v.counts for v in found)  # not vacuous: some candidates carry votes
+    for row, votes in zip(main, found):
+        assert row["prompt"][0]["content"].endswith(f"(chosen next by {votes.counts.get(row['item'], 0)} of 4 "
+                                                    "similar users)")
+    with pytest.raises(ArtifactError, match="candidate_votes needs"):
+        score_cases(replace(inputs, cfg=voting), "valid", valid.head(2), progress=False)
+    voted = score_cases(replace(inputs, cfg=voting, cf=runner.run_dir / "train-cf"), "valid", valid.head(4),
+                        progress=False)
+    assert voted.shape == (4, 6) and np.abs(voted - score_cases(replace(inputs, cfg=voting,
+        cf=runner.run_dir / "train-cf"), "valid", valid.head(4), method="naive", progress=False)).max() < 1e-4
+
 
 def test_item_text_cannot_inject_chat_control_tokens(tiny_lm, items):
     from transformers import AutoTokenizer
@@ -532,3 +592,37 @@ def test_per_user_scoring_time_comes_from_the_stored_times_not_the_resumed_wall(
     old = ChunkStore(tmp_path / "old", key="case", writer="r000")
     old.append(pd.DataFrame({"case": [0], "scores": [[0.1]]}))  # stored before times were kept
     assert scoring_times(tmp_path / "old", 2, "valid", wall_s=3.0) == {"valid_s_per_user": 1.5}
+
+
+def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy_overrides, tiny_lm, tmp_path):
+    from conftest import load_benchmark
+    from mmsrarec.config import load_config
+    from mmsrarec.pipeline import Runner
+
+    ab = load_benchmark("ranker_ab")
+    over = [*toy_overrides, "cf.models=[pop,sasrec]", "evaluate.methods=[pop,sasrec]", "evaluate.protocols=[sampled]",
+            "cf.train.epochs=2", f"rank.model.name_or_path={tiny_lm}", "rank.use_keywords=false",
+            "rank.sft.max_steps=2", "rank.sft.batch_size=4"]
+    base = Runner(load_config(None, over))
+    base.run("evaluate")
+    base.run("index")
+    sets = sum((["--set", o] for o in [*over, "rank.max_examples=24"]), [])
+    out = tmp_path / "ab"
+    ab.main([*sets, "--variant", "plain", "--variant", "votes=rank.candidate_votes=5", "--cases", "6",
+             "--out", str(out)])
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"plain", "votes", "vote reader, k = 5 (no LLM)", "pop (base run)", "sasrec (base run)"}
+    assert all(r["cases"] == 6 for r in rows.values()) and len(set(report["case_numbers"])) == 6
+    for name in ("plain", "votes"):  # only train-ranker ran; the stages before it are the base run's
+        run_dir = Path(rows[name]["run"])
+        assert (run_dir / "index").resolve() == (base.run_dir / "index").resolve() != run_dir / "index"
+        assert np.array(rows[name]["scores"]).shape == (6, 6)
+    shown = (Path(rows["votes"]["run"]) / "train-ranker" / "examples.jsonl").read_text()
+    assert "of 5 similar users" in shown and "similar users" not in (
+        Path(rows["plain"]["run"]) / "train-ranker" / "examples.jsonl").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert 0 <= rows["sasrec (base run)"]["hr@5"] <= 1 and "| votes |" in md and "votes - plain, paired" in md
+    out.with_suffix(".md").unlink()
+    ab.main(["--out", str(out), "--redraw"])  # from the JSON alone
+    assert out.with_suffix(".md").read_text() == md

@@ -46,17 +46,25 @@ class Stage:
     help: str = ""
     check: Callable[[RunConfig], None] | None = None  # cross-section checks, run before any stage of a plan
     distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
-    own: tuple[str, ...] = ()  # outputs (glob patterns) that no other stage reads: gone, they rerun no stage
+    # outputs (glob patterns) that no other stage reads (under a config, when a function): gone, they rerun no stage
+    own: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]] = ()
 
-    def owns(self, output: str) -> bool:
-        """Whether `output` (a path inside the stage's folder) is one that no other stage reads."""
-        return any(fnmatch.fnmatchcase(output, pattern) for pattern in self.own)
+    def owns(self, output: str, cfg: RunConfig) -> bool:
+        """Whether `output` (a path inside the stage's folder) is one that no other stage reads under cfg."""
+        own = self.own(cfg) if callable(self.own) else self.own
+        return any(fnmatch.fnmatchcase(output, pattern) for pattern in own)
 
 
 def _check_index(cfg: RunConfig) -> None:
     if cfg.index.cf_model not in cfg.cf.models:
         raise ConfigError(f"index.cf_model is {cfg.index.cf_model!r}, which cf.models does not train "
                           f"(cf.models = {cfg.cf.models}); add it there or pick one of those")
+
+
+def _index_own(cfg: RunConfig) -> tuple[str, ...]:
+    """The later stages read the neighbours tables; the index itself only with rank.candidate_votes,
+    which searches it again."""
+    return () if cfg.rank.candidate_votes else ("index.faiss", "index.npy")
 
 
 def _ranks(cfg: RunConfig) -> bool:
@@ -83,7 +91,7 @@ def _stages() -> dict[str, Stage]:
         Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
               lambda c: {"index": c.index, "seed": c.seed},
               "build the FAISS index over training users and retrieve neighbours for every case", _check_index,
-              own=("index.faiss", "index.npy")),  # the later stages read the neighbours tables
+              own=_index_own),
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
               lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
               check_summarize_backend, distributed=True),
@@ -286,7 +294,7 @@ class Runner:
                 pruned[name] = missing
             done[name] = manifest
         readers = {p: [n for n in plan if p in self.stages[n].needs(self.cfg)] for p in plan}
-        read = [p for p, gone in pruned.items() if not all(map(self.stages[p].owns, gone))]
+        read = [p for p, gone in pruned.items() if not all(self.stages[p].owns(g, self.cfg) for g in gone)]
         # a stage pruned of what others read runs again if one of them has to run, and so do the stages after it
         while stack := [p for p in read if p in done and any(r not in done for r in readers[p])]:
             while stack:
@@ -304,7 +312,7 @@ class Runner:
         if not distributed.is_main():
             return
         if gone:
-            why = ("no other stage reads them" if all(map(self.stages[name].owns, gone))
+            why = ("no other stage reads them" if all(self.stages[name].owns(g, self.cfg) for g in gone)
                    else "no stage that reads it has to run")
             print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
                   f"{', ...' if len(gone) > 2 else ''}), not needed: {why}", file=sys.stderr)

@@ -8,21 +8,25 @@ Files (under runs/<name>/index/):
 
 `load_index` recomputes the checksums and compares the manifest with the current config and CF
 model file; any difference raises ArtifactError, so a corrupted or mismatched index is never used.
+`load_retriever` opens it with the CF model that embeds queries, to search it again at any k.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..artifacts import read_json, sha256_file, write_json, write_parquet
 from ..errors import ArtifactError
 from .backends import VectorIndex, index_from_bytes, open_index_file, resolve_backend
 from .config import IndexConfig
-from .neighbours import UserIndex
+from .neighbours import Neighbours, UserIndex, similar_users
 
 MANIFEST = "index_manifest.json"
 WINDOWS = "windows.parquet"
@@ -82,6 +86,34 @@ def load_index(folder: str | Path, cfg: IndexConfig, cf_model_file: str | Path) 
     except (RuntimeError, ValueError) as exc:
         raise ArtifactError(f"{folder / manifest['index_file']}: could not be read as an index ({exc}); "
                             f"rebuild it with `mmsrarec index --force`") from None
+
+
+@dataclass
+class Retriever:
+    """A stored index and the CF model that embeds its queries: the index stage's search, repeatable
+    at any k (the stored tables hold index.k neighbours per case)."""
+
+    index: UserIndex
+    model: Any  # the CFModel named by cfg.cf_model
+    cfg: IndexConfig
+
+    def search(self, histories: Sequence, users, k: int | None = None) -> Neighbours:
+        """The k (default cfg.k) most similar training users of each history, never its own user."""
+        return similar_users(self.index, self.model, list(histories), np.asarray(users, np.int64), self.cfg, k=k)
+
+
+def load_retriever(index_dir: str | Path, cf_dir: str | Path, run_cfg: Any, n_items: int) -> Retriever:
+    """The index in index_dir (checked as load_index does) with run_cfg.index.cf_model loaded from the
+    train-cf folder cf_dir."""
+    from ..cf.stage import load_trained  # late: the CF stage imports the pipeline
+
+    cfg = run_cfg.index
+    model_file = Path(cf_dir) / f"{cfg.cf_model}.pt"
+    if not model_file.is_file():
+        raise ArtifactError(f"{model_file} is missing: train-cf did not save {cfg.cf_model!r}")
+    index = load_index(index_dir, cfg, model_file)
+    model, _ = load_trained(Path(cf_dir), cfg.cf_model, run_cfg, n_items)
+    return Retriever(index, model, cfg)
 
 
 def load_neighbours(folder: str | Path, split: str) -> pd.DataFrame:

@@ -11,6 +11,9 @@ answer position. The split sits right after a newline, where byte-level BPE pre-
 so tokenize(prefix) + tokenize(suffix) == tokenize(prefix + suffix); `rank_prompt` renders the chat
 template once with a sentinel in place of the candidate and checks that rendering a real candidate
 gives prefix + suffix.
+
+With rank.candidate_votes, a candidate's line ends with how many of the case's k most similar training
+users chose it next (`Votes`); it sits in the suffix, so the prefix stays shared.
 """
 
 from __future__ import annotations
@@ -85,6 +88,22 @@ class Catalog:
         return {item: self.keywords.get(item) or [title] for item, title in self.titles.items()}
 
 
+@dataclass
+class Votes:
+    """How many of a case's k most similar training users chose each item next (absent: none)."""
+
+    counts: Mapping[int, int]
+    k: int
+
+
+def candidate_line(catalog: Catalog, item: int, votes: Votes | None = None) -> str:
+    """A candidate as the main and choice tasks show it: catalog.line, then its vote when given."""
+    line = catalog.line(item)
+    if votes is None:
+        return line
+    return f"{line} (chosen next by {int(votes.counts.get(int(item), 0))} of {votes.k} similar users)"
+
+
 # ----------------------------------------------------------------------------- text blocks
 
 def history_block(catalog: Catalog, history: Sequence[int], history_len: int) -> str:
@@ -127,8 +146,8 @@ def assistant(text: str) -> list[dict]:
 
 
 def choice_text(catalog: Catalog, history: Sequence[int], context: str, options: Sequence[int],
-                history_len: int) -> str:
-    listed = "\n".join(f"{LETTERS[i]}. {catalog.line(int(item))}" for i, item in enumerate(options))
+                history_len: int, votes: Votes | None = None) -> str:
+    listed = "\n".join(f"{LETTERS[i]}. {candidate_line(catalog, int(item), votes)}" for i, item in enumerate(options))
     return (history_block(catalog, history, history_len) + context_block(context)
             + "Which item will the user interact with next? Answer with its letter only.\n" + listed)
 
@@ -179,7 +198,7 @@ class RankPrompt:
 
 def rank_prompt(processor: Any, catalog: Catalog, history: Sequence[int], context: str, candidates: Sequence[int],
                 history_len: int, is_vlm: bool = False, history_image: bool = False, candidate_image: bool = False,
-                load_image: Callable[[str], Any] | None = None) -> RankPrompt:
+                load_image: Callable[[str], Any] | None = None, votes: Votes | None = None) -> RankPrompt:
     """The main-task prompts of one case, factored into a shared prefix and per-candidate suffixes."""
     prefix_text = main_prefix_text(catalog, history, context, history_len)
     prefix_images = []
@@ -188,19 +207,23 @@ def rank_prompt(processor: Any, catalog: Catalog, history: Sequence[int], contex
         image = _image(catalog, last, load_image)
         if image is not None:
             prefix_images = [image]
+    texts = [candidate_line(catalog, int(c), votes) for c in candidates]
     return factored_prompt(processor, catalog, prefix_text, candidates, is_vlm, prefix_images, candidate_image,
-                           load_image)
+                           load_image, texts)
 
 
 def factored_prompt(processor: Any, catalog: Catalog, prefix_text: str, candidates: Sequence[int],
                     is_vlm: bool = False, prefix_images: Sequence[Any] = (), candidate_image: bool = False,
-                    load_image: Callable[[str], Any] | None = None) -> RankPrompt:
-    """The Yes/No prompts of `candidates` (each shown as catalog.line) after a user-specific
-    `prefix_text` that ends with CANDIDATE_LABEL, factored into a shared prefix and per-candidate
-    suffixes; `prefix_images` (VLM) come before the prefix text. MLLM-MSR's prompts use it too."""
+                    load_image: Callable[[str], Any] | None = None, texts: Sequence[str] | None = None) -> RankPrompt:
+    """The Yes/No prompts of `candidates` (each shown as `texts`, default catalog.line) after a
+    user-specific `prefix_text` that ends with CANDIDATE_LABEL, factored into a shared prefix and
+    per-candidate suffixes; `prefix_images` (VLM) come before the prefix text. MLLM-MSR's prompts use
+    it too."""
     prefix_images = list(prefix_images)
     with_history_image = bool(prefix_images)
-    texts = [catalog.line(int(c)) for c in candidates]
+    texts = [catalog.line(int(c)) for c in candidates] if texts is None else list(texts)
+    if len(texts) != len(candidates):
+        raise ValueError(f"{len(candidates)} candidates but {len(texts)} texts")
     if candidate_image:
         full, images = [], []
         for item, text in zip(candidates, texts):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,9 +27,9 @@ from ..config import RunConfig
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError, DataError
 from .config import RankConfig, keyword_stage
-from .prompts import Catalog
+from .prompts import Catalog, Votes
 from .score import Scorer, load_model, score_many
-from .tasks import build_examples, example_counts
+from .tasks import build_examples, example_counts, training_positions
 from .train import ADAPTER, CHECKPOINTS, train_ranker
 
 def keyword_table(ctx: Any) -> Path:
@@ -59,6 +61,24 @@ def retrieved_contexts(index_dir: Path, split: str, catalog: Catalog, cap: int) 
     else:
         keys = table["case"].astype(int)
     return dict(zip(keys, texts))
+
+
+def similar_users_votes(retriever: Any, histories, users, k: int,
+                        log: Callable[[str], None] | None = None) -> list[Votes]:
+    """rank.candidate_votes: per history, how many of its k most similar training users (its own user
+    never) chose each item next, from the index searched again at k (index.store.Retriever)."""
+    t0 = time.perf_counter()
+    found = retriever.search(histories, users, k)
+    if log is not None:
+        log(f"candidate votes: {len(found.users):,} histories searched at k={k} in {time.perf_counter() - t0:.1f} s")
+    return [Votes(Counter(row[row > 0].tolist()), k) for row in found.next_items]
+
+
+def retriever_for(cfg: RunConfig, index_dir: Path, cf_dir: Path, n_items: int):
+    """index.store.load_retriever, imported when candidate votes are on (as retrieved_contexts does)."""
+    from ..index.store import load_retriever
+
+    return load_retriever(index_dir, cf_dir, cfg, n_items)
 
 
 def catalog_for(cfg: RankConfig, items: pd.DataFrame, keywords_path: Path | None) -> Catalog:
@@ -101,7 +121,16 @@ def sft_examples(ctx) -> tuple[Any, Path | None]:
     if cfg.use_retrieval:
         contexts = retrieved_contexts(ctx.input("index"), "train", catalog, cfg.max_context_keywords)
         context = lambda user, t: contexts.get((user, t), "")  # noqa: E731
-    return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm"), keywords_path
+    positions = training_positions(data["train"], cfg.examples_per_user, ctx.cfg.seed)
+    votes = None
+    if cfg.candidate_votes:
+        retriever = retriever_for(ctx.cfg, ctx.input("index"), ctx.input("train-cf"), len(data["items"]))
+        found = similar_users_votes(retriever, [seq[:t] for _, t, seq in positions], [u for u, _, _ in positions],
+                                    cfg.candidate_votes, ctx.log)
+        table = {(user, t): v for (user, t, _), v in zip(positions, found)}
+        votes = lambda user, t: table[(user, t)]  # noqa: E731
+    return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm", votes,
+                          positions), keywords_path
 
 
 def write_examples(examples, path: Path) -> None:
@@ -126,14 +155,16 @@ class RankerInputs:
     prepare: Path
     ranker: Path
     keywords: Path | None = None  # keywords.parquet (None: rank.use_keywords is off)
-    index: Path | None = None     # the index stage's folder (None: rank.use_retrieval is off)
+    index: Path | None = None     # the index stage's folder (None: neither retrieval nor candidate votes)
+    cf: Path | None = None        # the train-cf folder (rank.candidate_votes: its model searches the index)
 
     @classmethod
     def from_context(cls, ctx: Any) -> "RankerInputs":
         rank = ctx.cfg.rank
         return cls(ctx.cfg, ctx.input("prepare"), ctx.input("train-ranker"),
                    keyword_table(ctx) if rank.use_keywords else None,
-                   ctx.input("index") if rank.use_retrieval else None)
+                   ctx.input("index") if rank.use_retrieval or rank.candidate_votes else None,
+                   ctx.input("train-cf") if rank.candidate_votes else None)
 
 
 @dataclass
@@ -144,6 +175,7 @@ class LoadedRanker:
     data: dict
     catalog: Catalog
     scorer: Scorer
+    retriever: Any = None  # index.store.Retriever, with rank.candidate_votes
 
 
 def load_ranker(source: Any) -> LoadedRanker:
@@ -154,9 +186,14 @@ def load_ranker(source: Any) -> LoadedRanker:
     adapter = inputs.ranker / ADAPTER
     if not cfg.zero_shot and not (adapter / "adapter_config.json").is_file():
         raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
+    retriever = None
+    if cfg.candidate_votes:
+        if inputs.index is None or inputs.cf is None:
+            raise ArtifactError("rank.candidate_votes needs the index and train-cf folders (RankerInputs.index, .cf)")
+        retriever = retriever_for(inputs.cfg, inputs.index, inputs.cf, len(data["items"]))
     model, processor, is_vlm = load_model(cfg.model, adapter=None if cfg.zero_shot else str(adapter))
     return LoadedRanker(inputs, data, catalog_for(cfg, data["items"], inputs.keywords),
-                        Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size))
+                        Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size), retriever)
 
 
 def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
@@ -178,11 +215,16 @@ def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, meth
         raise DataError(f"the {split} cases carry no stored negatives to rank", path=str(inputs.prepare))
     contexts = retrieved_contexts(inputs.index, split, catalog, cfg.max_context_keywords) \
         if cfg.use_retrieval and inputs.index is not None else {}
+    votes = None
+    if cfg.candidate_votes:
+        found = similar_users_votes(ranker.retriever, cases["history"], cases["user"], cfg.candidate_votes, log)
+        votes = dict(zip(cases.index.astype(int), found))
     if store is not None:
         from .sharded import score_frame_sharded
         return score_frame_sharded(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, store, log=log,
-                                   progress=progress)
-    return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress)
+                                   progress=progress, votes=votes)
+    return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress,
+                       votes=votes)
 
 
 def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
@@ -192,9 +234,11 @@ def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
 
 
 def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
-                method: str, log: Callable[[str], None] | None = None, progress: bool = True) -> np.ndarray:
+                method: str, log: Callable[[str], None] | None = None, progress: bool = True,
+                votes: dict | None = None) -> np.ndarray:
     """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer; with
-    shared_prefix, several users per forward pass where rank.score_batch_size leaves room (score_many)."""
+    shared_prefix, several users per forward pass where rank.score_batch_size leaves room (score_many).
+    contexts / votes: case number -> retrieved keywords / candidate votes (rank.candidate_votes)."""
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
@@ -208,7 +252,8 @@ def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts:
         candidates = [int(target), *(int(n) for n in negatives)]
         prompts.append(rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
                                    candidates, cfg.history_len, scorer.is_vlm, cfg.history_image,
-                                   cfg.candidate_image, load_image))
+                                   cfg.candidate_image, load_image,
+                                   None if votes is None else votes[int(case)]))
     group = users_per_forward(cfg, len(prompts[0])) if prompts else 1
     rows: list[np.ndarray] = []
     with tqdm(total=len(prompts), desc="rank", unit="case", disable=not progress) as bar:
