@@ -19,8 +19,8 @@ picked runs' manifests (for the key check of `stash 1`), what the picked runs ne
 (their stage folders and the ones their links point to, links kept), the embedded SmolLM2 GGUF. What no
 stage that runs there reads stays here: the GRPO policy's weights and every stage's own outputs
 (pipeline.Stage.own, e.g. the FAISS index, unless a picked run has rank.candidate_votes). ML-100K, one seed's
-7 paper runs: 127 MB, 2 parts; all 21: 148 MB, 3; one seed's 8 runs with mmsrarec-votes: 152 MB, 3 (then
-the seed's two FAISS indexes travel, SASRec's and GRU4Rec's, though only SASRec's is searched).
+7 paper runs: 127 MB, 2 parts; all 21: 148 MB, 3; one seed's 8 runs with mmsrarec-votes: 140 MB, 3 (its
+SASRec FAISS index travels: the votes run searches it).
 `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the config (only
 the stages not done here run), merges whatever runs finished within --budget seconds, and writes the
 train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
@@ -73,7 +73,6 @@ def pack(args: argparse.Namespace) -> None:
     out.mkdir()
     tar_path = Path(os.environ.get("TMPDIR", "/tmp")) / "mmsrarec-payload.tar"
     links, folders, manifests = needed(cfg, args.config, args.set, args.runs)
-    cfgs = picked_configs(cfg, args.config, args.set, args.runs)
     with tarfile.open(tar_path, "w") as tar:
         for wheel in sorted(Path(args.wheels).glob("*.whl")):
             tar.add(wheel, f".whl/{wheel.name}")
@@ -82,9 +81,9 @@ def pack(args: argparse.Namespace) -> None:
         for rel in links:  # links stay links (relative, inside the run)
             tar.add(run / rel, f"run/{cfg.name}/{rel}", recursive=False)
         # what no stage that runs there reads stays here (_left_here; pipeline.Runner.standing)
-        for rel in folders:
+        for rel, cfgs in folders.items():
             tar.add(run / rel, f"run/{cfg.name}/{rel}",
-                    filter=lambda m: None if _left_here(Path(m.name), cfgs) else m)
+                    filter=lambda m, cfgs=cfgs: None if _left_here(Path(m.name), cfgs) else m)
         gguf = find_smollm2_gguf()
         tar.add(gguf, f"gguf/{gguf.name}")
     size = tar_path.stat().st_size
@@ -98,21 +97,16 @@ def pack(args: argparse.Namespace) -> None:
           f"call k carries .gpu/k")
 
 
-def picked_configs(cfg, config: str | None, overrides: list[str], only: list[str]) -> list:
-    from mmsrarec.experiment import members, select
-
-    return [member.cfg for member in select(members(cfg, config, overrides), list(only))]
-
-
-def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tuple[list[str], list[str], list[str]]:
+def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tuple[list[str], dict, list[str]]:
     """What the picked runs (`--runs` patterns; all for none) need of the local run folder, as paths
-    relative to it: (stage links, real stage folders, manifests as seen through the links). The stage
-    folders of every stage in a run's plan, and its unfinished <stage>.partial folders (to resume)."""
+    relative to it: (stage links, {real stage folder: the configs of the picked runs that read it},
+    manifests as seen through the links). The stage folders of every stage in a run's plan, and its
+    unfinished <stage>.partial folders (to resume)."""
     from mmsrarec.experiment import members, select
     from mmsrarec.pipeline import Runner
 
     run = (cfg.run_dir).resolve()
-    links, folders, manifests = set(), set(), set()
+    links, manifests, folders = set(), set(), {}
     for member in select(members(cfg, config, overrides), list(only)):
         runner = Runner(member.cfg)
         for stage in runner.plan("evaluate"):
@@ -122,16 +116,17 @@ def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tu
                     continue
                 if path.is_symlink():
                     links.add(str(path.relative_to(run)))
-                folders.add(str(path.resolve().relative_to(run)))
+                folders.setdefault(str(path.resolve().relative_to(run)), []).append(member.cfg)
                 if (path / "manifest.json").is_file():
                     manifests.add(str((path / "manifest.json").relative_to(run)))
-    return sorted(links), sorted(folders), sorted(manifests)
+    return sorted(links), dict(sorted(folders.items())), sorted(manifests)
 
 
 def _left_here(path: Path, cfgs: list) -> bool:
     """What the GPU machine never reads: the GRPO policy's weights (the tuned keywords are done) and
-    every stage's own outputs under every picked run's config (pipeline.Stage.own, e.g. the FAISS index:
-    the rankers read the neighbours, unless rank.candidate_votes searches the index again)."""
+    every stage's own outputs under the configs of all the picked runs that read its folder (`cfgs`;
+    pipeline.Stage.own, e.g. the FAISS index: the rankers read the neighbours, unless
+    rank.candidate_votes searches the index again)."""
     from mmsrarec.pipeline import STAGES
 
     for i, part in enumerate(path.parts):
