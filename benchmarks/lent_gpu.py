@@ -105,7 +105,7 @@ def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tu
     from mmsrarec.experiment import members, select
     from mmsrarec.pipeline import Runner
 
-    run = (cfg.run_dir).resolve()
+    run = cfg.run_dir.resolve()
     links, manifests, folders = set(), set(), {}
     for member in select(members(cfg, config, overrides), list(only)):
         runner = Runner(member.cfg)

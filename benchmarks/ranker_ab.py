@@ -60,11 +60,10 @@ def metrics(scores: np.ndarray) -> dict[str, float]:
     return {k: round(float(v.mean()), 4) for k, v in sampled_metrics(scores, METRICS).items()}
 
 
-def run_variant(config: str | None, common: list[str], name: str, sets: list[str], base_dir: Path,
-                cases: pd.DataFrame) -> dict:
-    cfg = load_config(config, [*common, *sets])
-    cfg = load_config(config, [*common, *sets, f"name={cfg.name}-ab-{name}"])
-    runner = Runner(cfg, reuse=[base_dir])
+def run_variant(config: str | None, common: list[str], name: str, sets: list[str], base, cases: pd.DataFrame) -> dict:
+    """Train variant `name` (its own run, linked to the base run's stages) and score `cases`."""
+    cfg = load_config(config, [*common, *sets, f"name={base.name}-ab-{name}"])
+    runner = Runner(cfg, reuse=[base.run_dir])
     t0 = time.perf_counter()
     manifest = runner.run("train-ranker")
     sft_s = time.perf_counter() - t0
@@ -75,6 +74,7 @@ def run_variant(config: str | None, common: list[str], name: str, sets: list[str
     score_s = time.perf_counter() - t1
     summary = manifest.get("summary", {})
     return {"variant": name, "overrides": sets, "run": str(runner.run_dir), "cases": len(cases),
+            "candidate_votes": cfg.rank.candidate_votes,
             "examples": summary.get("examples"), "steps": summary.get("steps"),
             "first_loss": _round(summary.get("first_loss")), "last_loss": _round(summary.get("last_loss")),
             "sft_s": round(float(manifest.get("wall_time_s") or sft_s), 1), "score_s": round(score_s, 1),
@@ -107,15 +107,15 @@ def paired_differences(rows: list[dict], seed: int, draws: int = 10_000) -> list
     return out
 
 
-def references(cfg, base_dir: Path, cases: pd.DataFrame, vote_ks: list[int], methods: list[str]) -> list[dict]:
+def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], methods: list[str]) -> list[dict]:
     """The vote reader at each k and the base run's stored CF scores, on the same cases."""
+    base_dir = base.run_dir
     rows = []
     candidates = np.array([[t, *negs] for t, negs in zip(cases["target"], cases["negatives"])], np.int64)
     if vote_ks:
         from mmsrarec.index.store import load_retriever
 
-        n_items = len(load_prepared(base_dir / "prepare")["items"])
-        retriever = load_retriever(base_dir / "index", base_dir / "train-cf", cfg, n_items)
+        retriever = load_retriever(base_dir / "index", base_dir / "train-cf", base, n_items)
         for k in vote_ks:
             votes = similar_users_votes(retriever, cases["history"], cases["user"], k)
             counts = np.array([[v.counts.get(int(c), 0) for c in row] for v, row in zip(votes, candidates)], float)
@@ -145,7 +145,8 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
             if m not in ("variant", "against"))]
     chance = 5 / facts["candidates"]
     lines += ["", f"Chance HR@5: {chance:.3f} (1 + {facts['candidates'] - 1} candidates). Case sample: seed "
-              f"{facts['seed']}, {facts['cases']} of {facts['all_cases']} test cases. Wall time {facts['wall_s']:.0f} s.",
+              f"{facts['seed']}, {facts['cases']} of {facts['all_cases']} test cases. "
+              f"Wall time {facts['wall_s']:.0f} s.",
               "", "    " + command]
     return "\n".join(lines) + "\n"
 
@@ -180,10 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     test = data["test"]
     cases = test.iloc[case_sample(len(test), args.cases, base.seed)]
     variants = [parse_variant(v) for v in args.variant]
-    rows = [run_variant(args.config, args.overrides, name, sets, base_dir, cases) for name, sets in variants]
-    vote_ks = sorted({load_config(args.config, [*args.overrides, *sets]).rank.candidate_votes
-                      for _, sets in variants} - {0})
-    rows += references(base, base_dir, cases, vote_ks, args.references)
+    rows = [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
+    vote_ks = sorted({row["candidate_votes"] for row in rows} - {0})
+    rows += references(base, len(data["items"]), cases, vote_ks, args.references)
     facts = {"cases": len(cases), "all_cases": len(test), "seed": base.seed,
              "candidates": 1 + len(test["negatives"].iloc[0]), "wall_s": time.perf_counter() - started,
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -147,7 +147,8 @@ def assistant(text: str) -> list[dict]:
 
 def choice_text(catalog: Catalog, history: Sequence[int], context: str, options: Sequence[int],
                 history_len: int, votes: Votes | None = None) -> str:
-    listed = "\n".join(f"{LETTERS[i]}. {candidate_line(catalog, int(item), votes)}" for i, item in enumerate(options))
+    listed = "\n".join(f"{LETTERS[i]}. {candidate_line(catalog, int(item), votes)}"
+                       for i, item in enumerate(options))
     return (history_block(catalog, history, history_len) + context_block(context)
             + "Which item will the user interact with next? Answer with its letter only.\n" + listed)
 
@@ -207,23 +208,20 @@ def rank_prompt(processor: Any, catalog: Catalog, history: Sequence[int], contex
         image = _image(catalog, last, load_image)
         if image is not None:
             prefix_images = [image]
-    texts = [candidate_line(catalog, int(c), votes) for c in candidates]
     return factored_prompt(processor, catalog, prefix_text, candidates, is_vlm, prefix_images, candidate_image,
-                           load_image, texts)
+                           load_image, votes)
 
 
 def factored_prompt(processor: Any, catalog: Catalog, prefix_text: str, candidates: Sequence[int],
                     is_vlm: bool = False, prefix_images: Sequence[Any] = (), candidate_image: bool = False,
-                    load_image: Callable[[str], Any] | None = None, texts: Sequence[str] | None = None) -> RankPrompt:
-    """The Yes/No prompts of `candidates` (each shown as `texts`, default catalog.line) after a
-    user-specific `prefix_text` that ends with CANDIDATE_LABEL, factored into a shared prefix and
-    per-candidate suffixes; `prefix_images` (VLM) come before the prefix text. MLLM-MSR's prompts use
-    it too."""
+                    load_image: Callable[[str], Any] | None = None, votes: Votes | None = None) -> RankPrompt:
+    """The Yes/No prompts of `candidates` (each shown as candidate_line: catalog.line, and its vote
+    when `votes` are given) after a user-specific `prefix_text` that ends with CANDIDATE_LABEL,
+    factored into a shared prefix and per-candidate suffixes; `prefix_images` (VLM) come before the
+    prefix text. MLLM-MSR's prompts use it too."""
     prefix_images = list(prefix_images)
     with_history_image = bool(prefix_images)
-    texts = [catalog.line(int(c)) for c in candidates] if texts is None else list(texts)
-    if len(texts) != len(candidates):
-        raise ValueError(f"{len(candidates)} candidates but {len(texts)} texts")
+    texts = [candidate_line(catalog, int(c), votes) for c in candidates]
     if candidate_image:
         full, images = [], []
         for item, text in zip(candidates, texts):
