@@ -14,7 +14,8 @@ the number such a prompt shows) and the base run's CF scores (evaluate/scores/<m
 Small SFT budgets say whether a prompt feature is picked up at all, not what a full run reaches.
 Writes OUT.json (every number, per-case scores included) and OUT.md, which also gives each variant's
 paired difference to the first one over the same cases (HR@5, NDCG@5; 95% bootstrap interval).
-`--redraw` rewrites OUT.md from OUT.json without running anything.
+`--redraw` rewrites OUT.md from OUT.json without running anything; `--with EARLIER.json` puts an
+earlier run's LLM rows (same cases) first instead of training and scoring them again.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run_variant(config: str | None, common: list[str], name: str, sets: list[str
     score_s = time.perf_counter() - t1
     summary = manifest.get("summary", {})
     return {"variant": name, "overrides": sets, "run": str(runner.run_dir), "cases": len(cases),
-            "candidate_votes": cfg.rank.candidate_votes,
+            "candidate_votes": cfg.rank.candidate_votes, "candidate_cf_rank": cfg.rank.candidate_cf_rank,
             "examples": summary.get("examples"), "steps": summary.get("steps"),
             "first_loss": _round(summary.get("first_loss")), "last_loss": _round(summary.get("last_loss")),
             "sft_s": round(float(manifest.get("wall_time_s") or sft_s), 1), "score_s": round(score_s, 1),
@@ -107,6 +108,15 @@ def paired_differences(rows: list[dict], seed: int, draws: int = 10_000) -> list
     return out
 
 
+def earlier_rows(path: Path, cases: pd.DataFrame) -> list[dict]:
+    """The LLM rows of an earlier OUT.json, refused unless it scored exactly these cases."""
+    earlier = json.loads(path.read_text())
+    if earlier["case_numbers"] != cases.index.tolist():
+        sys.exit(f"--with {path}: it scored other cases ({earlier['cases']} from seed {earlier['seed']}); give the "
+                 "same --config and --cases")
+    return [{**row, "from": str(path)} for row in earlier["rows"] if "scores" in row]
+
+
 def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], methods: list[str]) -> list[dict]:
     """The vote reader at each k and the base run's stored CF scores, on the same cases."""
     base_dir = base.run_dir
@@ -118,7 +128,7 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
         retriever = load_retriever(base_dir / "index", base_dir / "train-cf", base, n_items)
         for k in vote_ks:
             votes = similar_users_votes(retriever, cases["history"], cases["user"], k)
-            counts = np.array([[v.counts.get(int(c), 0) for c in row] for v, row in zip(votes, candidates)], float)
+            counts = np.array([[v.votes.get(int(c), 0) for c in row] for v, row in zip(votes, candidates)], float)
             rows.append({"variant": f"vote reader, k = {k} (no LLM)", "cases": len(cases), **metrics(counts)})
     for method in methods:
         path = base_dir / "evaluate" / "scores" / f"{method}_test.parquet"
@@ -161,6 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--references", nargs="*", default=["pop", "sasrec"], metavar="METHOD")
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     parser.add_argument("--redraw", action="store_true", help="rewrite OUT.md from OUT.json; run nothing")
+    parser.add_argument("--with", dest="earlier", metavar="EARLIER.json",
+                        help="put the LLM rows of an earlier run of this script on the same cases first (its first "
+                             "row is then the one the paired differences subtract), instead of training and "
+                             "scoring them again")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.redraw:
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     test = data["test"]
     cases = test.iloc[case_sample(len(test), args.cases, base.seed)]
     variants = [parse_variant(v) for v in args.variant]
-    rows = [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
+    rows = earlier_rows(Path(args.earlier), cases) if args.earlier else []
+    rows += [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
     vote_ks = sorted({row["candidate_votes"] for row in rows} - {0})
     rows += references(base, len(data["items"]), cases, vote_ks, args.references)
     facts = {"cases": len(cases), "all_cases": len(test), "seed": base.seed,

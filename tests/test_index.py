@@ -124,13 +124,13 @@ def test_candidate_votes_count_training_choices_of_other_users_only(built):
         cases = tables[split]
         stored = load_neighbours(built["index"], split)
         at_k = similar_users_votes(retriever, cases["history"], cases["user"], built["cfg"].index.k)
-        assert [v.counts for v in at_k] == [Counter(items) for items in stored["next_items"]]
+        assert [v.votes for v in at_k] == [Counter(items) for items in stored["next_items"]]
         for k in (10, N_USERS - 1):
             votes = similar_users_votes(retriever, cases["history"], cases["user"], k)
-            assert all(sum(v.counts.values()) == k and v.k == k for v in votes)  # one vote per other user
-            assert all(v.counts.get(int(t), 0) == 0 for v, t in zip(votes, cases["target"])), (split, k)
+            assert all(sum(v.votes.values()) == k and v.k == k for v in votes)  # one vote per other user
+            assert all(v.votes.get(int(t), 0) == 0 for v, t in zip(votes, cases["target"])), (split, k)
             held_out = set(tables["valid"]["target"]) | set(tables["test"]["target"])
-            assert not held_out & {i for v in votes for i in v.counts}
+            assert not held_out & {i for v in votes for i in v.votes}
     found = retriever.search(tables["train"]["items"], tables["train"]["user"], N_USERS - 1)
     assert not (found.users == tables["train"]["user"].to_numpy()[:, None]).any()  # never the user itself
 

@@ -314,15 +314,15 @@ def test_candidate_votes_sit_on_the_candidate_lines_only(tiny_lm, items, catalog
     the main and choice tasks of a training case show that case's votes."""
     from transformers import AutoTokenizer
 
-    from mmsrarec.rank.prompts import Votes, candidate_line, choice_text
+    from mmsrarec.rank.prompts import CandidateNotes, candidate_line, choice_text
 
-    votes = Votes({3: 2, 5: 1}, k=4)
+    votes = CandidateNotes({3: 2, 5: 1}, k=4)
     assert candidate_line(catalog, 3, votes) == catalog.line(3) + " (chosen next by 2 of 4 similar users)"
     assert candidate_line(catalog, 4, votes).endswith("(chosen next by 0 of 4 similar users)")
     assert candidate_line(catalog, 4) == catalog.line(4)
     tok = AutoTokenizer.from_pretrained(tiny_lm)
     plain = rank_prompt(tok, catalog, [1, 2], "tea", [3, 4], history_len=5)
-    voted = rank_prompt(tok, catalog, [1, 2], "tea", [3, 4], history_len=5, votes=votes)
+    voted = rank_prompt(tok, catalog, [1, 2], "tea", [3, 4], history_len=5, notes=votes)
     assert voted.prefix == plain.prefix and "chosen next by 2 of 4" in voted.suffixes[0]
     assert "chosen next by 0 of 4" in voted.suffixes[1]
     assert "B. " + candidate_line(catalog, 5, votes) in choice_text(catalog, [1], "", [3, 5], 5, votes)
@@ -333,9 +333,9 @@ def test_candidate_votes_sit_on_the_candidate_lines_only(tiny_lm, items, catalog
 
     def vote(user, t):  # the stage searches the index at rank.candidate_votes; stubbed: user u votes for u + 1
         asked.append((user, t))
-        return Votes({user + 1: 7}, k=9)
+        return CandidateNotes({user + 1: 7}, k=9)
 
-    examples = build_examples(data, catalog, cfg, seed=3, votes=vote)
+    examples = build_examples(data, catalog, cfg, seed=3, notes=vote)
     for row in examples.to_list():
         text = row["prompt"][0]["content"]
         if row["task"] == "main":
@@ -344,6 +344,35 @@ def test_candidate_votes_sit_on_the_candidate_lines_only(tiny_lm, items, catalog
         else:
             assert text.count("of 9 similar users") == cfg.choice_candidates
     assert set(asked) == {(r["user"], r["position"]) for r in examples.to_list()}
+
+
+def test_cf_ranks_count_the_higher_scored_items_outside_the_history():
+    """rank.candidate_cf_rank: 1 + the items scored higher, padding and history items not competing,
+    ties sharing a rank; the same ranks whether all items or some are asked, in any batch size."""
+    from mmsrarec.rank.prompts import CandidateNotes
+    from mmsrarec.rank.stage import cf_ranks
+
+    table = torch.tensor([[9.0, 0.1, 0.5, 0.3, 0.5, 0.9, 0.2],    # item 0 is padding
+                          [0.0, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]])
+
+    class Fixed:
+        def full_scores(self, histories):
+            return table[[int(h[0]) % 2 for h in histories]]  # the history picks its row
+
+    histories = [np.array([2, 5]), np.array([1]), np.array([4, 6, 2])]  # rows 0, 1, 0
+    ranks = cf_ranks(Fixed(), histories, batch_size=2)
+    # row 0 without 2 and 5 competing: 4 (0.5) first, 3 (0.3) 2nd, 6 (0.2) 3rd, 1 (0.1) 4th;
+    # the history's own 5 (0.9) and 2 (0.5) as if shown: 1 and 1 (tied with 4)
+    assert ranks[0][1:].tolist() == [4, 1, 2, 1, 1, 3]
+    assert ranks[1][1:].tolist() == [1, 1, 2, 3, 4, 5]  # 1 is the history: 2 (0.6) is first
+    assert ranks[2][[1, 3, 5]].tolist() == [3, 2, 1]     # 2, 4, 6 do not compete: 5, 3, 1
+    asked = np.array([[3, 6], [2, 5], [1, 5]])
+    some = cf_ranks(Fixed(), histories, asked, batch_size=1)
+    assert [r.tolist() for r in some] == [row[a].tolist() for row, a in zip(ranks, asked)]
+    note = CandidateNotes(ranks={3: 2}, ranked_by="SASRec")
+    assert note.about(3) == "SASRec ranks it 2"
+    both = CandidateNotes({3: 1}, 5, {3: 2}, "SASRec")
+    assert both.about(3) == "chosen next by 1 of 5 similar users; SASRec ranks it 2"
 
 
 def test_examples_are_deterministic_and_follow_the_task_weights(items):
@@ -553,9 +582,9 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     retriever = load_retriever(runner.run_dir / "index", runner.run_dir / "train-cf", voting, len(items))
     main = [r for r in rows if r["task"] == "main"]
     found = similar_users_votes(retriever, [seqs[r["user"]][:r["position"]] for r in main], [r["user"] for r in main], 4)
-    assert any(v.counts for v in found)  # not vacuous: some candidates carry votes
+    assert any(v.votes for v in found)  # not vacuous: some candidates carry votes
     for row, votes in zip(main, found):
-        assert row["prompt"][0]["content"].endswith(f"(chosen next by {votes.counts.get(row['item'], 0)} of 4 "
+        assert row["prompt"][0]["content"].endswith(f"(chosen next by {votes.votes.get(row['item'], 0)} of 4 "
                                                     "similar users)")
     with pytest.raises(ArtifactError, match="candidate_votes needs"):
         score_cases(replace(inputs, cfg=voting), "valid", valid.head(2), progress=False)
@@ -563,6 +592,36 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
                         progress=False)
     assert voted.shape == (4, 6) and np.abs(voted - score_cases(replace(inputs, cfg=voting,
         cf=runner.run_dir / "train-cf"), "valid", valid.head(4), method="naive", progress=False)).max() < 1e-4
+
+    # rank.candidate_cf_rank (with the votes): each candidate line adds SASRec's rank of it, as cf_ranks
+    # gives it for that history; scoring shows the same notes (shared prefix = naive)
+    from mmsrarec.cf.stage import load_trained
+    from mmsrarec.rank.stage import cf_ranks
+
+    with pytest.raises(ConfigError, match="candidate_cf_rank"):
+        load_config(None, [*over, "rank.candidate_cf_rank=gru4rec"])
+    alone = load_config(None, [*over, "rank.keywords_from=summarize", "rank.use_retrieval=false",
+                               "rank.candidate_cf_rank=sasrec"])
+    assert Runner(alone).plan("train-ranker") == ["prepare", "summarize", "train-cf", "train-ranker"]  # no index
+    ranking = load_config(None, [*over, "rank.keywords_from=summarize", "rank.candidate_votes=4",
+                                 "rank.candidate_cf_rank=sasrec"])
+    Runner(ranking).run("train-ranker")
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    model = load_trained(runner.run_dir / "train-cf", "sasrec", ranking, len(items))[0]
+    main = [r for r in rows if r["task"] == "main"]
+    histories = [seqs[r["user"]][:r["position"]] for r in main]
+    ranks = cf_ranks(model, histories)
+    found = similar_users_votes(retriever, histories, [r["user"] for r in main], 4)
+    assert len({int(r[row["item"]]) for r, row in zip(ranks, main)}) > 3  # not vacuous: the ranks differ
+    for row, rank, votes in zip(main, ranks, found):
+        assert row["prompt"][0]["content"].endswith(f"(chosen next by {votes.votes.get(row['item'], 0)} of 4 "
+                                                    f"similar users; SASRec ranks it {rank[row['item']]})")
+    choice = [r for r in rows if r["task"] == "aux_choice"]
+    assert choice and all(r["prompt"][0]["content"].count("SASRec ranks it") == 4 for r in choice)
+    both = replace(inputs, cfg=ranking, cf=runner.run_dir / "train-cf")
+    ranked = score_cases(both, "valid", valid.head(4), progress=False)
+    assert ranked.shape == (4, 6) and np.abs(ranked - score_cases(both, "valid", valid.head(4), method="naive",
+                                                                  progress=False)).max() < 1e-4
 
 
 def test_item_text_cannot_inject_chat_control_tokens(tiny_lm, items):
@@ -626,3 +685,16 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     out.with_suffix(".md").unlink()
     ab.main(["--out", str(out), "--redraw"])  # from the JSON alone
     assert out.with_suffix(".md").read_text() == md
+
+    # --with: the earlier rows come first (plain stays the one subtracted), only the new variant trains
+    more = tmp_path / "more"
+    ab.main([*sets, "--variant", "ranks=rank.candidate_cf_rank=sasrec", "--cases", "6", "--with",
+             str(out.with_suffix(".json")), "--out", str(more)])
+    again = json.loads(more.with_suffix(".json").read_text())
+    assert [r["variant"] for r in again["rows"] if "scores" in r] == ["plain", "votes", "ranks"]
+    assert again["rows"][0]["scores"] == rows["plain"]["scores"] and "ranks - plain, paired" in \
+        more.with_suffix(".md").read_text()
+    assert "SASRec ranks it" in (Path(again["rows"][2]["run"]) / "train-ranker" / "examples.jsonl").read_text()
+    with pytest.raises(SystemExit, match="other cases"):
+        ab.main([*sets, "--variant", "ranks", "--cases", "5", "--with", str(out.with_suffix(".json")),
+                 "--out", str(more)])

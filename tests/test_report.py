@@ -143,6 +143,36 @@ def test_keywords_and_retrieved_context_are_shown_escaped(full_run, tmp_path):
     assert len(context) == 5 and all(re.search(r"kw\d+", c) for c in context)
 
 
+def test_the_rankers_table_shows_the_candidate_notes_its_prompts_show(full_run):
+    """With rank.candidate_votes / candidate_cf_rank, each candidate in the ranker's table carries the
+    note its prompt showed (the votes of the index searched again, the CF model's rank); other tables don't."""
+    import copy
+
+    import pandas as pd
+
+    from mmsrarec.cf.stage import load_trained
+    from mmsrarec.rank.stage import cf_ranks
+
+    run = full_run.run_dir
+    cfg = copy.deepcopy(full_run.cfg)
+    cfg.rank.candidate_votes, cfg.rank.candidate_cf_rank = 3, "sasrec"
+    inputs = ReportInputs(cfg, run / "prepare", run / "evaluate", None, run / "index", None, run / "train-cf")
+    page = render_report(inputs)
+    tables = re.findall(r'<table class="ranking" data-method="(\w+)">(.*?)</table>', page, re.S)
+    shown = [body for method, body in tables if method == "mmsrarec"]
+    assert len(shown) == 5 and all(body.count("of 3 similar users; SASRec ranks it") == 6 for body in shown)
+    assert not any("similar users" in body for method, body in tables if method != "mmsrarec")
+    case = int(re.search(r'data-case="(\d+)"', page).group(1))  # the first user's ranks, computed here
+    test = pd.read_parquet(run / "prepare" / "test.parquet")
+    model = load_trained(run / "train-cf", "sasrec", cfg, len(pd.read_parquet(run / "prepare" / "items.parquet")))[0]
+    ranks = cf_ranks(model, [test["history"].iloc[case]])[0]
+    target = int(test["target"].iloc[case])
+    assert re.search(rf"✓ [^<]*<span class=\"muted small\">\(chosen next by \d of 3 similar users; SASRec ranks it "
+                     rf"{ranks[target]}\)", shown[0])
+    page = render_report(ReportInputs(cfg, run / "prepare", run / "evaluate", None, run / "index"))  # no train-cf
+    assert "candidate notes not shown" in page and page.count('class="user"') == 5
+
+
 def test_baselines_only_report_renders_without_optional_parts(baselines_run):
     page = (baselines_run / "evaluate" / "report.html").read_text(encoding="utf-8")
     assert page.count('class="board"') == 2 and page.count('class="user"') == 3

@@ -90,6 +90,9 @@ class RunConfig:
         if "rerank" in self.evaluate.protocols and self.evaluate.rerank_cf not in self.cf.models:
             raise InvalidValue("evaluate.rerank_cf", f"is {self.evaluate.rerank_cf!r}, which cf.models does not train "
                                f"(cf.models = {self.cf.models})")
+        if self.rank.candidate_cf_rank and self.rank.candidate_cf_rank not in self.cf.models:
+            raise InvalidValue("rank.candidate_cf_rank", f"is {self.rank.candidate_cf_rank!r}, which cf.models does "
+                               f"not train (cf.models = {self.cf.models})")
         llms = (self.rank.name, self.mllm_msr.name)
         missing = [m for m in self.evaluate.methods if m not in self.cf.models and m not in llms]
         if missing:

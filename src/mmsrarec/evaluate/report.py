@@ -48,13 +48,15 @@ class ReportInputs:
     keywords: Path | None = None    # a keywords.parquet (None: no keywords shown)
     index: Path | None = None       # the index stage's folder (None: no retrieved context)
     summarizer: Path | None = None  # the train-summarizer folder (None: no reward curves)
+    cf: Path | None = None          # the train-cf folder (the ranker's candidate notes; None: not shown)
 
     @classmethod
     def from_context(cls, ctx: Any) -> "ReportInputs":
         """From the evaluate stage's context: its own output folder, and whatever earlier stages finished."""
         run_dir = Path(ctx.run_dir)
         return cls(ctx.cfg, ctx.input("prepare"), Path(ctx.out), keyword_file(ctx.cfg, run_dir),
-                   _finished(run_dir, "index"), _finished(run_dir, "train-summarizer"))
+                   _finished(run_dir, "index"), _finished(run_dir, "train-summarizer"),
+                   _finished(run_dir, "train-cf"))
 
 
 def _finished(run_dir: Path, stage: str) -> Path | None:
@@ -199,6 +201,8 @@ class UserView:
     neighbours: pd.DataFrame | None   # index stage, test split, indexed by case
     context_cap: int
     scores: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> scores/<method>_test.parquet
+    ranker: str = ""                  # rank.name: its ranking shows the candidate notes its prompts showed
+    notes: dict = field(default_factory=dict)  # case -> rank.prompts.CandidateNotes (candidate votes / CF ranks)
 
     def item_card(self, item: int) -> str:
         uri = thumbnail(self.catalog.images.get(item, ""), self.images.max_bytes, self.images.max_pixels)
@@ -234,10 +238,13 @@ class UserView:
         greater, ties = int((scores > target_score).sum()), int((scores == target_score).sum()) - 1
         where = f"{greater + 1}" if ties == 0 else f"{greater + 1}–{greater + ties + 1} (tied)"
         order = sorted(range(len(candidates)), key=lambda j: (-scores[j], candidates[j]))  # ties: by item, not target
+        note = self.notes.get(case) if method == self.ranker else None
         rows = []
         for rank, j in enumerate(order, 1):
             hit = candidates[j] == target
             title = esc(self.catalog.titles.get(candidates[j], candidates[j]))
+            if note is not None:
+                title += f' <span class="muted small">({esc(note.about(candidates[j]))})</span>'
             rows.append(f'<tr{" class=target" if hit else ""}><td>{rank}</td><td>{"✓ " if hit else ""}{title}</td>'
                         f"<td>{scores[j]:.4g}</td></tr>")
         return (f'<table class="ranking" data-method="{esc(method)}"><caption><b>{esc(method)}</b>: true item at rank '
@@ -290,11 +297,25 @@ def users_section(inputs: ReportInputs, data: dict, methods: list[str], notes: l
     if not view.scores:
         notes.append("no per-case scores to show (the sampled protocol was not evaluated)")
     source = f"keywords from {inputs.keywords.parent.name}" if keywords is not None else "no keywords"
-    rng = np.random.default_rng([cfg.seed, 2718])
+    picked = sorted(np.random.default_rng([cfg.seed, 2718]).choice(len(cases), n, replace=False).tolist())
+    if rank.name in view.scores and (rank.candidate_votes or rank.candidate_cf_rank):
+        view.ranker = rank.name
+        view.notes = optional("candidate notes", lambda: candidate_notes(inputs, data, view.scores[rank.name],
+                                                                         cases.iloc[picked]), notes) or {}
     out = [f'<section id="users"><h2>Sampled test users</h2><p class="muted">{n} of {len(cases)} test cases, drawn '
            f"with seed {cfg.seed}; {esc(source)}; history oldest first.</p>"]
-    out += [view.article(case, cases.iloc[case]) for case in sorted(rng.choice(len(cases), n, replace=False).tolist())]
+    out += [view.article(case, cases.iloc[case]) for case in picked]
     return "\n".join(out) + "</section>"
+
+
+def candidate_notes(inputs: ReportInputs, data: dict, scores: pd.DataFrame, cases: pd.DataFrame) -> dict:
+    """case -> the candidate notes the ranker's prompt showed for that test case (rank.candidate_votes,
+    candidate_cf_rank), for the candidates its stored scores list."""
+    from ..rank.stage import NoteMaker
+
+    maker = NoteMaker.load(inputs.cfg, inputs.index, inputs.cf, len(data["items"]))
+    candidates = np.array([list(scores["candidates"].iloc[case]) for case in cases.index], dtype=np.int64)
+    return dict(zip(cases.index.tolist(), maker.notes(cases["history"], cases["user"], candidates)))
 
 
 CSS = """

@@ -119,6 +119,10 @@ class RankConfig:
                 "chose it next ('(chosen next by 3 of 500 similar users)'), the index searched again at this k; "
                 "0 = off (the paper). Training windows only, never the case's own user. On ML-100K this vote "
                 "alone ranks at HR@5 0.68 at k = 500 (benchmarks/context_signal.py)")
+    candidate_cf_rank: str = field(
+        "", help="a model of cf.models (e.g. sasrec): end each candidate's line with its rank when that model, "
+                 "trained on the training split, ranks every item for the case's history ('sasrec ranks it 4'; "
+                 "the history's own items do not compete); '' = off (the paper)")
     use_keywords: bool = field(True, help="describe items by their summarized keywords; false = by the raw item "
                                           "text (the 'no summarization' ablation)")
     keywords_from: Literal["auto", "summarize", "summarize-tuned"] = field(
@@ -164,8 +168,8 @@ def keyword_stage(cfg: RunConfig) -> str:
 
 def ranker_needs(cfg: RunConfig) -> list[str]:
     """The stages train-ranker reads: prepare, the keyword stage (not in the no-summarization
-    ablation), the index (with retrieval or candidate votes) and the CF model that searches it again
-    (with candidate votes)."""
+    ablation), the index (with retrieval or candidate votes) and the CF models (with candidate votes,
+    whose model searches the index again, or candidate CF ranks)."""
     return ["prepare", *([keyword_stage(cfg)] if cfg.rank.use_keywords else []),
-            *(["train-cf"] if cfg.rank.candidate_votes else []),
+            *(["train-cf"] if cfg.rank.candidate_votes or cfg.rank.candidate_cf_rank else []),
             *(["index"] if cfg.rank.use_retrieval or cfg.rank.candidate_votes else [])]

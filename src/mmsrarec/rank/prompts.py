@@ -12,8 +12,10 @@ so tokenize(prefix) + tokenize(suffix) == tokenize(prefix + suffix); `rank_promp
 template once with a sentinel in place of the candidate and checks that rendering a real candidate
 gives prefix + suffix.
 
-With rank.candidate_votes, a candidate's line ends with how many of the case's k most similar training
-users chose it next (`Votes`); it sits in the suffix, so the prefix stays shared.
+Beyond the paper, a candidate's line may end with notes on it (`CandidateNotes`): how many of the
+case's k most similar training users chose it next (rank.candidate_votes) and where a trained CF model
+ranks it for the case's history (rank.candidate_cf_rank). They sit in the suffix, so the prefix stays
+shared.
 """
 
 from __future__ import annotations
@@ -89,19 +91,33 @@ class Catalog:
 
 
 @dataclass
-class Votes:
-    """How many of a case's k most similar training users chose each item next (absent: none)."""
+class CandidateNotes:
+    """What one case's candidate lines say after catalog.line, beyond the paper (each part optional).
 
-    counts: Mapping[int, int]
-    k: int
+    votes, k: how many of the case's k most similar training users chose each item next (absent: none);
+    rank.candidate_votes.
+    ranks, ranked_by: each item's rank (1 = first) when the CF model `ranked_by` scores every item for
+    the case's history (ranks[item]: a mapping or an array indexed by item); rank.candidate_cf_rank."""
+
+    votes: Mapping[int, int] | None = None
+    k: int = 0
+    ranks: Any = None
+    ranked_by: str = ""
+
+    def about(self, item: int) -> str:
+        parts = []
+        if self.votes is not None:
+            parts.append(f"chosen next by {int(self.votes.get(int(item), 0))} of {self.k} similar users")
+        if self.ranks is not None:
+            parts.append(f"{self.ranked_by} ranks it {int(self.ranks[int(item)])}")
+        return "; ".join(parts)
 
 
-def candidate_line(catalog: Catalog, item: int, votes: Votes | None = None) -> str:
-    """A candidate as the main and choice tasks show it: catalog.line, then its vote when given."""
+def candidate_line(catalog: Catalog, item: int, notes: CandidateNotes | None = None) -> str:
+    """A candidate as the main and choice tasks show it: catalog.line, then its notes when given."""
     line = catalog.line(item)
-    if votes is None:
-        return line
-    return f"{line} (chosen next by {int(votes.counts.get(int(item), 0))} of {votes.k} similar users)"
+    about = notes.about(item) if notes is not None else ""
+    return f"{line} ({about})" if about else line
 
 
 # ----------------------------------------------------------------------------- text blocks
@@ -146,8 +162,8 @@ def assistant(text: str) -> list[dict]:
 
 
 def choice_text(catalog: Catalog, history: Sequence[int], context: str, options: Sequence[int],
-                history_len: int, votes: Votes | None = None) -> str:
-    listed = "\n".join(f"{LETTERS[i]}. {candidate_line(catalog, int(item), votes)}"
+                history_len: int, notes: CandidateNotes | None = None) -> str:
+    listed = "\n".join(f"{LETTERS[i]}. {candidate_line(catalog, int(item), notes)}"
                        for i, item in enumerate(options))
     return (history_block(catalog, history, history_len) + context_block(context)
             + "Which item will the user interact with next? Answer with its letter only.\n" + listed)
@@ -199,7 +215,7 @@ class RankPrompt:
 
 def rank_prompt(processor: Any, catalog: Catalog, history: Sequence[int], context: str, candidates: Sequence[int],
                 history_len: int, is_vlm: bool = False, history_image: bool = False, candidate_image: bool = False,
-                load_image: Callable[[str], Any] | None = None, votes: Votes | None = None) -> RankPrompt:
+                load_image: Callable[[str], Any] | None = None, notes: CandidateNotes | None = None) -> RankPrompt:
     """The main-task prompts of one case, factored into a shared prefix and per-candidate suffixes."""
     prefix_text = main_prefix_text(catalog, history, context, history_len)
     prefix_images = []
@@ -209,19 +225,19 @@ def rank_prompt(processor: Any, catalog: Catalog, history: Sequence[int], contex
         if image is not None:
             prefix_images = [image]
     return factored_prompt(processor, catalog, prefix_text, candidates, is_vlm, prefix_images, candidate_image,
-                           load_image, votes)
+                           load_image, notes)
 
 
 def factored_prompt(processor: Any, catalog: Catalog, prefix_text: str, candidates: Sequence[int],
                     is_vlm: bool = False, prefix_images: Sequence[Any] = (), candidate_image: bool = False,
-                    load_image: Callable[[str], Any] | None = None, votes: Votes | None = None) -> RankPrompt:
-    """The Yes/No prompts of `candidates` (each shown as candidate_line: catalog.line, and its vote
-    when `votes` are given) after a user-specific `prefix_text` that ends with CANDIDATE_LABEL,
+                    load_image: Callable[[str], Any] | None = None, notes: CandidateNotes | None = None) -> RankPrompt:
+    """The Yes/No prompts of `candidates` (each shown as candidate_line: catalog.line, and its
+    notes when given) after a user-specific `prefix_text` that ends with CANDIDATE_LABEL,
     factored into a shared prefix and per-candidate suffixes; `prefix_images` (VLM) come before the
     prefix text. MLLM-MSR's prompts use it too."""
     prefix_images = list(prefix_images)
     with_history_image = bool(prefix_images)
-    texts = [candidate_line(catalog, int(c), votes) for c in candidates]
+    texts = [candidate_line(catalog, int(c), notes) for c in candidates]
     if candidate_image:
         full, images = [], []
         for item, text in zip(candidates, texts):

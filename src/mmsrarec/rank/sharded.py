@@ -26,7 +26,7 @@ from .score import Scorer
 def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
                         method: str, store_dir: Path, log: Callable[[str], None] | None = None,
                         progress: bool = True, shard: Shard | None = None, flush_cases: int = 64,
-                        flush_s: float = 60.0, votes: dict | None = None) -> np.ndarray:
+                        flush_s: float = 60.0, notes: dict | None = None) -> np.ndarray:
     """score_frame over this process's share of `cases` (index = case number) into `store_dir`, then
     the scores of all cases once every process has stored its share. A chunk is written every
     `flush_cases` cases or `flush_s` seconds, whichever comes first."""
@@ -44,7 +44,7 @@ def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, c
     for start in range(0, len(numbers_todo), group):
         chunk = numbers_todo[start:start + group]
         t0 = time.perf_counter()
-        scores = score_frame(scorer, catalog, todo.loc[chunk], contexts, cfg, method, progress=False, votes=votes)
+        scores = score_frame(scorer, catalog, todo.loc[chunk], contexts, cfg, method, progress=False, notes=notes)
         each = (time.perf_counter() - t0) / len(chunk)  # users scored together share the time
         pending += [(int(n), s.astype(np.float32).tolist(), each) for n, s in zip(chunk, scores)]
         done = start + len(chunk)

@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,8 +26,8 @@ from ..artifacts import write_json, write_text
 from ..config import RunConfig
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError, DataError
-from .config import RankConfig, keyword_stage
-from .prompts import Catalog, Votes
+from .config import RankConfig, keyword_stage, ranker_needs
+from .prompts import CandidateNotes, Catalog
 from .score import Scorer, load_model, score_many
 from .tasks import build_examples, example_counts, training_positions
 from .train import ADAPTER, CHECKPOINTS, train_ranker
@@ -64,21 +64,110 @@ def retrieved_contexts(index_dir: Path, split: str, catalog: Catalog, cap: int) 
 
 
 def similar_users_votes(retriever: Any, histories, users, k: int,
-                        log: Callable[[str], None] | None = None) -> list[Votes]:
+                        log: Callable[[str], None] | None = None) -> list[CandidateNotes]:
     """rank.candidate_votes: per history, how many of its k most similar training users (its own user
     never) chose each item next, from the index searched again at k (index.store.Retriever)."""
     t0 = time.perf_counter()
     found = retriever.search(histories, users, k)
     if log is not None:
         log(f"candidate votes: {len(found.users):,} histories searched at k={k} in {time.perf_counter() - t0:.1f} s")
-    return [Votes(Counter(row[row > 0].tolist()), k) for row in found.next_items]
+    return [CandidateNotes(votes=Counter(row[row > 0].tolist()), k=k) for row in found.next_items]
 
 
-def retriever_for(cfg: RunConfig, index_dir: Path, cf_dir: Path, n_items: int):
-    """index.store.load_retriever, imported when candidate votes are on (as retrieved_contexts does)."""
-    from ..index.store import load_retriever
+def cf_ranks(model: Any, histories, items: np.ndarray | None = None, batch_size: int = 256) -> list[np.ndarray]:
+    """rank.candidate_cf_rank: per history, the rank (1 = first) of items[b] when the CF model scores
+    every item for histories[b]: 1 + the number of items that score higher, where padding and the
+    history's own items do not compete (as in the full-ranking protocol); ties share a rank.
+    items: [B, C]; None: every item (each array then indexed by item id, column 0 meaningless)."""
+    import torch
 
-    return load_retriever(index_dir, cf_dir, cfg, n_items)
+    out = []
+    for start in range(0, len(histories), batch_size):
+        hist = [np.asarray(h, dtype=np.int64) for h in histories[start:start + batch_size]]
+        with torch.no_grad():
+            scores = model.full_scores(hist).float().cpu()
+        competing = scores.clone()
+        competing[:, 0] = -torch.inf
+        for row, h in enumerate(hist):
+            competing[row, torch.tensor(h)] = -torch.inf
+        asc = competing.sort(dim=1).values
+        if items is None:
+            asked = scores
+        else:
+            asked = scores.gather(1, torch.as_tensor(np.asarray(items[start:start + len(hist)], dtype=np.int64)))
+        higher = asc.shape[1] - torch.searchsorted(asc, asked.contiguous(), right=True)
+        out.extend((higher + 1).numpy().astype(np.int64))
+    return out
+
+
+@dataclass
+class NoteMaker:
+    """The candidate notes (prompts.CandidateNotes) of any case: the votes of similar training users
+    (rank.candidate_votes; the index searched again) and a CF model's ranks (rank.candidate_cf_rank);
+    None when neither is on (the paper)."""
+
+    cfg: RankConfig
+    retriever: Any = None  # index.store.Retriever, with candidate_votes
+    cf_model: Any = None   # the model named by candidate_cf_rank
+
+    @property
+    def ranked_by(self) -> str:
+        return type(self.cf_model).__name__ if self.cf_model is not None else ""
+
+    @classmethod
+    def load(cls, run_cfg: RunConfig, index_dir: Path | None, cf_dir: Path | None, n_items: int) -> "NoteMaker | None":
+        rank = run_cfg.rank
+        if not rank.candidate_votes and not rank.candidate_cf_rank:
+            return None
+        if cf_dir is None or (rank.candidate_votes and index_dir is None):
+            raise ArtifactError("rank.candidate_votes needs the index and train-cf folders, rank.candidate_cf_rank "
+                                "the train-cf folder (RankerInputs.index, .cf)")
+        retriever = cf_model = None
+        if rank.candidate_votes:
+            from ..index.store import load_retriever  # late, as retrieved_contexts imports the index
+
+            retriever = load_retriever(index_dir, cf_dir, run_cfg, n_items)
+        if rank.candidate_cf_rank:
+            from ..cf.stage import load_trained  # late: the CF stage imports the pipeline
+
+            cf_model = load_trained(Path(cf_dir), rank.candidate_cf_rank, run_cfg, n_items)[0]
+        return cls(rank, retriever, cf_model)
+
+    def notes(self, histories, users, items: np.ndarray | None = None,
+              log: Callable[[str], None] | None = None) -> list[CandidateNotes]:
+        """One CandidateNotes per history; items: [B, C] the items whose CF ranks are kept (None: all)."""
+        histories, users = list(histories), list(users)
+        notes = (similar_users_votes(self.retriever, histories, users, self.cfg.candidate_votes, log)
+                 if self.retriever is not None else [CandidateNotes() for _ in histories])
+        if self.cf_model is not None:
+            t0 = time.perf_counter()
+            ranks = cf_ranks(self.cf_model, histories, items)
+            for note, row, asked in zip(notes, ranks, items if items is not None else ranks):
+                note.ranks = row if items is None else dict(zip(np.asarray(asked).tolist(), row.tolist()))
+                note.ranked_by = self.ranked_by
+            if log is not None:
+                log(f"candidate CF ranks: {len(histories):,} histories ranked by {self.cfg.candidate_cf_rank} in "
+                    f"{time.perf_counter() - t0:.1f} s")
+        return notes
+
+    def for_training(self, positions: list, log: Callable[[str], None] | None = None):
+        """A tasks.NoteSource for the training cases `positions` ((user, t, sequence)): the votes of all
+        searched at once; the CF ranks of all items computed per case when asked (one row in memory)."""
+        if self.retriever is None:
+            voted = {}
+        else:
+            found = similar_users_votes(self.retriever, [seq[:t] for _, t, seq in positions],
+                                        [u for u, _, _ in positions], self.cfg.candidate_votes, log)
+            voted = {(user, t): note for (user, t, _), note in zip(positions, found)}
+        histories = {(user, t): seq[:t] for user, t, seq in positions}
+
+        def notes(user: int, t: int) -> CandidateNotes:
+            note = voted.get((user, t), CandidateNotes())
+            if self.cf_model is None:
+                return note
+            return replace(note, ranks=cf_ranks(self.cf_model, [histories[(user, t)]])[0], ranked_by=self.ranked_by)
+
+        return notes
 
 
 def catalog_for(cfg: RankConfig, items: pd.DataFrame, keywords_path: Path | None) -> Catalog:
@@ -122,14 +211,11 @@ def sft_examples(ctx) -> tuple[Any, Path | None]:
         contexts = retrieved_contexts(ctx.input("index"), "train", catalog, cfg.max_context_keywords)
         context = lambda user, t: contexts.get((user, t), "")  # noqa: E731
     positions = training_positions(data["train"], cfg.examples_per_user, ctx.cfg.seed)
-    votes = None
-    if cfg.candidate_votes:
-        retriever = retriever_for(ctx.cfg, ctx.input("index"), ctx.input("train-cf"), len(data["items"]))
-        found = similar_users_votes(retriever, [seq[:t] for _, t, seq in positions], [u for u, _, _ in positions],
-                                    cfg.candidate_votes, ctx.log)
-        table = {(user, t): v for (user, t, _), v in zip(positions, found)}
-        votes = lambda user, t: table[(user, t)]  # noqa: E731
-    return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm", votes,
+    needs = ranker_needs(ctx.cfg)
+    maker = NoteMaker.load(ctx.cfg, ctx.input("index") if "index" in needs else None,
+                           ctx.input("train-cf") if "train-cf" in needs else None, len(data["items"]))
+    notes = maker.for_training(positions, ctx.log) if maker is not None else None
+    return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm", notes,
                           positions), keywords_path
 
 
@@ -156,15 +242,15 @@ class RankerInputs:
     ranker: Path
     keywords: Path | None = None  # keywords.parquet (None: rank.use_keywords is off)
     index: Path | None = None     # the index stage's folder (None: neither retrieval nor candidate votes)
-    cf: Path | None = None        # the train-cf folder (rank.candidate_votes: its model searches the index)
+    cf: Path | None = None        # the train-cf folder (candidate votes: its model searches the index; CF ranks)
 
     @classmethod
     def from_context(cls, ctx: Any) -> "RankerInputs":
-        rank = ctx.cfg.rank
+        needs = ranker_needs(ctx.cfg)  # what train-ranker reads is what scoring reads
         return cls(ctx.cfg, ctx.input("prepare"), ctx.input("train-ranker"),
-                   keyword_table(ctx) if rank.use_keywords else None,
-                   ctx.input("index") if rank.use_retrieval or rank.candidate_votes else None,
-                   ctx.input("train-cf") if rank.candidate_votes else None)
+                   keyword_table(ctx) if ctx.cfg.rank.use_keywords else None,
+                   ctx.input("index") if "index" in needs else None,
+                   ctx.input("train-cf") if "train-cf" in needs else None)
 
 
 @dataclass
@@ -175,7 +261,7 @@ class LoadedRanker:
     data: dict
     catalog: Catalog
     scorer: Scorer
-    retriever: Any = None  # index.store.Retriever, with rank.candidate_votes
+    notes: NoteMaker | None = None  # rank.candidate_votes / candidate_cf_rank
 
 
 def load_ranker(source: Any) -> LoadedRanker:
@@ -186,14 +272,10 @@ def load_ranker(source: Any) -> LoadedRanker:
     adapter = inputs.ranker / ADAPTER
     if not cfg.zero_shot and not (adapter / "adapter_config.json").is_file():
         raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
-    retriever = None
-    if cfg.candidate_votes:
-        if inputs.index is None or inputs.cf is None:
-            raise ArtifactError("rank.candidate_votes needs the index and train-cf folders (RankerInputs.index, .cf)")
-        retriever = retriever_for(inputs.cfg, inputs.index, inputs.cf, len(data["items"]))
+    notes = NoteMaker.load(inputs.cfg, inputs.index, inputs.cf, len(data["items"]))
     model, processor, is_vlm = load_model(cfg.model, adapter=None if cfg.zero_shot else str(adapter))
     return LoadedRanker(inputs, data, catalog_for(cfg, data["items"], inputs.keywords),
-                        Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size), retriever)
+                        Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size), notes)
 
 
 def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
@@ -215,16 +297,16 @@ def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, meth
         raise DataError(f"the {split} cases carry no stored negatives to rank", path=str(inputs.prepare))
     contexts = retrieved_contexts(inputs.index, split, catalog, cfg.max_context_keywords) \
         if cfg.use_retrieval and inputs.index is not None else {}
-    votes = None
-    if cfg.candidate_votes:
-        found = similar_users_votes(ranker.retriever, cases["history"], cases["user"], cfg.candidate_votes, log)
-        votes = dict(zip(cases.index.astype(int), found))
+    notes = None
+    if ranker.notes is not None:
+        candidates = np.array([[t, *negs] for t, negs in zip(cases["target"], cases["negatives"])], dtype=np.int64)
+        notes = dict(zip(cases.index.astype(int), ranker.notes.notes(cases["history"], cases["user"], candidates, log)))
     if store is not None:
         from .sharded import score_frame_sharded
         return score_frame_sharded(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, store, log=log,
-                                   progress=progress, votes=votes)
+                                   progress=progress, notes=notes)
     return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress,
-                       votes=votes)
+                       notes=notes)
 
 
 def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
@@ -235,10 +317,10 @@ def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
 
 def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
                 method: str, log: Callable[[str], None] | None = None, progress: bool = True,
-                votes: dict | None = None) -> np.ndarray:
+                notes: dict | None = None) -> np.ndarray:
     """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer; with
     shared_prefix, several users per forward pass where rank.score_batch_size leaves room (score_many).
-    contexts / votes: case number -> retrieved keywords / candidate votes (rank.candidate_votes)."""
+    contexts / notes: case number -> retrieved keywords / candidate notes (prompts.CandidateNotes)."""
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
@@ -253,7 +335,7 @@ def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts:
         prompts.append(rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
                                    candidates, cfg.history_len, scorer.is_vlm, cfg.history_image,
                                    cfg.candidate_image, load_image,
-                                   None if votes is None else votes[int(case)]))
+                                   None if notes is None else notes[int(case)]))
     group = users_per_forward(cfg, len(prompts[0])) if prompts else 1
     rows: list[np.ndarray] = []
     with tqdm(total=len(prompts), desc="rank", unit="case", disable=not progress) as bar:

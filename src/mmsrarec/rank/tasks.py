@@ -2,8 +2,8 @@
 
 A training case is (user, t) on a training sequence s: history s[:t], positive s[t] (t >= 1).
 Tasks (LC-Rec style auxiliary tasks beside the main one):
-  main               history + retrieved keywords + one candidate (with rank.candidate_votes, and its
-                     vote among similar users) -> "Yes" / "No"
+  main               history + retrieved keywords + one candidate (with its notes: rank.candidate_votes,
+                     rank.candidate_cf_rank) -> "Yes" / "No"
                      (the positive, and `neg_per_pos` negatives: training items the user never
                      interacted with in any split)
   aux_choice         history -> letter of the next item among `choice_candidates` lettered items
@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 from .config import RankConfig
-from .prompts import (LETTERS, NO, YES, Catalog, Votes, assistant, candidate_line, choice_text, main_messages,
+from .prompts import (LETTERS, NO, YES, CandidateNotes, Catalog, assistant, candidate_line, choice_text, main_messages,
                       main_prefix_text, next_keywords_text, title_text, user_message)
 
 Context = Callable[[int, int], str]  # (user, t) -> retrieved keywords for training case (user, t)
-VoteSource = Callable[[int, int], Votes]  # (user, t) -> similar users' votes for training case (user, t)
+NoteSource = Callable[[int, int], CandidateNotes]  # (user, t) -> candidate notes for training case (user, t)
 TASKS = ("main", "aux_choice", "aux_title", "aux_next_keywords")
 
 
@@ -93,11 +93,11 @@ def task_counts(cfg: RankConfig, n_positions: int, n_items: int) -> dict[str, in
 
 
 def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankConfig, seed: int,
-                   context: Context | None = None, is_vlm: bool = False, votes: VoteSource | None = None,
+                   context: Context | None = None, is_vlm: bool = False, notes: NoteSource | None = None,
                    positions: list | None = None):
-    """The SFT dataset (see the module docstring); deterministic given `seed`. votes: shown on the
-    candidate lines of the main and choice tasks (rank.candidate_votes). positions: the training cases
-    (default: training_positions(train, cfg.examples_per_user, seed))."""
+    """The SFT dataset (see the module docstring); deterministic given `seed`. notes: shown on the
+    candidate lines of the main and choice tasks (rank.candidate_votes, candidate_cf_rank). positions: the
+    training cases (default: training_positions(train, cfg.examples_per_user, seed))."""
     context = context or (lambda user, t: "")
     if positions is None:
         positions = training_positions(data["train"], cfg.examples_per_user, seed)
@@ -107,7 +107,7 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
     pool = pool[pool > 0]
     seen = interacted_items(data)
     counts = task_counts(cfg, len(positions), len(pool))
-    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, votes)
+    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes)
     rows: list[dict] = []
     order = {task: np.random.default_rng([seed, i, 99]).permutation(len(positions)) for i, task in enumerate(TASKS)}
     for k in order["main"][:counts["main"] // (1 + cfg.neg_per_pos)]:
@@ -125,15 +125,15 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
 
 class _Builder:
     def __init__(self, catalog: Catalog, cfg: RankConfig, context: Context, is_vlm: bool,
-                 seen: dict[int, set[int]], pool: np.ndarray, seed: int, votes: VoteSource | None = None):
+                 seen: dict[int, set[int]], pool: np.ndarray, seed: int, notes: NoteSource | None = None):
         self.catalog, self.cfg, self.context, self.is_vlm = catalog, cfg, context, is_vlm
-        self.seen, self.pool, self.seed, self.votes = seen, pool, seed, votes
+        self.seen, self.pool, self.seed, self.notes = seen, pool, seed, notes
 
     def _context(self, user: int, t: int) -> str:
         return self.context(user, t) if self.cfg.use_retrieval else ""
 
-    def _votes(self, user: int, t: int) -> Votes | None:
-        return self.votes(user, t) if self.votes is not None else None
+    def _notes(self, user: int, t: int) -> CandidateNotes | None:
+        return self.notes(user, t) if self.notes is not None else None
 
     def _image(self, item: int) -> str:
         return self.catalog.images.get(item, "") if self.is_vlm else ""
@@ -152,11 +152,11 @@ class _Builder:
         negatives = sample_negatives(self.pool, self.seen.get(user, set()), self.cfg.neg_per_pos, rng)
         prefix = main_prefix_text(self.catalog, history, self._context(user, t), self.cfg.history_len)
         history_image = self._image(int(history[-1])) if self.cfg.history_image else ""
-        votes = self._votes(user, t)
+        notes = self._notes(user, t)
         rows = []
         for item, answer in [(positive, YES), *((n, NO) for n in negatives)]:
             candidate_image = self._image(item) if self.cfg.candidate_image else ""
-            messages = main_messages(prefix, candidate_line(self.catalog, item, votes), self.is_vlm,
+            messages = main_messages(prefix, candidate_line(self.catalog, item, notes), self.is_vlm,
                                      bool(history_image), bool(candidate_image))
             images = [p for p in (history_image, candidate_image) if p]
             rows.append(self._row("main", user, t, item, messages, answer, images))
@@ -169,7 +169,7 @@ class _Builder:
                                                self.cfg.choice_candidates - 1, rng)]
         options = [options[i] for i in rng.permutation(len(options))]
         text = choice_text(self.catalog, seq[:t], self._context(user, t), options, self.cfg.history_len,
-                           self._votes(user, t))
+                           self._notes(user, t))
         return self._row("aux_choice", user, t, positive, [user_message([text], self.is_vlm)],
                          LETTERS[options.index(positive)])
 
