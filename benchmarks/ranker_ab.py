@@ -37,6 +37,7 @@ from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
 from mmsrarec.pipeline import Runner
+from mmsrarec.rank.sharded import stored_seconds
 from mmsrarec.rank.stage import RankerInputs, score_cases, similar_users_votes
 
 METRICS = ["hr@1", "hr@5", "ndcg@5", "auc"]
@@ -62,24 +63,25 @@ def metrics(scores: np.ndarray) -> dict[str, float]:
 
 
 def run_variant(config: str | None, common: list[str], name: str, sets: list[str], base, cases: pd.DataFrame) -> dict:
-    """Train variant `name` (its own run, linked to the base run's stages) and score `cases`."""
+    """Train variant `name` (its own run, linked to the base run's stages) and score `cases` into
+    <run>/ab-scores/<train-ranker key> (resumable: a rerun with the same ranker scores only new cases)."""
     cfg = load_config(config, [*common, *sets, f"name={base.name}-ab-{name}"])
     runner = Runner(cfg, reuse=[base.run_dir])
     t0 = time.perf_counter()
     manifest = runner.run("train-ranker")
     sft_s = time.perf_counter() - t0
     ctx = SimpleNamespace(cfg=cfg, input=lambda stage: runner.run_dir / stage)
-    t1 = time.perf_counter()
-    scores = score_cases(RankerInputs.from_context(ctx), "test", cases=cases,
-                         log=lambda m: print(f"[ab {name}] {m}", file=sys.stderr))
-    score_s = time.perf_counter() - t1
+    store = runner.run_dir / "ab-scores" / manifest["key"][:16]
+    scores = score_cases(RankerInputs.from_context(ctx), "test", cases=cases, store=store,
+                         log=lambda m: print(f"[ab {name}] {m}", file=sys.stderr)).astype(np.float64)
+    per_case = float(np.nanmean(stored_seconds(store)))  # stored per case: resumed scoring does not distort it
     summary = manifest.get("summary", {})
     return {"variant": name, "overrides": sets, "run": str(runner.run_dir), "cases": len(cases),
             "candidate_votes": cfg.rank.candidate_votes, "candidate_cf_rank": cfg.rank.candidate_cf_rank,
             "examples": summary.get("examples"), "steps": summary.get("steps"),
             "first_loss": _round(summary.get("first_loss")), "last_loss": _round(summary.get("last_loss")),
-            "sft_s": round(float(manifest.get("wall_time_s") or sft_s), 1), "score_s": round(score_s, 1),
-            "s_per_case": round(score_s / max(len(cases), 1), 2), **metrics(scores),
+            "sft_s": round(float(manifest.get("wall_time_s") or sft_s), 1), "score_s": round(per_case * len(cases), 1),
+            "s_per_case": round(per_case, 2), **metrics(scores),
             "scores": scores.tolist()}
 
 
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = [parse_variant(v) for v in args.variant]
     rows = earlier_rows(Path(args.earlier), cases) if args.earlier else []
     rows += [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
-    vote_ks = sorted({row["candidate_votes"] for row in rows} - {0})
+    vote_ks = sorted({row.get("candidate_votes", 0) for row in rows} - {0})
     rows += references(base, len(data["items"]), cases, vote_ks, args.references)
     facts = {"cases": len(cases), "all_cases": len(test), "seed": base.seed,
              "candidates": 1 + len(test["negatives"].iloc[0]), "wall_s": time.perf_counter() - started,
