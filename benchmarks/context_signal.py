@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmsrarec.cf.base import Cases
 from mmsrarec.config import RunConfig, load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
@@ -105,7 +106,7 @@ def measure(cfg: RunConfig, run_dir: Path, splits: list[str], ks: list[int], lis
     rows = []
     for split in splits:
         cases = data[split]
-        candidates = np.array([[t, *negs] for t, negs in zip(cases["target"], cases["negatives"])], np.int64)
+        candidates = Cases.from_frame(cases).candidates()
         base = {"split": split, "cases": len(cases), "candidates": candidates.shape[1]}
         rows.append({**base, "k": 0, "reader": "history", "target_in_context": None,
                      **_metrics(history_scores(candidates, cases["history"], words_by_item, rank.history_len))})

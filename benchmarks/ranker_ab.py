@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from mmsrarec.cf.base import Cases
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
@@ -123,7 +124,7 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
     """The vote reader at each k and the base run's stored CF scores, on the same cases."""
     base_dir = base.run_dir
     rows = []
-    candidates = np.array([[t, *negs] for t, negs in zip(cases["target"], cases["negatives"])], np.int64)
+    candidates = Cases.from_frame(cases).candidates()
     if vote_ks:
         from mmsrarec.index.store import load_retriever
 

@@ -142,8 +142,8 @@ class NoteMaker:
         if self.cf_model is not None:
             t0 = time.perf_counter()
             ranks = cf_ranks(self.cf_model, histories, items)
-            for note, row, asked in zip(notes, ranks, items if items is not None else ranks):
-                note.ranks = row if items is None else dict(zip(np.asarray(asked).tolist(), row.tolist()))
+            for i, (note, row) in enumerate(zip(notes, ranks)):
+                note.ranks = row if items is None else dict(zip(np.asarray(items[i]).tolist(), row.tolist()))
                 note.ranked_by = self.ranked_by
             if log is not None:
                 log(f"candidate CF ranks: {len(histories):,} histories ranked by {self.cfg.candidate_cf_rank} in "
@@ -299,7 +299,9 @@ def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, meth
         if cfg.use_retrieval and inputs.index is not None else {}
     notes = None
     if ranker.notes is not None:
-        candidates = np.array([[t, *negs] for t, negs in zip(cases["target"], cases["negatives"])], dtype=np.int64)
+        from ..cf.base import Cases
+
+        candidates = Cases.from_frame(cases).candidates()
         notes = dict(zip(cases.index.astype(int), ranker.notes.notes(cases["history"], cases["user"], candidates, log)))
     if store is not None:
         from .sharded import score_frame_sharded
