@@ -15,7 +15,9 @@ Small SFT budgets say whether a prompt feature is picked up at all, not what a f
 Writes OUT.json (every number, per-case scores included) and OUT.md, which also gives each variant's
 paired difference to the first one over the same cases (HR@5, NDCG@5; 95% bootstrap interval).
 `--redraw` rewrites OUT.md from OUT.json without running anything; `--with EARLIER.json` puts an
-earlier run's LLM rows (same cases) first instead of training and scoring them again.
+earlier run's LLM rows (same cases) first instead of training and scoring them again. `--fuse sasrec`
+blends every LLM variant with SASRec as `evaluate.fuse` does, the weight picked on a seeded subsample
+of valid cases that each ranker then scores too (`--valid-cases`), and pairs each blend with SASRec.
 """
 
 from __future__ import annotations
@@ -63,18 +65,38 @@ def metrics(scores: np.ndarray) -> dict[str, float]:
     return {k: round(float(v.mean()), 4) for k, v in sampled_metrics(scores, METRICS).items()}
 
 
-def run_variant(config: str | None, common: list[str], name: str, sets: list[str], base, cases: pd.DataFrame) -> dict:
-    """Train variant `name` (its own run, linked to the base run's stages) and score `cases` into
-    <run>/ab-scores/<train-ranker key> (resumable: a rerun with the same ranker scores only new cases)."""
+def trained(config: str | None, common: list[str], name: str, sets: list[str], base, train: bool = True):
+    """Variant `name`'s run (linked to the base run's stages) with its ranker trained (a finished one is
+    kept). train=False (a --with row) trains nothing: it takes the ranker in the run's folder, the one that
+    scored the row, even if this code would key its stage differently (e.g. a config field added since)."""
     cfg = load_config(config, [*common, *sets, f"name={base.name}-ab-{name}"])
     runner = Runner(cfg, reuse=[base.run_dir])
-    t0 = time.perf_counter()
-    manifest = runner.run("train-ranker")
-    sft_s = time.perf_counter() - t0
+    if train or runner.finished(runner.plan("train-ranker")) is not None:
+        return cfg, runner, runner.run("train-ranker")
+    path = runner.run_dir / "train-ranker" / "manifest.json"
+    if not path.is_file():
+        sys.exit(f"variant {name}: {path} is missing; rerun the variant with --variant instead of --with")
+    print(f"[ab {name}] using the ranker in {path.parent} (its stage key is not the one this code gives)",
+          file=sys.stderr)
+    return cfg, runner, json.loads(path.read_text())
+
+
+def variant_scores(cfg, runner, manifest, name: str, split: str, cases: pd.DataFrame) -> tuple[np.ndarray, Path]:
+    """The variant's ranker on `cases` of `split`, through <run>/ab-scores/<train-ranker key>[-valid]
+    (resumable: a rerun with the same ranker scores only new cases)."""
     ctx = SimpleNamespace(cfg=cfg, input=lambda stage: runner.run_dir / stage)
-    store = runner.run_dir / "ab-scores" / manifest["key"][:16]
-    scores = score_cases(RankerInputs.from_context(ctx), "test", cases=cases, store=store,
-                         log=lambda m: print(f"[ab {name}] {m}", file=sys.stderr)).astype(np.float64)
+    store = runner.run_dir / "ab-scores" / (manifest["key"][:16] + ("" if split == "test" else f"-{split}"))
+    scores = score_cases(RankerInputs.from_context(ctx), split, cases=cases, store=store,
+                         log=lambda m: print(f"[ab {name} {split}] {m}", file=sys.stderr)).astype(np.float64)
+    return scores, store
+
+
+def run_variant(config: str | None, common: list[str], name: str, sets: list[str], base, cases: pd.DataFrame) -> dict:
+    """Train variant `name` and score the test `cases`."""
+    t0 = time.perf_counter()
+    cfg, runner, manifest = trained(config, common, name, sets, base)
+    sft_s = time.perf_counter() - t0
+    scores, store = variant_scores(cfg, runner, manifest, name, "test", cases)
     per_case = float(np.nanmean(stored_seconds(store)))  # stored per case: resumed scoring does not distort it
     summary = manifest.get("summary", {})
     return {"variant": name, "overrides": sets, "run": str(runner.run_dir), "cases": len(cases),
@@ -90,24 +112,53 @@ def _round(value, digits: int = 4):
     return None if value is None else round(float(value), digits)
 
 
-def paired_differences(rows: list[dict], seed: int, draws: int = 10_000) -> list[dict]:
-    """Each LLM variant minus the first, case by case (same cases): mean and 95% bootstrap interval."""
-    llm = [r for r in rows if "scores" in r]
-    out = []
-    if len(llm) < 2:
-        return out
-    per = {r["variant"]: sampled_metrics(np.array(r["scores"], float), ["hr@5", "ndcg@5"]) for r in llm}
-    base = llm[0]["variant"]
+def paired(scores: np.ndarray, against: np.ndarray, rng: np.random.Generator, draws: int = 10_000) -> dict:
+    """Per-case HR@5 and NDCG@5 of `scores` minus those of `against` (same cases): [mean, 2.5%, 97.5%]
+    of the case bootstrap."""
+    mine, theirs = (sampled_metrics(np.asarray(s, float), ["hr@5", "ndcg@5"]) for s in (scores, against))
+    picks = rng.integers(0, len(scores), size=(draws, len(scores)))
+    out = {}
+    for metric in ("hr@5", "ndcg@5"):
+        diff = mine[metric] - theirs[metric]
+        boot = diff[picks].mean(1)
+        out[metric] = [round(float(diff.mean()), 4), round(float(np.quantile(boot, 0.025)), 4),
+                       round(float(np.quantile(boot, 0.975)), 4)]
+    return out
+
+
+def paired_differences(rows: list[dict], seed: int) -> list[dict]:
+    """Each LLM variant minus the first, and each fused row minus its CF model, case by case."""
+    llm = [r for r in rows if "overrides" in r]
     rng = np.random.default_rng(seed)
-    for row in llm[1:]:
-        entry = {"variant": row["variant"], "against": base}
-        picks = rng.integers(0, row["cases"], size=(draws, row["cases"]))
-        for metric in ("hr@5", "ndcg@5"):
-            diff = per[row["variant"]][metric] - per[base][metric]
-            boot = diff[picks].mean(1)
-            entry[metric] = [round(float(diff.mean()), 4), round(float(np.quantile(boot, 0.025)), 4),
-                             round(float(np.quantile(boot, 0.975)), 4)]
-        out.append(entry)
+    out = [{"variant": row["variant"], "against": llm[0]["variant"], **paired(row["scores"], llm[0]["scores"], rng)}
+           for row in llm[1:]]
+    cf = {r["method"]: r for r in rows if "method" in r}
+    return out + [{"variant": row["variant"], "against": cf[row["fused_with"]]["variant"],
+                   **paired(row["scores"], cf[row["fused_with"]]["scores"], rng)}
+                  for row in rows if "fused_with" in row and row["fused_with"] in cf]
+
+
+def fused_rows(config: str | None, common: list[str], base, rows: list[dict], valid: pd.DataFrame,
+               methods: list[str]) -> list[dict]:
+    """evaluate.fuse on the A/B's cases: each LLM variant blended with each CF method, the weight picked on
+    `valid` (its ranker scores them too, into a -valid store) and applied to the test cases it scored."""
+    from mmsrarec.evaluate.fusion import fuse, pick_weight
+
+    out = []
+    cf_rows = {r["method"]: r for r in rows if "method" in r}
+    for row in [r for r in rows if "overrides" in r]:
+        cfg, runner, manifest = trained(config, common, row["variant"], row["overrides"], base, train="from" not in row)
+        llm_valid, _ = variant_scores(cfg, runner, manifest, row["variant"], "valid", valid)
+        for method in methods:
+            cf_valid = stored_cf_scores(base, method, "valid", valid)
+            weight, curve = pick_weight(llm_valid, cf_valid, "ndcg@5")
+            scores = fuse(np.array(row["scores"], float), np.array(cf_rows[method]["scores"], float), weight)
+            out.append({"variant": f"{row['variant']} + {method}, weight {weight:.2f} (picked on valid)",
+                        "cases": len(scores), "fused_with": method, "weight": weight,
+                        "valid_ndcg@5": {"llm": round(curve[0.0], 4), "fused": round(curve[weight], 4),
+                                         method: round(curve[1.0], 4)},
+                        "valid_curve": {f"{w:.2f}": round(v, 4) for w, v in curve.items()},
+                        **metrics(scores), "scores": scores.tolist()})
     return out
 
 
@@ -117,7 +168,7 @@ def earlier_rows(path: Path, cases: pd.DataFrame) -> list[dict]:
     if earlier["case_numbers"] != cases.index.tolist():
         sys.exit(f"--with {path}: it scored other cases ({earlier['cases']} from seed {earlier['seed']}); give the "
                  "same --config and --cases")
-    return [{**row, "from": str(path)} for row in earlier["rows"] if "scores" in row]
+    return [{**row, "from": str(path)} for row in earlier["rows"] if "overrides" in row]
 
 
 def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], methods: list[str]) -> list[dict]:
@@ -138,12 +189,21 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
         if not path.is_file():
             print(f"[ab] {path} is missing: no {method} row", file=sys.stderr)
             continue
-        stored = pd.read_parquet(path).iloc[cases.index.to_numpy()]
-        if [list(c) for c in stored["candidates"]] != candidates.tolist():
-            sys.exit(f"{path}: its candidate lists are not the run's stored test lists")
-        rows.append({"variant": f"{method} (base run)", "cases": len(cases),
-                     **metrics(np.array(stored["scores"].tolist(), float))})
+        scores = stored_cf_scores(base, method, "test", cases)
+        rows.append({"variant": f"{method} (base run)", "method": method, "cases": len(cases), **metrics(scores),
+                     "scores": scores.tolist()})
     return rows
+
+
+def stored_cf_scores(base, method: str, split: str, cases: pd.DataFrame) -> np.ndarray:
+    """The base run's evaluate scores of `method` for these cases, checked to rank their stored lists."""
+    path = base.run_dir / "evaluate" / "scores" / f"{method}_{split}.parquet"
+    if not path.is_file():
+        sys.exit(f"{path} is missing: run the base run's evaluate stage for {method} first")
+    stored = pd.read_parquet(path).iloc[cases.index.to_numpy()]
+    if [list(c) for c in stored["candidates"]] != Cases.from_frame(cases).candidates().tolist():
+        sys.exit(f"{path}: its candidate lists are not the run's stored {split} lists")
+    return np.array(stored["scores"].tolist(), float)
 
 
 def markdown(rows: list[dict], command: str, facts: dict) -> str:
@@ -172,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[=KEY=VALUE;...]")
     parser.add_argument("--cases", type=int, default=150, help="test cases scored (seeded subsample; 0 = all)")
     parser.add_argument("--references", nargs="*", default=["pop", "sasrec"], metavar="METHOD")
+    parser.add_argument("--fuse", nargs="*", default=[], metavar="METHOD",
+                        help="also blend every LLM variant with these CF methods (evaluate.fuse), the weight picked "
+                             "on --valid-cases valid cases that each ranker then scores too")
+    parser.add_argument("--valid-cases", type=int, default=150, help="--fuse: valid cases scored (seeded subsample)")
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     parser.add_argument("--redraw", action="store_true", help="rewrite OUT.md from OUT.json; run nothing")
     parser.add_argument("--with", dest="earlier", metavar="EARLIER.json",
@@ -186,8 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         print(out.with_suffix(".md").read_text())
         return
 
-    if not args.variant:
-        parser.error("give at least one --variant")
+    if not args.variant and not args.earlier:
+        parser.error("give at least one --variant (or --with an earlier run's JSON)")
     started = time.perf_counter()
     base = load_config(args.config, args.overrides)
     base_dir = base.run_dir
@@ -201,11 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = earlier_rows(Path(args.earlier), cases) if args.earlier else []
     rows += [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
     vote_ks = sorted({row.get("candidate_votes", 0) for row in rows} - {0})
-    rows += references(base, len(data["items"]), cases, vote_ks, args.references)
+    rows += references(base, len(data["items"]), cases, vote_ks, list(dict.fromkeys([*args.references, *args.fuse])))
+    valid = data["valid"].iloc[case_sample(len(data["valid"]), args.valid_cases, base.seed)]
+    rows += fused_rows(args.config, args.overrides, base, rows, valid, args.fuse) if args.fuse else []
     facts = {"cases": len(cases), "all_cases": len(test), "seed": base.seed,
              "candidates": 1 + len(test["negatives"].iloc[0]), "wall_s": time.perf_counter() - started,
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-             "case_numbers": cases.index.tolist()}
+             "case_numbers": cases.index.tolist(),
+             **({"valid_cases": len(valid), "valid_case_numbers": valid.index.tolist()} if args.fuse else {})}
     command = "python benchmarks/ranker_ab.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"command": command, **facts, "rows": rows}, indent=1))

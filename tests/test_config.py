@@ -61,6 +61,16 @@ def test_cross_section_checks(tmp_path):
         load_config(None, ["cf.params.sasrec.hiden_size=3"])
     with pytest.raises(ConfigError, match="data.source.*movielens100k"):
         load_config(None, ["data.source=movielens"])
+    fuse = ["evaluate.methods=[pop, sasrec, mmsrarec]", "evaluate.fuse=[sasrec]"]
+    assert load_config(None, fuse).evaluate.fuse == ["sasrec"]
+    with pytest.raises(ConfigError, match="evaluate.fuse.*pop"):  # a CF model not on the board
+        load_config(None, ["evaluate.methods=[sasrec, mmsrarec]", "evaluate.fuse=[pop]"])
+    with pytest.raises(ConfigError, match="evaluate.fuse.*mmsrarec"):  # no ranker to blend
+        load_config(None, ["evaluate.methods=[pop, sasrec]", "evaluate.fuse=[sasrec]"])
+    with pytest.raises(ConfigError, match="fuse.*valid"):  # the weight is picked on valid
+        load_config(None, [*fuse, "evaluate.llm_splits=[test]"])
+    with pytest.raises(ConfigError, match="fuse_metric.*hr@7"):
+        load_config(None, [*fuse, "evaluate.fuse_metric=hr@7"])
 
 
 def test_every_key_has_help():

@@ -39,3 +39,18 @@ def test_ranker_joins_the_leaderboard_on_the_same_lists(toy_overrides, tiny_lm, 
     assert "mmsrarec" in (out / "leaderboard.md").read_text()
     Runner(load_config(None, over)).run("evaluate")
     assert capsys.readouterr().err.count("up to date, skipped") == 6
+
+    # evaluate.fuse: the ranker blended with SASRec, the weight picked on the valid scores alone
+    from mmsrarec.evaluate.fusion import fuse, pick_weight
+    from mmsrarec.evaluate.stage import read_scores
+    fused = Runner(load_config(None, [*over, "evaluate.fuse=[sasrec]"]))
+    fused.run("evaluate")
+    out = fused.run_dir / "evaluate"
+    row = next(r for r in json.loads((out / "leaderboard.json").read_text())["rows"] if r["method"] == "mmsrarec+sasrec")
+    weight, curve = pick_weight(read_scores(out, "mmsrarec", "valid")[1], read_scores(out, "sasrec", "valid")[1])
+    assert row["fuse_weight"] == weight and row["valid_ndcg@5"] == pytest.approx(curve[weight])
+    frame, scores = read_scores(out, "mmsrarec+sasrec", "test")
+    assert frame["user"].tolist() == ours["user"].tolist()
+    assert scores == pytest.approx(fuse(read_scores(out, "mmsrarec", "test")[1], read_scores(out, "sasrec", "test")[1],
+                                        weight))
+    assert "mmsrarec+sasrec" in (out / "report.html").read_text()

@@ -78,6 +78,11 @@ def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overri
     assert {m.cfg.data_seed for m in runs} == {cfg.data_seed}
     assert runs[1].cfg.rank.use_retrieval is False and runs[1].cfg.evaluate.methods == ["no-retrieval"]
     assert runs[3].cfg.name == "4-no-retrieval"
+    # evaluate.fuse: a variant scores the CF model too, for its own blend, and only its rows join the board
+    over += ["evaluate.methods=[pop, sasrec, mmsrarec]", "evaluate.fuse=[sasrec]"]
+    fused = members(load_config(None, over), None, over)
+    assert fused[1].cfg.evaluate.methods == ["no-retrieval", "sasrec"]
+    assert fused[1].own_rows == {"no-retrieval", "no-retrieval+sasrec"}
 
 
 def test_runs_pick_members_by_label_and_link_what_the_runs_before_them_finished(toy_overrides):

@@ -41,3 +41,24 @@ def test_non_finite_scores_are_an_error():
     cases = Cases(users=np.array([0]), histories=[np.array([1])], targets=np.array([3]), negatives=np.array([[2]]))
     with pytest.raises(ValueError, match="non-finite"):
         evaluate_sampled(lambda h, c: np.array([[np.inf, 0.0]]), cases, ["hr@1"], progress=False)
+
+
+def test_fusion_standardizes_each_case_and_picks_the_smallest_best_weight_on_the_cases_given():
+    from mmsrarec.evaluate.fusion import WEIGHTS, fuse, pick_weight, standardize
+    from mmsrarec.evaluate.protocols import sampled_metrics
+
+    z = standardize(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0], [-10.0, 0.0, 10.0]]))
+    assert z[0] == pytest.approx(z[2]) and z[1].tolist() == [0, 0, 0]  # scale-free; no spread -> no say
+    assert z[0].mean() == pytest.approx(0) and z[0].std() == pytest.approx(1)
+    # target (column 0) of 1 + 3: the LLM puts it first in cases 0-1, the CF model in cases 2-3; each puts it
+    # second otherwise, and each method's own scale is far from the other's (scale must not matter)
+    llm = np.array([[3, 2, 1, 0], [3, 2, 1, 0], [2, 3, 1, 0], [2, 3, 1, 0]], float) * 100
+    cf = np.array([[2, 1, 3, 0], [2, 1, 3, 0], [3, 0, 1, 2], [3, 0, 1, 2]], float) / 100
+    hr1 = lambda s: sampled_metrics(s, ["hr@1"])["hr@1"].mean()  # noqa: E731
+    assert hr1(fuse(llm, cf, 0.0)) == hr1(llm) == 0.5 and hr1(fuse(llm, cf, 1.0)) == hr1(cf) == 0.5
+    weight, curve = pick_weight(llm, cf, "hr@1")
+    assert sorted(curve) == WEIGHTS.tolist() and 0 < weight < 1 and curve[weight] == 1.0  # the blend beats both
+    assert weight == min(w for w, v in curve.items() if v == 1.0)
+    assert pick_weight(cf, cf, "ndcg@5")[0] == 0.0  # every weight ties: the LLM's side wins the tie
+    with pytest.raises(ValueError, match="shape"):
+        fuse(llm, cf[:2], 0.5)

@@ -696,10 +696,31 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     ab.main([*sets, "--variant", "ranks=rank.candidate_cf_rank=sasrec", "--cases", "6", "--with",
              str(out.with_suffix(".json")), "--out", str(more)])
     again = json.loads(more.with_suffix(".json").read_text())
-    assert [r["variant"] for r in again["rows"] if "scores" in r] == ["plain", "votes", "ranks"]
+    assert [r["variant"] for r in again["rows"] if "overrides" in r] == ["plain", "votes", "ranks"]
     assert again["rows"][0]["scores"] == rows["plain"]["scores"] and "ranks - plain, paired" in \
         more.with_suffix(".md").read_text()
     assert "SASRec ranks it" in (Path(again["rows"][2]["run"]) / "train-ranker" / "examples.jsonl").read_text()
     with pytest.raises(SystemExit, match="other cases"):
         ab.main([*sets, "--variant", "ranks", "--cases", "5", "--with", str(out.with_suffix(".json")),
                  "--out", str(more)])
+
+    # --fuse: the earlier rankers (none retrained) score valid cases too; each is blended with SASRec, the
+    # weight picked on valid, and compared case by case with SASRec alone
+    from mmsrarec.evaluate.fusion import fuse
+    trained_at = {r["run"]: (Path(r["run"]) / "train-ranker" / "manifest.json").stat().st_mtime_ns
+                  for r in again["rows"] if "overrides" in r}
+    fused = tmp_path / "fused"
+    ab.main([*sets, "--with", str(more.with_suffix(".json")), "--fuse", "sasrec", "--cases", "6", "--valid-cases", "5",
+             "--out", str(fused)])
+    report = json.loads(fused.with_suffix(".json").read_text())
+    rows = [r for r in report["rows"] if "fused_with" in r]
+    sasrec = next(r for r in report["rows"] if r.get("method") == "sasrec")
+    assert [r["variant"].split(" + ")[0] for r in rows] == ["plain", "votes", "ranks"]
+    assert report["valid_cases"] == 5 and len(set(report["valid_case_numbers"])) == 5
+    for row, llm in zip(rows, again["rows"]):
+        assert 0 <= row["weight"] <= 1 and len(row["valid_curve"]) == 21
+        assert row["valid_ndcg@5"]["fused"] == max(row["valid_curve"].values())
+        assert np.allclose(row["scores"], fuse(np.array(llm["scores"]), np.array(sasrec["scores"]), row["weight"]))
+        assert list((Path(llm["run"]) / "ab-scores").glob("*-valid"))
+        assert (Path(llm["run"]) / "train-ranker" / "manifest.json").stat().st_mtime_ns == trained_at[llm["run"]]
+    assert "sasrec (base run), paired" in fused.with_suffix(".md").read_text()

@@ -93,6 +93,11 @@ class RunConfig:
         if self.rank.candidate_cf_rank and self.rank.candidate_cf_rank not in self.cf.models:
             raise InvalidValue("rank.candidate_cf_rank", f"is {self.rank.candidate_cf_rank!r}, which cf.models does "
                                f"not train (cf.models = {self.cf.models})")
+        fuse_off = [m for m in self.evaluate.fuse if m not in self.cf.models or m not in self.evaluate.methods]
+        if fuse_off or (self.evaluate.fuse and self.rank.name not in self.evaluate.methods):
+            raise InvalidValue("evaluate.fuse", f"blends the LLM ranker ({self.rank.name!r}) with CF models; both must "
+                               f"be in evaluate.methods (= {self.evaluate.methods}) and the CF models in cf.models "
+                               f"(= {self.cf.models}); not: {fuse_off or [self.rank.name]}")
         llms = (self.rank.name, self.mllm_msr.name)
         missing = [m for m in self.evaluate.methods if m not in self.cf.models and m not in llms]
         if missing:

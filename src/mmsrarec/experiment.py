@@ -36,6 +36,11 @@ class Member:
         return self.variant.name if self.variant else None
 
     @property
+    def own_rows(self) -> set[str]:
+        """The methods a variant run adds to the board: its ranker and its evaluate.fuse blends."""
+        return {self.method, *(f"{self.method}+{m}" for m in self.cfg.evaluate.fuse)}
+
+    @property
     def label(self) -> str:
         """SEED-VARIANT, e.g. 2026-main, 2026-no-rl: what `--runs` matches, the board names, and the folder
         name of every run but the first seed's main one."""
@@ -71,7 +76,9 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
             if i > 0 or variant is not None:
                 extra += [f"runs_dir={root}", f"name={label(seed, variant)}"]
             if variant is not None:
-                extra += [*variant.set, f"rank.name={variant.name}", f"evaluate.methods=[{variant.name}]"]
+                # a variant puts its own ranker on the board, and its blends with evaluate.fuse's CF models
+                extra += [*variant.set, f"rank.name={variant.name}",
+                          f"evaluate.methods=[{', '.join([variant.name, *cfg.evaluate.fuse])}]"]
             out.append(Member(seed, variant, load_config(config_path, [*overrides, *extra])))
     return out
 
@@ -223,14 +230,14 @@ def _run_parallel(everything: list[Member], runs: list[Member], workers: int, fo
 
 
 def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
-    """Rows of every run's evaluate stage: all of a main run's rows, only its own ranker's row from a
-    variant run. Refuses runs whose candidate lists differ."""
+    """Rows of every run's evaluate stage: all of a main run's rows, only its own ranker's rows (and their
+    evaluate.fuse blends, '<ranker>+<cf>') from a variant run. Refuses runs whose candidate lists differ."""
     digests = {}
     rows = []
     for member, run_dir in runs:
         digests[run_dir] = read_json(run_dir / "prepare" / "manifest.json")["outputs_digest"]
         for row in read_json(run_dir / "evaluate" / "metrics.json"):
-            if member.variant is None or row["method"] == member.method:
+            if member.variant is None or row["method"] in member.own_rows:
                 rows.append({**row, "seed": member.seed})
     if len(set(digests.values())) > 1:
         raise ArtifactError("the runs of this experiment ranked different candidate lists (their prepare stages "

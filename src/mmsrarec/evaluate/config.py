@@ -29,6 +29,12 @@ class EvaluateConfig:
     batch_size: int = field(256, help="cases scored per batch")
     report_users: int = field(5, help="report.html: test cases shown with history, keywords, retrieved context and "
                                       "every method's ranking (drawn with seed; 0 = leaderboard only)")
+    fuse: list[str] = field(
+        default_factory=list,
+        help="not in the paper: CF models (in methods) whose per-case scores are blended with the LLM ranker's on "
+             "the sampled protocol, one row '<rank.name>+<model>' each, the weight picked on valid (needs 'valid' in "
+             "llm_splits; see evaluate/fusion.py): does the LLM add anything to the CF model?")
+    fuse_metric: str = field("ndcg@5", help="fuse: the valid metric the blend weight maximizes")
     score_files: list[str] = field(
         default_factory=list,
         help="outside models' score files (CSV or parquet: user, item, score[, split]) of the stored candidate lists "
@@ -48,6 +54,16 @@ class EvaluateConfig:
             raise InvalidValue("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.report_users < 0:
             raise InvalidValue("report_users", f"must be >= 0, got {self.report_users}")
+        if self.fuse:
+            from .metrics import metric_names
+            if self.fuse_metric not in metric_names(self.ks, "sampled"):
+                raise InvalidValue("fuse_metric", f"is {self.fuse_metric!r}, not a sampled metric of ks={self.ks} "
+                                   f"(one of {metric_names(self.ks, 'sampled')})")
+            if "sampled" not in self.protocols or "valid" not in self.llm_splits:
+                raise InvalidValue("fuse", "blends scores of the stored lists and picks its weight on valid: needs "
+                                   "'sampled' in protocols and 'valid' in llm_splits")
+            if len(set(self.fuse)) != len(self.fuse):
+                raise InvalidValue("fuse", f"has duplicates: {self.fuse}")
         from .outside import parse_entries  # names, formats and clashes of the outside score files
         parse_entries(self.score_files, taken=self.methods)
         if self.score_files and "sampled" not in self.protocols:

@@ -71,6 +71,7 @@ def run(ctx) -> None:
             rows.append(row)
             ctx.log(f"{method:10s} {protocol:8s} test " + "  ".join(
                 f"{k}={row['test_' + k]:.4f}" for k in names if k in ("hr@10", "ndcg@10", "hr@5", "ndcg@5", "auc")))
+    rows += [fusion_row(ctx, cf_name) for cf_name in ev.fuse]  # from the score files written above
     board = pd.DataFrame(rows)
     write_json(ctx.out / "metrics.json", rows)
     write_leaderboard(board, ctx.out, title=f"{cfg.name}: {data['stats']['users']} users, "
@@ -90,6 +91,42 @@ def write_scores(out, method: str, split: str, cases: Cases, scores: np.ndarray)
     """Per-case scores of the stored candidate lists (target first), so any metric can be traced."""
     write_parquet(out / "scores" / f"{method}_{split}.parquet", pd.DataFrame({
         "user": cases.users, "candidates": cases.candidates().tolist(), "scores": scores.tolist()}))
+
+
+def read_scores(out, method: str, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """write_scores' file and its [n_cases, 1 + N] score matrix."""
+    frame = pd.read_parquet(out / "scores" / f"{method}_{split}.parquet")
+    return frame, np.array(frame["scores"].tolist(), dtype=np.float64)
+
+
+def fusion_row(ctx, cf_name: str) -> dict:
+    """evaluate.fuse: the LLM ranker's sampled scores blended with `cf_name`'s, the weight picked on valid
+    (evaluate/fusion.py); its per-case scores are written like any method's."""
+    from ..errors import ArtifactError
+    from .fusion import fuse, pick_weight
+
+    cfg, ev = ctx.cfg, ctx.cfg.evaluate
+    name, names = f"{cfg.rank.name}+{cf_name}", metric_names(ev.ks, "sampled")
+    pairs = {}
+    for split in ("valid", "test"):
+        (llm_frame, llm), (cf_frame, cf) = read_scores(ctx.out, cfg.rank.name, split), read_scores(ctx.out, cf_name, split)
+        if [list(c) for c in llm_frame["candidates"]] != [list(c) for c in cf_frame["candidates"]]:
+            raise ArtifactError(f"{ctx.out / 'scores'}: {cfg.rank.name} and {cf_name} ranked different {split} lists; "
+                                "delete the evaluate stage's folder and rerun it")
+        pairs[split] = (cf_frame, llm, cf)
+    weight, curve = pick_weight(pairs["valid"][1], pairs["valid"][2], ev.fuse_metric)
+    row = {"method": name, "protocol": "sampled", "fuse_weight": weight, "fuse_metric": ev.fuse_metric,
+           "fuse_valid_curve": {f"{w:.2f}": round(v, 6) for w, v in curve.items()}}
+    for split, (frame, llm, cf) in pairs.items():
+        scores = fuse(llm, cf, weight)
+        write_parquet(ctx.out / "scores" / f"{name}_{split}.parquet",
+                      frame.assign(scores=scores.tolist())[["user", "candidates", "scores"]])
+        row[f"{split}_cases"] = len(frame)
+        row.update({f"{split}_{k}": v for k, v in summarize(sampled_metrics(scores, names)).items()})
+    ctx.log(f"{name:10s} sampled  {cf_name} weight {weight:.2f} (valid {ev.fuse_metric} {curve[weight]:.4f}; "
+            f"{cfg.rank.name} alone {curve[0.0]:.4f}, {cf_name} alone {curve[1.0]:.4f})  test "
+            + "  ".join(f"{k}={row['test_' + k]:.4f}" for k in ("hr@5", "ndcg@5", "auc")))
+    return row
 
 
 def scoring_times(store, n_cases: int, split: str, wall_s: float) -> dict:
