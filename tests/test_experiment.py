@@ -79,10 +79,13 @@ def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overri
     assert runs[1].cfg.rank.use_retrieval is False and runs[1].cfg.evaluate.methods == ["no-retrieval"]
     assert runs[3].cfg.name == "4-no-retrieval"
     # evaluate.fuse: a variant scores the CF model too, for its own blend, and only its rows join the board
-    over += ["evaluate.methods=[pop, sasrec, mmsrarec]", "evaluate.fuse=[sasrec]"]
+    over += ["evaluate.methods=[pop, sasrec, mmsrarec]", "evaluate.fuse=[sasrec]", "experiment.variants=["
+             "{name: no-retrieval, set: [rank.use_retrieval=false]}, "
+             "{name: no-rl, set: [rank.keywords_from=summarize, 'evaluate.fuse=[]', 'evaluate.llm_splits=[test]']}]"]
     fused = members(load_config(None, over), None, over)
     assert fused[1].cfg.evaluate.methods == ["no-retrieval", "sasrec"]
     assert fused[1].own_rows == {"no-retrieval", "no-retrieval+sasrec"}
+    assert fused[2].cfg.evaluate.methods == ["no-rl"] and fused[2].own_rows == {"no-rl"}  # opted out
 
 
 def test_runs_pick_members_by_label_and_link_what_the_runs_before_them_finished(toy_overrides):
