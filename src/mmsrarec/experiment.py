@@ -37,7 +37,10 @@ class Member:
 
     @property
     def own_rows(self) -> set[str]:
-        """The methods a variant run adds to the board: its ranker and its evaluate.fuse blends."""
+        """The methods a variant run adds to the board: its ranker and its evaluate.fuse blends (a main run
+        adds all of its rows)."""
+        if self.variant is None:
+            return set()
         return {self.method, *(f"{self.method}+{m}" for m in self.cfg.evaluate.fuse)}
 
     @property
