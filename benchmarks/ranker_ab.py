@@ -142,7 +142,7 @@ def fused_rows(config: str | None, common: list[str], base, rows: list[dict], va
                methods: list[str]) -> list[dict]:
     """evaluate.fuse on the A/B's cases: each LLM variant blended with each CF method, the weight picked on
     `valid` (its ranker scores them too, into a -valid store) and applied to the test cases it scored."""
-    from mmsrarec.evaluate.fusion import fuse, pick_weight
+    from mmsrarec.evaluate.fusion import WEIGHTS, fuse, pick_weight
 
     out = []
     cf_rows = {r["method"]: r for r in rows if "method" in r}
@@ -152,13 +152,17 @@ def fused_rows(config: str | None, common: list[str], base, rows: list[dict], va
         for method in methods:
             cf_valid = stored_cf_scores(base, method, "valid", valid)
             weight, curve = pick_weight(llm_valid, cf_valid, "ndcg@5")
-            scores = fuse(np.array(row["scores"], float), np.array(cf_rows[method]["scores"], float), weight)
+            llm_test, cf_test = np.array(row["scores"], float), np.array(cf_rows[method]["scores"], float)
+            scores = fuse(llm_test, cf_test, weight)
+            # a diagnostic that peeks at test (never used to pick): was valid's pick unlucky, or is there nothing?
+            peek = {f"{w:.2f}": round(float(sampled_metrics(fuse(llm_test, cf_test, float(w)), ["ndcg@5"])["ndcg@5"]
+                                            .mean()), 4) for w in WEIGHTS}
             out.append({"variant": f"{row['variant']} + {method}, weight {weight:.2f} (picked on valid)",
-                        "cases": len(scores), "fused_with": method, "weight": weight,
+                        "of": row["variant"], "cases": len(scores), "fused_with": method, "weight": weight,
                         "valid_ndcg@5": {"llm": round(curve[0.0], 4), "fused": round(curve[weight], 4),
                                          method: round(curve[1.0], 4)},
                         "valid_curve": {f"{w:.2f}": round(v, 4) for w, v in curve.items()},
-                        **metrics(scores), "scores": scores.tolist()})
+                        "test_curve_diagnostic": peek, **metrics(scores), "scores": scores.tolist()})
     return out
 
 
@@ -216,6 +220,14 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
         lines += ["", f"{diff['variant']} - {diff['against']}, paired over the same cases: " + "; ".join(
             f"{m.upper()} {v[0]:+.4f} (95% bootstrap {v[1]:+.4f} to {v[2]:+.4f})" for m, v in diff.items()
             if m not in ("variant", "against"))]
+    for row in (r for r in rows if "fused_with" in r):
+        valid, peek = row["valid_ndcg@5"], row.get("test_curve_diagnostic", {})
+        best = max(peek, key=lambda w: (peek[w], -float(w))) if peek else None
+        lines += ["", f"{row.get('of', row['variant'])} + {row['fused_with']}: valid ({facts.get('valid_cases')} cases) "
+                  f"NDCG@5 {valid['llm']:.4f} (LLM) / {valid['fused']:.4f} (blend, weight {row['weight']:.2f}) / "
+                  f"{valid[row['fused_with']]:.4f} ({row['fused_with']})"
+                  + (f". Diagnostic that peeks at test, not a result: the best weight on these test cases would "
+                     f"be {best} (NDCG@5 {peek[best]:.4f})." if best else ".")]
     chance = 5 / facts["candidates"]
     lines += ["", f"Chance HR@5: {chance:.3f} (1 + {facts['candidates'] - 1} candidates). Case sample: seed "
               f"{facts['seed']}, {facts['cases']} of {facts['all_cases']} test cases. "

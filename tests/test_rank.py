@@ -723,4 +723,6 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
         assert np.allclose(row["scores"], fuse(np.array(llm["scores"]), np.array(sasrec["scores"]), row["weight"]))
         assert list((Path(llm["run"]) / "ab-scores").glob("*-valid"))
         assert (Path(llm["run"]) / "train-ranker" / "manifest.json").stat().st_mtime_ns == trained_at[llm["run"]]
-    assert "sasrec (base run), paired" in fused.with_suffix(".md").read_text()
+        assert row["of"] == llm["variant"] and len(row["test_curve_diagnostic"]) == 21
+    md = fused.with_suffix(".md").read_text()
+    assert "sasrec (base run), paired" in md and md.count("peeks at test, not a result") == 3
