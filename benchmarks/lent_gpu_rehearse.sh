@@ -2,7 +2,8 @@
 # A loan of benchmarks/lent_gpu.py rehearsed on this machine, every step as on the GPU machine, with a
 # toy experiment (2 seeds x 2 runs, a tiny random LM, CPU): the CPU part, `pack --runs '2-*'`, `stash 1`
 # (key check), `stash 2`, `finish`, a second `finish` (goes on with the warm machine's run), `unpack`
-# into the local run; fails unless seed 2's two runs come back finished. ~2 min on 2 cores.
+# into the local run; fails unless seed 2's two runs come back finished, with their evaluate.fuse
+# blends. ~2 min on 2 cores.
 # Overwrites .gpu/ (the packed parts) and /tmp/mmsrarec-stash, /tmp/mmsrarec-site.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ data: {{source: atomic, path: {data}, name: toy, num_negatives: 5}}
 cf: {{models: [pop, sasrec], train: {{epochs: 1}}}}
 summarize: {{model: {{name_or_path: {lm}}}, max_new_tokens: 6}}
 rank: {{keywords_from: summarize, model: {{name_or_path: {lm}}}, sft: {{max_steps: 1}}, max_examples: 8, score_batch_size: 8}}
-evaluate: {{methods: [pop, mmsrarec], protocols: [sampled], report_users: 0}}
+evaluate: {{methods: [pop, sasrec, mmsrarec], protocols: [sampled], report_users: 0, fuse: [sasrec]}}
 experiment: {{seeds: [1, 2], parallel: 2, variants: [{{name: no-retrieval, set: [rank.use_retrieval=false]}}]}}
 """)
 PY
@@ -50,4 +51,8 @@ for log in "$R"/device/toy/experiment/2-*/run.log; do expect "$log" 2; done
 echo "== here: unpack"; $PY benchmarks/lent_gpu.py unpack "$R/out" "${HERE[@]}" 2>&1 | grep "^\[" | tail -2
 grep -q "Not finished, left out: 1-main, 1-no-retrieval\." "$R/here/toy/leaderboard/leaderboard.md" \
   || { echo "FAILED: seed 2's runs did not come back finished"; cat "$R/here/toy/leaderboard/leaderboard.md"; exit 1; }
+for row in "mmsrarec+sasrec | 1" "no-retrieval+sasrec | 1"; do  # evaluate.fuse's blends, the variant's too
+  grep -qF "| $row |" "$R/here/toy/leaderboard/leaderboard.md" \
+    || { echo "FAILED: no '$row' row"; cat "$R/here/toy/leaderboard/leaderboard.md"; exit 1; }
+done
 echo "rehearsal passed: $R/here/toy/leaderboard/leaderboard.md"
