@@ -68,6 +68,20 @@ def test_aggregate_gives_mean_and_sample_spread():
     assert board.loc[0, "test_hr@5_std"] == pytest.approx(0.2)
 
 
+def test_boards_show_the_blend_weight_of_a_fused_row(tmp_path):
+    from mmsrarec.evaluate.leaderboard import to_markdown
+    from mmsrarec.experiment import write_board
+
+    rows = pd.DataFrame([{"method": m, "protocol": "sampled", "seed": s, "test_cases": 3, "test_hr@5": 0.5,
+                          "fuse_weight": w} for s, w in [(1, 0.9), (2, 1.0)] for m in ("sasrec", "mmsrarec+sasrec")])
+    rows.loc[rows["method"] == "sasrec", "fuse_weight"] = np.nan
+    write_board(rows, tmp_path, load_config(None, []), n_seeds=2)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| mmsrarec+sasrec (weight 0.95 ± 0.07) | 2 |" in md and "| sasrec | 2 |" in md
+    one = to_markdown(rows[rows["seed"] == 1].drop(columns="seed"), "t")
+    assert "| mmsrarec+sasrec (weight 0.90) |" in one and "| sasrec |" in one
+
+
 def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overrides):
     over = [*toy_overrides, "experiment.seeds=[3, 4]",
             "experiment.variants=[{name: no-retrieval, set: [rank.use_retrieval=false]}]"]

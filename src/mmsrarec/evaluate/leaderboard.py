@@ -32,7 +32,7 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
         lines.append("|" + "---|" * len(header))
         ranked = part.sort_values(f"test_{metrics[min(3, len(metrics) - 1)]}", ascending=False)
         for _, r in ranked.iterrows():
-            cells = [str(r["method"])] + [f"{r[f'test_{m}']:.4f}" for m in metrics]
+            cells = [method_cell(r)] + [f"{r[f'test_{m}']:.4f}" for m in metrics]
             valid = r.get("valid_" + metrics[min(3, len(metrics) - 1)])
             cells.append("" if valid is None or pd.isna(valid) else f"{valid:.4f}")
             cells.append("" if pd.isna(r.get("train_time_s")) else f"{r['train_time_s']:.1f}")
@@ -40,6 +40,14 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def method_cell(row) -> str:
+    """The method's name, with the blend weight of an evaluate.fuse row (picked on valid)."""
+    weight = row.get("fuse_weight")
+    if weight is None or pd.isna(weight):
+        return str(row["method"])
+    return f"{row['method']} (weight {weight:.2f})"
 
 
 def _chart_metric(part: pd.DataFrame, protocol: str) -> str:
