@@ -53,4 +53,4 @@ def test_ranker_joins_the_leaderboard_on_the_same_lists(toy_overrides, tiny_lm, 
     assert frame["user"].tolist() == ours["user"].tolist()
     assert scores == pytest.approx(fuse(read_scores(out, "mmsrarec", "test")[1], read_scores(out, "sasrec", "test")[1],
                                         weight))
-    assert "mmsrarec+sasrec" in (out / "report.html").read_text()
+    assert f"mmsrarec+sasrec (weight {weight:.2f})" in (out / "report.html").read_text()

@@ -30,7 +30,7 @@ import pandas as pd
 from ..artifacts import read_json, write_text
 from ..data.prepare import load_prepared
 from ..errors import MmsrarecError
-from .leaderboard import KEY_METRICS
+from .leaderboard import KEY_METRICS, method_cell
 from .metrics import METRICS
 
 T = TypeVar("T")
@@ -153,7 +153,7 @@ def leaderboard_section(rows: list[dict], chart: Path) -> str:
                    f"{head}<th>train s</th><th>eval s (test)</th></tr></thead><tbody>")
         for _, r in part.iterrows():
             cells = "".join(('<td class="best">' if r[c] == best[c] else "<td>") + f"{fmt(r[c])}</td>" for c in columns)
-            out.append(f"<tr><th>{esc(r['method'])}</th>{cells}<td>{fmt(r.get('train_time_s'), 1)}</td>"
+            out.append(f"<tr><th>{esc(method_cell(r))}</th>{cells}<td>{fmt(r.get('train_time_s'), 1)}</td>"
                        f"<td>{fmt(r.get('test_eval_time_s'), 2)}</td></tr>")
         out.append("</tbody></table>")
     out.append(png(chart, "leaderboard chart") + "</section>")
