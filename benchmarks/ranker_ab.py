@@ -35,10 +35,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from mmsrarec.artifacts import read_json
 from mmsrarec.cf.base import Cases
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
+from mmsrarec.evaluate.stage import read_scores
 from mmsrarec.pipeline import Runner
 from mmsrarec.rank.sharded import stored_seconds
 from mmsrarec.rank.stage import RankerInputs, score_cases, similar_users_votes
@@ -78,7 +80,7 @@ def trained(config: str | None, common: list[str], name: str, sets: list[str], b
         sys.exit(f"variant {name}: {path} is missing; rerun the variant with --variant instead of --with")
     print(f"[ab {name}] using the ranker in {path.parent} (its stage key is not the one this code gives)",
           file=sys.stderr)
-    return cfg, runner, json.loads(path.read_text())
+    return cfg, runner, read_json(path)
 
 
 def variant_scores(cfg, runner, manifest, name: str, split: str, cases: pd.DataFrame) -> tuple[np.ndarray, Path]:
@@ -142,7 +144,7 @@ def fused_rows(config: str | None, common: list[str], base, rows: list[dict], va
                methods: list[str]) -> list[dict]:
     """evaluate.fuse on the A/B's cases: each LLM variant blended with each CF method, the weight picked on
     `valid` (its ranker scores them too, into a -valid store) and applied to the test cases it scored."""
-    from mmsrarec.evaluate.fusion import WEIGHTS, fuse, pick_weight
+    from mmsrarec.evaluate.fusion import fuse, pick_weight, weight_curve
 
     out = []
     cf_rows = {r["method"]: r for r in rows if "method" in r}
@@ -155,8 +157,7 @@ def fused_rows(config: str | None, common: list[str], base, rows: list[dict], va
             llm_test, cf_test = np.array(row["scores"], float), np.array(cf_rows[method]["scores"], float)
             scores = fuse(llm_test, cf_test, weight)
             # a diagnostic that peeks at test (never used to pick): was valid's pick unlucky, or is there nothing?
-            peek = {f"{w:.2f}": round(float(sampled_metrics(fuse(llm_test, cf_test, float(w)), ["ndcg@5"])["ndcg@5"]
-                                            .mean()), 4) for w in WEIGHTS}
+            peek = {f"{w:.2f}": round(v, 4) for w, v in weight_curve(llm_test, cf_test, "ndcg@5").items()}
             out.append({"variant": f"{row['variant']} + {method}, weight {weight:.2f} (picked on valid)",
                         "of": row["variant"], "cases": len(scores), "fused_with": method, "weight": weight,
                         "valid_ndcg@5": {"llm": round(curve[0.0], 4), "fused": round(curve[weight], 4),
@@ -201,13 +202,15 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
 
 def stored_cf_scores(base, method: str, split: str, cases: pd.DataFrame) -> np.ndarray:
     """The base run's evaluate scores of `method` for these cases, checked to rank their stored lists."""
-    path = base.run_dir / "evaluate" / "scores" / f"{method}_{split}.parquet"
+    evaluated = base.run_dir / "evaluate"
+    path = evaluated / "scores" / f"{method}_{split}.parquet"
     if not path.is_file():
         sys.exit(f"{path} is missing: run the base run's evaluate stage for {method} first")
-    stored = pd.read_parquet(path).iloc[cases.index.to_numpy()]
-    if [list(c) for c in stored["candidates"]] != Cases.from_frame(cases).candidates().tolist():
+    frame, scores = read_scores(evaluated, method, split)
+    rows = cases.index.to_numpy()
+    if [list(c) for c in frame["candidates"].iloc[rows]] != Cases.from_frame(cases).candidates().tolist():
         sys.exit(f"{path}: its candidate lists are not the run's stored {split} lists")
-    return np.array(stored["scores"].tolist(), float)
+    return scores[rows]
 
 
 def markdown(rows: list[dict], command: str, facts: dict) -> str:

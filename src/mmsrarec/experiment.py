@@ -23,6 +23,7 @@ import pandas as pd
 from .artifacts import read_json, write_json, write_text
 from .config import RunConfig, Variant, load_config
 from .errors import ArtifactError, MmsrarecError
+from .evaluate.leaderboard import method_cell
 
 
 @dataclass(frozen=True)
@@ -285,19 +286,11 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
                   "|---|---|" + "---|" * len(metrics)]
         for _, r in group.iterrows():
             cells = [_cell(r, f"test_{m}") for m in metrics]
-            lines.append(f"| {_method(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_cell(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
     write_text(out / "leaderboard.md", "\n".join(lines))
-
-
-def _method(row: pd.Series) -> str:
-    """The method's name, with the blend weight (mean ± std over seeds) of an evaluate.fuse row."""
-    weight, std = row.get("fuse_weight", np.nan), row.get("fuse_weight_std", np.nan)
-    if weight is None or np.isnan(weight):
-        return str(row["method"])
-    return f"{row['method']} (weight {weight:.2f}" + ("" if std is None or np.isnan(std) else f" ± {std:.2f}") + ")"
 
 
 def _cell(row: pd.Series, col: str) -> str:

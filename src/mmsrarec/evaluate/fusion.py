@@ -39,11 +39,17 @@ def fuse(llm: np.ndarray, cf: np.ndarray, weight: float) -> np.ndarray:
     return (1.0 - weight) * standardize(llm) + weight * standardize(cf)
 
 
+def weight_curve(llm: np.ndarray, cf: np.ndarray, metric: str = "ndcg@5",
+                 weights: np.ndarray = WEIGHTS) -> dict[float, float]:
+    """Each weight's mean `metric` of the blend over these cases."""
+    return {float(w): float(sampled_metrics(fuse(llm, cf, float(w)), [metric])[metric].mean()) for w in weights}
+
+
 def pick_weight(llm: np.ndarray, cf: np.ndarray, metric: str = "ndcg@5",
                 weights: np.ndarray = WEIGHTS) -> tuple[float, dict[float, float]]:
     """The smallest weight reaching the best mean `metric` on these (valid) cases, and every weight's value."""
     if not len(llm):
         raise ValueError("no cases to pick the fusion weight on")
-    curve = {float(w): float(sampled_metrics(fuse(llm, cf, float(w)), [metric])[metric].mean()) for w in weights}
+    curve = weight_curve(llm, cf, metric, weights)
     best = max(curve.values())
     return min(w for w, v in curve.items() if v >= best - 1e-12), curve

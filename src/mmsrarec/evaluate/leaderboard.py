@@ -43,11 +43,12 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
 
 
 def method_cell(row) -> str:
-    """The method's name, with the blend weight of an evaluate.fuse row (picked on valid)."""
-    weight = row.get("fuse_weight")
+    """The method's name, with the blend weight of an evaluate.fuse row (picked on valid; ± its standard
+    deviation on an experiment's board of several seeds)."""
+    weight, std = row.get("fuse_weight"), row.get("fuse_weight_std")
     if weight is None or pd.isna(weight):
         return str(row["method"])
-    return f"{row['method']} (weight {weight:.2f})"
+    return f"{row['method']} (weight {weight:.2f}" + ("" if std is None or pd.isna(std) else f" ± {std:.2f}") + ")"
 
 
 def _chart_metric(part: pd.DataFrame, protocol: str) -> str:
