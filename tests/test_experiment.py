@@ -95,7 +95,7 @@ def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overri
     # evaluate.fuse: a variant scores the CF model too, for its own blend, and only its rows join the board
     over += ["evaluate.methods=[pop, sasrec, mmsrarec]", "evaluate.fuse=[sasrec]", "experiment.variants=["
              "{name: no-retrieval, set: [rank.use_retrieval=false]}, "
-             "{name: no-rl, set: [rank.keywords_from=summarize, 'evaluate.fuse=[]', 'evaluate.llm_splits=[test]']}]"]
+             "{name: no-rl, set: [rank.keywords_from=summarize, 'evaluate.fuse = []', 'evaluate.llm_splits=[test]']}]"]
     fused = members(load_config(None, over), None, over)
     assert fused[1].cfg.evaluate.methods == ["no-retrieval", "sasrec"]
     assert fused[1].own_rows == {"no-retrieval", "no-retrieval+sasrec"}

@@ -83,7 +83,7 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
                 # a variant puts its own ranker on the board, and its blends with the CF models its evaluate.fuse
                 # names (the base config's, unless the variant sets its own)
                 fuse = load_config(config_path, [*overrides, *variant.set]).evaluate.fuse if any(
-                    s.startswith("evaluate.fuse=") for s in variant.set) else cfg.evaluate.fuse
+                    s.split("=", 1)[0].strip() == "evaluate.fuse" for s in variant.set) else cfg.evaluate.fuse
                 extra += [*variant.set, f"rank.name={variant.name}",
                           f"evaluate.methods=[{', '.join([variant.name, *fuse])}]"]
             out.append(Member(seed, variant, load_config(config_path, [*overrides, *extra])))
