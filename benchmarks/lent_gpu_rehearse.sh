@@ -51,8 +51,8 @@ for log in "$R"/device/toy/experiment/2-*/run.log; do expect "$log" 2; done
 echo "== here: unpack"; $PY benchmarks/lent_gpu.py unpack "$R/out" "${HERE[@]}" 2>&1 | grep "^\[" | tail -2
 grep -q "Not finished, left out: 1-main, 1-no-retrieval\." "$R/here/toy/leaderboard/leaderboard.md" \
   || { echo "FAILED: seed 2's runs did not come back finished"; cat "$R/here/toy/leaderboard/leaderboard.md"; exit 1; }
-for row in "mmsrarec+sasrec | 1" "no-retrieval+sasrec | 1"; do  # evaluate.fuse's blends, the variant's too
-  grep -qF "| $row |" "$R/here/toy/leaderboard/leaderboard.md" \
+for row in "mmsrarec+sasrec" "no-retrieval+sasrec"; do  # evaluate.fuse's blends (with their weight), the variant's too
+  grep -F "| $row (weight " "$R/here/toy/leaderboard/leaderboard.md" | grep -qE "^\| [^ ]+ \(weight [0-9.]+\) \| 1 \|" \
     || { echo "FAILED: no '$row' row"; cat "$R/here/toy/leaderboard/leaderboard.md"; exit 1; }
 done
 echo "rehearsal passed: $R/here/toy/leaderboard/leaderboard.md"
