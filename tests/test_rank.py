@@ -109,6 +109,8 @@ def test_config_rejects_impossible_values():
         from_dict(RankConfig, {"sft": {"max_steps": 0}})
     with pytest.raises(ConfigError, match="sft.sampling.*random, group_by_length"):
         from_dict(RankConfig, {"sft": {"sampling": "by_length"}})
+    with pytest.raises(ConfigError, match="sft.loss.*token, example"):
+        from_dict(RankConfig, {"sft": {"loss": "sequence"}})
     assert TaskWeights(1, 1, 1, 1).shares()["main"] == 0.25
 
 
@@ -459,6 +461,64 @@ def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm
         assert facts["examples"] == len(examples)
     assert seen["random"][0] == seen["group_by_length"][0]  # one pass over the same examples
     assert seen["group_by_length"][1] < seen["random"][1], seen
+
+
+def test_example_mean_nll_weighs_every_example_the_same():
+    from mmsrarec.rank.train import example_mean_nll
+
+    # vocabulary of 2; row 0 has one answer token (nll log 2), row 1 three (nll ~ 0.0067 each), row 2 none
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+                           [[5.0, 0.0], [5.0, 0.0], [0.0, 5.0]],
+                           [[9.0, 0.0], [9.0, 0.0], [9.0, 0.0]]])
+    labels = torch.tensor([[-100, -100, 1], [0, 0, 1], [-100, -100, -100]])
+    small = float(torch.nn.functional.softplus(torch.tensor(-5.0)))
+    assert float(example_mean_nll(logits, labels)) == pytest.approx((np.log(2) + small) / 2, rel=1e-5)
+    token_mean = (np.log(2) + 3 * small) / 4  # what TRL's loss gives the same tokens
+    assert abs(float(example_mean_nll(logits, labels)) - token_mean) > 0.15
+    empty = example_mean_nll(logits.requires_grad_(), torch.full_like(labels, -100))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def test_example_loss_on_a_real_batch_equals_each_example_scored_alone_and_trains(tiny_lm, items, tmp_path):
+    """rank.sft.loss=example through TRL's own collator: the answer-only logits (logits_to_keep) over a
+    right-padded batch give the mean of each example's mean answer NLL, scored alone without padding."""
+    from mmsrarec.rank.train import answer_logits, example_mean_nll, read_log, train_ranker, trainer_class
+
+    data, catalog = _train_data(items)
+    cfg = _cfg(tiny_lm, loss="example", batch_size=8)
+    examples = build_examples(data, catalog, cfg, seed=0)
+    model, tok = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random head far from uniform, so answer tokens differ in loss
+        model.lm_head.weight.normal_(0, 1.0)
+    from trl import SFTConfig
+
+    args = SFTConfig(output_dir=str(tmp_path / "probe"), use_cpu=True, per_device_train_batch_size=8,
+                     completion_only_loss=True, report_to="none", seed=0)
+    trainer = trainer_class("example")(model=model, args=args, train_dataset=examples, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    per_example, answers = [], []
+    with torch.no_grad():
+        kept = example_mean_nll(*answer_logits(model, batch))
+        full_logits, full_labels = answer_logits(model, batch, keep_only_answers=False)
+        assert float(example_mean_nll(full_logits, full_labels)) == pytest.approx(float(kept), rel=1e-5)
+        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+            ids, labels = ids[mask.bool()][None], labels[mask.bool()][None]
+            logits = model(input_ids=ids).logits[:, :-1]
+            nll = torch.nn.functional.cross_entropy(logits[0], labels[0, 1:].clamp(min=0), reduction="none")
+            on = labels[0, 1:] != -100
+            per_example.append(float(nll[on].mean()))
+            answers.append(int(on.sum()))
+    assert float(kept) == pytest.approx(np.mean(per_example), rel=1e-4)
+    assert len(set(answers)) > 1  # the batch mixes short and long answers, so the two losses differ:
+    token_mean = sum(l * n for l, n in zip(per_example, answers)) / sum(answers)
+    assert abs(token_mean - np.mean(per_example)) > 1e-3
+
+    facts = train_ranker(examples, _cfg(tiny_lm, loss="example", max_steps=10, lr=2e-2), tmp_path / "run", seed=0,
+                         log=lambda m: None)
+    losses = [r["loss"] for r in read_log(tmp_path / "run" / "train_log.csv")]
+    assert facts["loss_per"] == "example" and facts["steps"] == 10
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses  # the long answers' mean NLL falls slowly
 
 
 def test_vlm_sft_with_images_runs(tiny_vlm, items, tmp_path):

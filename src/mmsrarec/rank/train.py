@@ -1,5 +1,9 @@
 """Multitask SFT of the ranker: TRL SFTTrainer + a PEFT LoRA adapter, loss on the answer tokens only.
 
+rank.sft.loss says how the answer tokens are averaged: 'token' is TRL's loss (every answer token of an
+optimizer step weighs the same); 'example' (ExampleMeanSFTTrainer) averages each example's tokens first, so
+a long aux answer (the next item's keywords, a title) weighs no more than a one-token Yes/No.
+
 Checkpoints go to <out>/checkpoints every `sft.save_steps` optimizer steps; a rerun resumes from the
 last complete one (trainer_state.json is written last). At the end the adapter is saved to
 <out>/adapter and the loss per step to <out>/train_log.csv. Under `accelerate launch` every process
@@ -40,12 +44,74 @@ def example_lengths(dataset, processor: Any) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def example_mean_nll(logits, labels):
+    """rank.sft.loss='example': the mean over examples of each example's mean negative log-likelihood over
+    its answer tokens. logits[b, j] predicts labels[b, j] (already shifted); -100 marks a position without a
+    label; a row without any label is left out (a batch without any gives a zero that still has a graph)."""
+    import torch.nn.functional as F
+
+    mask = labels != -100
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+    counts = mask.sum(1)
+    has = counts > 0
+    if not has.any():
+        return logits.sum() * 0.0
+    return (nll.sum(1)[has] / counts[has]).mean()
+
+
+def answer_logits(model, inputs: dict, keep_only_answers: bool = True):
+    """(logits, labels) at the positions whose next token has a label in some row of the batch (an
+    answer is a few tokens at the end of a long prompt, so the LM head runs on those alone through
+    `logits_to_keep`; keep_only_answers=False: every position)."""
+    labels = inputs["labels"][:, 1:]
+    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    if keep_only_answers:
+        keep = (labels != -100).any(0).nonzero().squeeze(1)
+        logits = model(**forward, use_cache=False, logits_to_keep=keep).logits
+        return logits, labels[:, keep]
+    return model(**forward, use_cache=False).logits[:, :-1], labels
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the (unwrapped, PEFT-free) model's forward takes `logits_to_keep`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def trainer_class(loss: str):
+    """SFTTrainer for rank.sft.loss='token'; ExampleMeanSFTTrainer for 'example'."""
+    import transformers
+    from trl import SFTTrainer
+
+    if loss == "token":
+        return SFTTrainer
+    if not hasattr(transformers.Trainer, "loss_is_scaled_for_ga"):
+        raise ValueError(f"rank.sft.loss='example' needs a transformers whose Trainer has loss_is_scaled_for_ga "
+                         f"(5.24 has it; this is {transformers.__version__}): upgrade it or use rank.sft.loss=token")
+
+    class ExampleMeanSFTTrainer(SFTTrainer):
+        """Each micro-batch's loss is example_mean_nll; the Trainer divides it by the accumulation steps (an
+        optimizer step's examples weigh the same when its micro-batches are full; DDP averages the ranks)."""
+
+        loss_is_scaled_for_ga = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            keep = _keeps_logits(self.accelerator.unwrap_model(model))
+            logits, labels = answer_logits(model, inputs, keep)
+            loss = example_mean_nll(logits, labels)
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+    return ExampleMeanSFTTrainer
+
+
 def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[[str], None] = print,
                  callbacks: list | None = None) -> dict:
     """Fine-tune cfg.model with LoRA on `examples` (tasks.build_examples); returns facts for the manifest.
     `callbacks`: extra transformers TrainerCallbacks (tests use one to stop a run as a kill would)."""
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from .score import load_model
 
@@ -75,10 +141,10 @@ def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[
     )
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.modules(), task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=examples, processing_class=processor, peft_config=lora,
-                         callbacks=callbacks)
+    trainer = trainer_class(sft.loss)(model=model, args=args, train_dataset=examples, processing_class=processor,
+                                      peft_config=lora, callbacks=callbacks)
     resume = last_checkpoint(out / CHECKPOINTS)
-    log(f"SFT on {len(examples):,} examples, LoRA r={cfg.lora.r}, {device.type}"
+    log(f"SFT on {len(examples):,} examples, LoRA r={cfg.lora.r}, loss per {sft.loss}, {device.type}"
         + (f"; resuming from {resume.name}" if resume else ""))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -95,7 +161,8 @@ def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[
     return {"examples": len(examples), "examples_dropped_too_long": dropped, "steps": trainer.state.global_step,
             "resumed_from": resume.name if resume else None, "train_time_s": round(wall, 2),
             "train_loss": round(float(result.training_loss), 5), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None, "yes_token_id": yes_id, "no_token_id": no_id}
+            "last_loss": losses[-1] if losses else None, "loss_per": sft.loss, "yes_token_id": yes_id,
+            "no_token_id": no_id}
 
 
 def write_log(history: list[dict], path: Path) -> list[dict]:
