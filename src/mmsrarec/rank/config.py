@@ -83,8 +83,8 @@ class SFTSettings:
     loss: str = field("token", help="how answer tokens are averaged: 'token' (TRL's loss: every answer token of a "
                                     "step weighs the same, so the long answers of the next-keywords and title tasks, "
                                     "~22 and ~7 tokens on ML-100K against the Yes/No task's 3, hold ~45% of the "
-                                    "answer tokens with 14% of the examples) or 'example' (each example's mean over its own answer "
-                                    "tokens, averaged over examples: every example weighs the same)")
+                                    "answer tokens with 14% of the examples) or 'example' (each example's mean over "
+                                    "its own answer tokens, averaged over examples: every example weighs the same)")
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "max_seq_len", "save_steps"):
