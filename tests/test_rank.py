@@ -496,6 +496,7 @@ def test_example_loss_on_a_real_batch_equals_each_example_scored_alone_and_train
     args = SFTConfig(output_dir=str(tmp_path / "probe"), use_cpu=True, per_device_train_batch_size=8,
                      completion_only_loss=True, report_to="none", seed=0)
     trainer = trainer_class("example")(model=model, args=args, train_dataset=examples, processing_class=tok)
+    assert trainer.keeps_logits  # training takes the answer-only path checked here
     batch = next(iter(trainer.get_train_dataloader()))
     per_example, answers = [], []
     with torch.no_grad():

@@ -97,9 +97,12 @@ def trainer_class(loss: str):
 
         loss_is_scaled_for_ga = False
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.keeps_logits = _keeps_logits(self.model)  # once, not per micro-batch
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            keep = _keeps_logits(self.accelerator.unwrap_model(model))
-            logits, labels = answer_logits(model, inputs, keep)
+            logits, labels = answer_logits(model, inputs, self.keeps_logits)
             loss = example_mean_nll(logits, labels)
             return (loss, {"logits": logits}) if return_outputs else loss
 
