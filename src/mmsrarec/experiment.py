@@ -22,6 +22,7 @@ import pandas as pd
 
 from .artifacts import read_json, write_json, write_text
 from .config import RunConfig, Variant, load_config
+from .configtools import parse_override
 from .errors import ArtifactError, MmsrarecError
 from .evaluate.leaderboard import method_cell
 
@@ -83,7 +84,7 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
                 # a variant puts its own ranker on the board, and its blends with the CF models its evaluate.fuse
                 # names (the base config's, unless the variant sets its own)
                 fuse = load_config(config_path, [*overrides, *variant.set]).evaluate.fuse if any(
-                    s.split("=", 1)[0].strip() == "evaluate.fuse" for s in variant.set) else cfg.evaluate.fuse
+                    "fuse" in parse_override(s, {}).get("evaluate", {}) for s in variant.set) else cfg.evaluate.fuse
                 extra += [*variant.set, f"rank.name={variant.name}",
                           f"evaluate.methods=[{', '.join([variant.name, *fuse])}]"]
             out.append(Member(seed, variant, load_config(config_path, [*overrides, *extra])))
