@@ -14,13 +14,14 @@ The CPU-cheap stages run here first (`mmsrarec run --config C --stop-before trai
     python benchmarks/lent_gpu.py unpack FILES_AT --config C  # stage folders into runs/<name>, then the board
 
 `--runs` picks the experiment's runs by label (SEED-VARIANT, as `mmsrarec run --runs`); without it, all
-of them. The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), a copy of the
-picked runs' manifests (for the key check of `stash 1`), what the picked runs need of the run folder
-(their stage folders and the ones their links point to, links kept), the embedded SmolLM2 GGUF. What no
-stage that runs there reads stays here: the GRPO policy's weights and every stage's own outputs
-(pipeline.Stage.own, e.g. the FAISS index, unless a picked run has rank.candidate_votes). ML-100K, one seed's
-7 paper runs: 127 MB, 2 parts; all 21: 148 MB, 3; one seed's 8 runs with mmsrarec-votes: 140 MB, 3 (its
-SASRec FAISS index travels: the votes run searches it).
+of them. The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), the picked
+runs' labels (`finish` refuses any other run: its CPU stages did not travel), a copy of the picked runs'
+manifests (for the key check of `stash 1`), what the picked runs need of the run folder (their stage
+folders and the ones their links point to, links kept), the embedded SmolLM2 GGUF. What no stage that
+runs there reads stays here: the GRPO policy's weights and every stage's own outputs (pipeline.Stage.own,
+e.g. the FAISS index, unless a picked run has rank.candidate_votes). ML-100K, one seed's 7 paper runs:
+127 MB; the 3 seeds' main runs and one zero-shot run: 140 MB; one ablation: 123 MB (most of it the
+GGUF). Parts are 60 MB (--chunk), since a call carries the part and the repository (~6 MB) within 64 MiB.
 `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the config (only
 the stages not done here run), merges whatever runs finished within --budget seconds, and writes the
 train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
@@ -34,6 +35,7 @@ skips the runs finished before, and goes on with the next ones, `experiment.para
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import subprocess
@@ -54,6 +56,7 @@ WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.jsonl", "tokenizer.jso
 RESULT_CHUNK = 15_000_000
 RESUME_BYTES = 40_000_000  # of whole half-done runs (a SmolLM2-135M LoRA r=16 adapter is 19.6 MB)
 RESUMED = "evaluate.partial"
+PACKED = "runs.txt"  # in the payload: the labels of the runs it was packed for
 KEY_LINES = ("test hr@", "] done in", "SFT on", "SFT examples", "train_runtime", "[experiment]")
 
 
@@ -74,6 +77,10 @@ def pack(args: argparse.Namespace) -> None:
     tar_path = Path(os.environ.get("TMPDIR", "/tmp")) / "mmsrarec-payload.tar"
     links, folders, manifests = needed(cfg, args.config, args.set, args.runs)
     with tarfile.open(tar_path, "w") as tar:
+        labels = "".join(f"{m.label}\n" for m in picked(cfg, args.config, args.set, args.runs)).encode()
+        info = tarfile.TarInfo(PACKED)  # the picked runs: `finish` refuses any other (its stages are not here)
+        info.size = len(labels)
+        tar.addfile(info, io.BytesIO(labels))
         for wheel in sorted(Path(args.wheels).glob("*.whl")):
             tar.add(wheel, f".whl/{wheel.name}")
         for rel in manifests:  # a small copy, for the key check of `stash 1`
@@ -97,17 +104,29 @@ def pack(args: argparse.Namespace) -> None:
           f"call k carries .gpu/k")
 
 
+def picked(cfg, config: str | None, overrides: list[str], only: list[str]) -> list:
+    """The experiment's runs (experiment.Member) that the `--runs` patterns pick (all for none)."""
+    from mmsrarec.experiment import members, select
+    return select(members(cfg, config, overrides), list(only))
+
+
+def not_packed(wanted: list[str], marker: Path) -> list[str]:
+    """The runs of `wanted` that the unpacked payload (its list, kept in `marker`) does not hold; none when
+    the payload predates the list."""
+    packed = marker.read_text().split() if marker.is_file() else []
+    return [w for w in wanted if packed and w not in packed]
+
+
 def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tuple[list[str], dict, list[str]]:
     """What the picked runs (`--runs` patterns; all for none) need of the local run folder, as paths
     relative to it: (stage links, {real stage folder: the configs of the picked runs that read it},
     manifests as seen through the links). The stage folders of every stage in a run's plan, and its
     unfinished <stage>.partial folders (to resume)."""
-    from mmsrarec.experiment import members, select
     from mmsrarec.pipeline import Runner
 
     run = cfg.run_dir.resolve()
     links, manifests, folders = set(), set(), {}
-    for member in select(members(cfg, config, overrides), list(only)):
+    for member in picked(cfg, config, overrides, only):
         runner = Runner(member.cfg)
         for stage in runner.plan("evaluate"):
             for name in (stage, f"{stage}.partial"):
@@ -166,13 +185,13 @@ def _install_wheels(dest: Path) -> None:
 def _check_keys(config: str, overrides: list[str], only: list[str], manifests: Path) -> bool:
     """Every stage finished elsewhere has the key this tree computes for it (else it would rerun here)."""
     from mmsrarec.artifacts import read_json
-    from mmsrarec.experiment import PARALLEL_FROM, members, select
+    from mmsrarec.experiment import PARALLEL_FROM
     from mmsrarec.pipeline import Runner
 
     cfg = _cfg(config, overrides)
     main = cfg.run_dir
     ok = True
-    for member in [m.cfg for m in select(members(cfg, config, overrides), only)]:
+    for member in [m.cfg for m in picked(cfg, config, overrides, only)]:
         runner = Runner(member)
         folder = manifests / member.run_dir.relative_to(main)
         for name in runner._before(runner.plan("evaluate"), PARALLEL_FROM):
@@ -240,7 +259,11 @@ def finish(args: argparse.Namespace) -> None:
         run.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(run, ignore_errors=True)
         shutil.move(dest / "run" / cfg.name, run)
-        unpacked.write_text("")
+        unpacked.write_text((dest / PACKED).read_text() if (dest / PACKED).is_file() else "")
+    if missing := not_packed([m.label for m in picked(cfg, args.config, args.set, args.runs)], unpacked):
+        sys.exit(f"[lent_gpu] not in the payload: {', '.join(missing)} (it holds {unpacked.read_text().split()}); "
+                 f"their CPU stages are not here and would run, or fail. Pack them here (pack --runs ...) "
+                 f"and stash the new parts.")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(SITE)]),
            "MMSRAREC_CACHE": "/tmp/mmsrarec-cache", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     # convert the GGUF once, before the parallel runs would each do it
@@ -373,7 +396,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack")
     p.add_argument("--wheels", default=str(ROOT / ".whl"))
-    p.add_argument("--chunk", type=int, default=64_000_000)
+    p.add_argument("--chunk", type=int, default=60_000_000)
     s = sub.add_parser("stash")
     s.add_argument("k", type=int)
     u = sub.add_parser("unpack", help="here: the results that came back into the local run, then the board")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A loan of benchmarks/lent_gpu.py rehearsed on this machine, every step as on the GPU machine, with a
 # toy experiment (2 seeds x 2 runs, a tiny random LM, CPU): the CPU part, `pack --runs '2-*'`, `stash 1`
-# (key check), `stash 2`, `finish`, a second `finish` (goes on with the warm machine's run), `unpack`
-# into the local run; fails unless seed 2's two runs come back finished, with their evaluate.fuse
+# (key check), `stash 2`, `finish`, a second `finish` (goes on with the warm machine's run), a `finish`
+# of a run not packed (refused), `unpack` into the local run; fails unless seed 2's two runs come back finished, with their evaluate.fuse
 # blends. ~2 min on 2 cores.
 # Overwrites .gpu/ (the packed parts) and /tmp/mmsrarec-stash, /tmp/mmsrarec-site.
 set -euo pipefail
@@ -41,6 +41,11 @@ OUT=$R/out $PY benchmarks/lent_gpu.py finish "${THERE[@]}" --parts 2 --budget 30
 cp "$R/out/run.log" "$R/finish1.log"
 echo "== there: finish again"
 OUT=$R/out $PY benchmarks/lent_gpu.py finish "${THERE[@]}" --parts 2 --budget 300 2>&1 | grep "^\[lent_gpu\]"
+echo "== there: finish a run the payload does not hold (refused)"
+if OUT=$R/out2 $PY benchmarks/lent_gpu.py finish --config "$R/toy.yaml" --set "runs_dir=$R/device" --runs '1-main' \
+    --parts 2 --budget 300 >"$R/refused.log" 2>&1 || ! grep -q "not in the payload: 1-main" "$R/refused.log"; then
+  echo "FAILED: finish did not refuse a run it has no stages of"; cat "$R/refused.log"; exit 1
+fi
 # nothing ran in the calls' own logs (the stop-before pass); train-ranker and evaluate once in each run's log
 expect() {
   local n; n=$(grep -c "running ->" "$1" || true)
