@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from . import distributed
 from .errors import ConfigError, MmsrarecError
 
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.leave()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
