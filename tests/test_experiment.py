@@ -234,6 +234,13 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert "index" not in folders and "train-ranker" not in folders  # the main run's, which it does not read
     assert f"{rel}/prepare/manifest.json" in manifests
     assert len(lent_gpu.needed(cfg, None, over, [])[1]) > len(folders)
+    # `finish` refuses runs the payload was not packed for (their CPU stages did not travel)
+    assert [m.label for m in lent_gpu.picked(cfg, None, over, [f"{cfg.seed}-no-*"])] == [f"{cfg.seed}-no-retrieval"]
+    marker = Path(cfg.runs_dir).parent / "unpacked-marker"
+    marker.write_text(f"{cfg.seed}-no-retrieval\n")
+    assert lent_gpu.not_packed([f"{cfg.seed}-main", f"{cfg.seed}-no-retrieval"], marker) == [f"{cfg.seed}-main"]
+    marker.write_text("")  # a payload from before the list: nothing to check against
+    assert lent_gpu.not_packed([f"{cfg.seed}-main"], marker) == []
     # a ranker trained, its evaluation cut off: it comes back whole, and here only its evaluation runs
     key = json.loads((variant / "evaluate" / "manifest.json").read_text())["key"]
     (variant / "evaluate" / "manifest.json").unlink()
