@@ -75,9 +75,10 @@ def pack(args: argparse.Namespace) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     tar_path = Path(os.environ.get("TMPDIR", "/tmp")) / "mmsrarec-payload.tar"
-    links, folders, manifests = needed(cfg, args.config, args.set, args.runs)
+    runs = picked(cfg, args.config, args.set, args.runs)
+    links, folders, manifests = needed(cfg, runs)
     with tarfile.open(tar_path, "w") as tar:
-        labels = "".join(f"{m.label}\n" for m in picked(cfg, args.config, args.set, args.runs)).encode()
+        labels = "".join(f"{m.label}\n" for m in runs).encode()
         info = tarfile.TarInfo(PACKED)  # the picked runs: `finish` refuses any other (its stages are not here)
         info.size = len(labels)
         tar.addfile(info, io.BytesIO(labels))
@@ -117,16 +118,16 @@ def not_packed(wanted: list[str], marker: Path) -> list[str]:
     return [w for w in wanted if packed and w not in packed]
 
 
-def needed(cfg, config: str | None, overrides: list[str], only: list[str]) -> tuple[list[str], dict, list[str]]:
-    """What the picked runs (`--runs` patterns; all for none) need of the local run folder, as paths
-    relative to it: (stage links, {real stage folder: the configs of the picked runs that read it},
-    manifests as seen through the links). The stage folders of every stage in a run's plan, and its
-    unfinished <stage>.partial folders (to resume)."""
+def needed(cfg, runs: list) -> tuple[list[str], dict, list[str]]:
+    """What the picked runs (`picked`) need of the local run folder, as paths relative to it: (stage
+    links, {real stage folder: the configs of the picked runs that read it}, manifests as seen through
+    the links). The stage folders of every stage in a run's plan, and its unfinished <stage>.partial
+    folders (to resume)."""
     from mmsrarec.pipeline import Runner
 
     run = cfg.run_dir.resolve()
     links, manifests, folders = set(), set(), {}
-    for member in picked(cfg, config, overrides, only):
+    for member in runs:
         runner = Runner(member.cfg)
         for stage in runner.plan("evaluate"):
             for name in (stage, f"{stage}.partial"):

@@ -2,8 +2,8 @@
 # A loan of benchmarks/lent_gpu.py rehearsed on this machine, every step as on the GPU machine, with a
 # toy experiment (2 seeds x 2 runs, a tiny random LM, CPU): the CPU part, `pack --runs '2-*'`, `stash 1`
 # (key check), `stash 2`, `finish`, a second `finish` (goes on with the warm machine's run), a `finish`
-# of a run not packed (refused), `unpack` into the local run; fails unless seed 2's two runs come back finished, with their evaluate.fuse
-# blends. ~2 min on 2 cores.
+# of a run not packed (refused), `unpack` into the local run; fails unless seed 2's two runs come back
+# finished, with their evaluate.fuse blends. ~2 min on 2 cores.
 # Overwrites .gpu/ (the packed parts) and /tmp/mmsrarec-stash, /tmp/mmsrarec-site.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -227,13 +227,13 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     here_board = pd.read_csv(here / cfg.name / "leaderboard" / "leaderboard.csv")
     assert here_board.equals(board)
     # a loan for one run packs only what that run needs: its own folders and those its links point to
-    links, folders, manifests = lent_gpu.needed(cfg, None, over, [f"{cfg.seed}-no-retrieval"])
+    links, folders, manifests = lent_gpu.needed(cfg, lent_gpu.picked(cfg, None, over, [f"{cfg.seed}-no-retrieval"]))
     rel = f"experiment/{cfg.seed}-no-retrieval"
     assert f"{rel}/prepare" in links and f"{rel}/summarize" in links
     assert {"prepare", "summarize", f"{rel}/train-ranker", f"{rel}/evaluate"} <= set(folders)
     assert "index" not in folders and "train-ranker" not in folders  # the main run's, which it does not read
     assert f"{rel}/prepare/manifest.json" in manifests
-    assert len(lent_gpu.needed(cfg, None, over, [])[1]) > len(folders)
+    assert len(lent_gpu.needed(cfg, lent_gpu.picked(cfg, None, over, []))[1]) > len(folders)
     # `finish` refuses runs the payload was not packed for (their CPU stages did not travel)
     assert [m.label for m in lent_gpu.picked(cfg, None, over, [f"{cfg.seed}-no-*"])] == [f"{cfg.seed}-no-retrieval"]
     marker = Path(cfg.runs_dir).parent / "unpacked-marker"
