@@ -12,6 +12,7 @@ The CPU-cheap stages run here first (`mmsrarec run --config C --stop-before trai
                                                            # warm, goes on where the last one stopped
     # here, with the files that came back:
     python benchmarks/lent_gpu.py unpack FILES_AT --config C  # stage folders into runs/<name>, then the board
+                                                           # and, with experiment.ledger, the ledger: commit it
 
 `--runs` picks the experiment's runs by label (SEED-VARIANT, as `mmsrarec run --runs`); without it, all
 of them. The payload is one tar, in this order: the wheels the GPU image lacks (.whl/), the picked
@@ -27,7 +28,8 @@ the stages not done here run), merges whatever runs finished within --budget sec
 train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
 ranker is trained but whose evaluation was cut off comes back whole (its adapter and evaluate.partial,
 up to RESUME_BYTES), so that the next loan only evaluates it. `unpack` puts them into the local run,
-where finished runs stay finished without their weights (pipeline.Runner.finished). So an experiment
+where finished runs stay finished without their weights (pipeline.Runner.finished), and their rows go
+into the ledger (experiment.ledger, kept in git), which outlives the local run folder. So an experiment
 larger than one loan (e.g. 3 seeds x 7 runs) finishes over several: each loan packs the local run,
 skips the runs finished before, and goes on with the next ones, `experiment.parallel` at a time.
 """
@@ -106,9 +108,10 @@ def pack(args: argparse.Namespace) -> None:
 
 
 def picked(cfg, config: str | None, overrides: list[str], only: list[str]) -> list:
-    """The experiment's runs (experiment.Member) that the `--runs` patterns pick (all for none)."""
-    from mmsrarec.experiment import members, select
-    return select(members(cfg, config, overrides), list(only))
+    """The experiment's runs (experiment.Member) that the `--runs` patterns pick (all for none), less those
+    whose rows the ledger holds under their present config (`mmsrarec run` skips them too)."""
+    from mmsrarec.experiment import members, not_held, select
+    return not_held(cfg, select(members(cfg, config, overrides), list(only)))
 
 
 def not_packed(wanted: list[str], marker: Path) -> list[str]:

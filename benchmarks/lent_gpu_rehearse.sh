@@ -3,7 +3,8 @@
 # toy experiment (2 seeds x 2 runs, a tiny random LM, CPU): the CPU part, `pack --runs '2-*'`, `stash 1`
 # (key check), `stash 2`, `finish`, a second `finish` (goes on with the warm machine's run), a `finish`
 # of a run not packed (refused), `unpack` into the local run; fails unless seed 2's two runs come back
-# finished, with their evaluate.fuse blends. ~2 min on 2 cores.
+# finished, with their evaluate.fuse blends, and their rows are in the ledger, from which a fresh checkout's
+# `mmsrarec board` (no run folder at all) gives the same leaderboard. ~2 min on 2 cores.
 # Overwrites .gpu/ (the packed parts) and /tmp/mmsrarec-stash, /tmp/mmsrarec-site.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +32,8 @@ evaluate: {{methods: [pop, sasrec, mmsrarec], protocols: [sampled], report_users
 experiment: {{seeds: [1, 2], parallel: 2, variants: [{{name: no-retrieval, set: [rank.use_retrieval=false]}}]}}
 """)
 PY
-HERE=(--config "$R/toy.yaml" --set "runs_dir=$R/here")
-THERE=(--config "$R/toy.yaml" --set "runs_dir=$R/device" --runs '2-*')
+HERE=(--config "$R/toy.yaml" --set "runs_dir=$R/here" --set "experiment.ledger=$R/ledger.csv")
+THERE=(--config "$R/toy.yaml" --set "runs_dir=$R/device" --set "experiment.ledger=$R/device-ledger.csv" --runs '2-*')
 echo "== here: the CPU part"; $PY -m mmsrarec.cli run "${HERE[@]}" --stop-before train-ranker 2>&1 | tail -1
 echo "== here: pack"; $PY benchmarks/lent_gpu.py pack "${HERE[@]}" --runs '2-*' --wheels "$R/empty" --chunk 60000000
 echo "== there: stash 1"; $PY benchmarks/lent_gpu.py stash 1 "${THERE[@]}" 2>&1 | grep "keys:"
@@ -60,4 +61,11 @@ for row in "mmsrarec+sasrec" "no-retrieval+sasrec"; do  # evaluate.fuse's blends
   grep -F "| $row (weight " "$R/here/toy/leaderboard/leaderboard.md" | grep -qE "^\| [^ ]+ \(weight [0-9.]+\) \| 1 \|" \
     || { echo "FAILED: no '$row' row"; cat "$R/here/toy/leaderboard/leaderboard.md"; exit 1; }
 done
+cut -d, -f1 "$R/ledger.csv" | sort -u | tr '\n' ' ' | grep -qx "2-main 2-no-retrieval label " \
+  || { echo "FAILED: the ledger does not hold exactly seed 2's runs"; cat "$R/ledger.csv"; exit 1; }
+echo "== a fresh checkout (no run folder): the board from the ledger"
+mv "$R/here" "$R/here-was"
+$PY -m mmsrarec.cli board "${HERE[@]}" 2>&1 | grep "runs finished"
+diff "$R/here-was/toy/leaderboard/leaderboard.md" "$R/here/toy/leaderboard/leaderboard.md" \
+  || { echo "FAILED: the ledger's board differs from the run folders' board"; exit 1; }
 echo "rehearsal passed: $R/here/toy/leaderboard/leaderboard.md"

@@ -141,7 +141,7 @@ def tiny_lm(tmp_path_factory):
     return tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "lm")
 
 
-def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny_lm):
+def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny_lm, monkeypatch):
     over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=2", "evaluate.methods=[pop, sasrec, mmsrarec]",
             "evaluate.protocols=[sampled, rerank]", "evaluate.rerank_top=10", "evaluate.report_users=0",
             "evaluate.llm_splits=[test]",
@@ -151,7 +151,18 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
             "experiment.variants=[{name: zero-shot, set: [rank.zero_shot=true]}, "
             "{name: no-retrieval, set: [rank.use_retrieval=false]}]"]
     cfg = load_config(None, over)
+    import mmsrarec.evaluate.stage as evaluate_stage
+    loads = []  # (model, device) of every CF model the evaluate stage loads
+
+    def load_trained(folder, name, cfg, n_items, device=None):
+        loads.append((name, device or cfg.cf.train.device))
+        return real_load(folder, name, cfg, n_items, device)
+
+    real_load = evaluate_stage.load_trained
+    monkeypatch.setattr(evaluate_stage, "load_trained", load_trained)
     out = run_experiment(cfg, None, over)
+    # the rerank lists (an input of every LLM row) come from the CPU, whatever device the CF models use
+    assert loads.count(("sasrec", "cpu")) == 6  # one per LLM rerank row: 2 seeds x 3 rankers
     board = pd.read_csv(out / "leaderboard.csv")
     got = {(r.method, r.protocol): r.seeds for r in board.itertuples()}
     assert got == {(m, p): 2 for m, p in [("pop", "sampled"), ("sasrec", "sampled"), ("mmsrarec", "sampled"),

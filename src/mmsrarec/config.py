@@ -45,6 +45,10 @@ class ExperimentConfig:
                                   "once, then linked), then the rankers and their evaluations this many at a "
                                   "time, each in its own process (log: <run>/run.log); pays on a GPU that a "
                                   "small model leaves idle")
+    ledger: str = field("", help="a CSV file kept with the code (relative: to the working directory) that the "
+                                 "merged leaderboard writes every finished run's rows to and takes the rows of "
+                                 "runs not finished here from, while their config is unchanged (ledger.py): "
+                                 "results of other machines and earlier checkouts")
 
     def validate(self) -> None:
         if len(set(self.seeds)) != len(self.seeds):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import ledger
 from .artifacts import read_json, write_json, write_text
 from .config import RunConfig, Variant, load_config
 from .configtools import parse_override
@@ -100,7 +101,11 @@ def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str]
     if only:
         print(f"[experiment] --runs: {len(runs)} of {len(everything)} runs: {', '.join(m.label for m in runs)}",
               file=sys.stderr)
-    if cfg.experiment.parallel > 1 and stop_before is None:
+    if not force:
+        runs = not_held(cfg, runs)
+    if not runs:
+        done = []
+    elif cfg.experiment.parallel > 1 and stop_before is None:
         # the stages before the ranker one run after another, so that each is computed once and linked;
         # then the rankers and their evaluations side by side
         _run_sequential(everything, runs, force=False, stop_before=PARALLEL_FROM)
@@ -113,32 +118,76 @@ def run_experiment(cfg: RunConfig, config_path: str | None, overrides: list[str]
         return None
     if len(runs) < len(everything):
         return board_of_finished(cfg, config_path, overrides)
-    return _board(cfg, list(zip(runs, done)))
+    return board(cfg, everything, list(zip(runs, done)))
+
+
+def not_held(cfg: RunConfig, runs: list[Member]) -> list[Member]:
+    """`runs` less those whose rows the ledger holds under their present config (ledger.py): finished on
+    another machine or in an earlier checkout, they need not run again (--force runs them)."""
+    if not cfg.experiment.ledger:
+        return runs
+    book = ledger.read(cfg.experiment.ledger)
+    have = set(zip(book["label"], book["fingerprint"]))
+    held = [m.label for m in runs if (m.label, ledger.fingerprint(m.cfg)) in have]
+    if held:
+        print(f"[experiment] {len(held)} runs are in the ledger {cfg.experiment.ledger} under their present config, "
+              f"not run again (--force runs them): {', '.join(held)}", file=sys.stderr)
+    return [m for m in runs if m.label not in held]
 
 
 def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> Path:
     """The merged leaderboard over the runs that are finished now (evaluate up to date for the config,
-    see pipeline.Runner.finished), running nothing; it names the runs left out."""
+    see pipeline.Runner.finished) and, with experiment.ledger, the ledger's rows of the others, running
+    nothing; it names the runs left out."""
     from .pipeline import Runner
 
-    done, missing = [], []
-    for member in members(cfg, config_path, overrides):
+    everything = members(cfg, config_path, overrides)
+    done = []
+    for member in everything:
         runner = Runner(member.cfg)
-        if runner.finished(runner.plan("evaluate")) is None:
-            missing.append(member.label)
-        else:
+        if runner.finished(runner.plan("evaluate")) is not None:
             done.append((member, runner.run_dir))
-    print(f"[experiment] {len(done)} of {len(done) + len(missing)} runs finished"
+    return board(cfg, everything, done)
+
+
+def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Path]]) -> Path:
+    """The merged leaderboard in runs/<name>/leaderboard/ of the runs finished here (`done`) and, with
+    experiment.ledger, of the ledger's rows of the other runs under their present config (ledger.py); the
+    ledger then gets the rows of the runs finished here."""
+    here = merge(done) if done else pd.DataFrame(columns=[*ledger.KEYS, "seed", "method", "protocol"])
+    rows = here
+    if cfg.experiment.ledger:
+        path = cfg.experiment.ledger
+        book = ledger.read(path)
+        wanted = {m.label: ledger.fingerprint(m.cfg) for m in everything if m.label not in set(here["label"])}
+        known = book[book["label"].isin(wanted)]
+        taken = known[known["fingerprint"] == known["label"].map(wanted)]
+        stale = sorted(set(known["label"]) - set(taken["label"]))
+        if stale:
+            print(f"[experiment] ledger {path}: its rows of {', '.join(stale)} are for another config "
+                  "(fingerprint; ledger.py), left out", file=sys.stderr)
+        if len(taken):
+            print(f"[experiment] ledger {path}: rows of {taken['label'].nunique()} runs not finished here",
+                  file=sys.stderr)
+            rows = pd.concat([here, taken], ignore_index=True) if len(here) else taken.reset_index(drop=True)
+        _same_data(rows, f"the runs finished here and those of the ledger {path}")
+        if len(here):
+            ledger.write(path, ledger.update(book, here))
+            print(f"[experiment] ledger {path}: rows of the {here['label'].nunique()} runs finished here "
+                  "written", file=sys.stderr)
+    order = {m.label: i for i, m in enumerate(everything)}  # the experiment's order, wherever a row came from
+    rows = rows.sort_values("label", key=lambda labels: labels.map(order), kind="stable").reset_index(drop=True)
+    for line in ledger.disagreements(rows):
+        print(f"[experiment] WARNING: runs on this board read the same stage with other outputs, {line}: "
+              "computed on machines that disagree; their rows differ by more than their config", file=sys.stderr)
+    on_board = set(rows["label"])
+    missing = [m.label for m in everything if m.label not in on_board]
+    print(f"[experiment] {len(on_board)} of {len(everything)} runs finished ({len(done)} here)"
           + (f"; not finished: {', '.join(missing)}" if missing else ""), file=sys.stderr)
-    if not done:
+    if rows.empty:
         raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
-    return _board(cfg, done, missing)
-
-
-def _board(cfg: RunConfig, runs: list[tuple[Member, Path]], missing: list[str] = ()) -> Path:
-    """The merged leaderboard of `runs` in runs/<name>/leaderboard/."""
     out = cfg.run_dir / "leaderboard"
-    write_board(merge(runs), out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
+    write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
 
@@ -239,19 +288,32 @@ def _run_parallel(everything: list[Member], runs: list[Member], workers: int, fo
 
 def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
     """Rows of every run's evaluate stage: all of a main run's rows, only its own ranker's rows (and their
-    evaluate.fuse blends, '<ranker>+<cf>') from a variant run. Refuses runs whose candidate lists differ."""
-    digests = {}
+    evaluate.fuse blends, '<ranker>+<cf>') from a variant run; each with the run's label, its config's
+    fingerprint, its data digest and its source (the keys of ledger.py). Refuses runs whose candidate lists
+    differ."""
+    from .pipeline import Runner
+
     rows = []
     for member, run_dir in runs:
-        digests[run_dir] = read_json(run_dir / "prepare" / "manifest.json")["outputs_digest"]
+        started = read_json(run_dir / "evaluate" / "manifest.json").get("started_at", "?")
+        read = Runner(member.cfg).plan("evaluate")[:-1]
+        keys = {"label": member.label, "fingerprint": ledger.fingerprint(member.cfg),
+                "data": ledger.data_digest(run_dir / "prepare"), "source": f"run folder, evaluate of {started}",
+                "stages": ledger.stages(run_dir, read)}
         for row in read_json(run_dir / "evaluate" / "metrics.json"):
             if member.variant is None or row["method"] in member.own_rows:
-                rows.append({**row, "seed": member.seed})
-    if len(set(digests.values())) > 1:
-        raise ArtifactError("the runs of this experiment ranked different candidate lists (their prepare stages "
-                            "differ): " + ", ".join(f"{d}: {h[:12]}" for d, h in digests.items()) +
-                            "; keep data.* identical across variants")
-    return pd.DataFrame(rows)
+                rows.append({**keys, **row, "seed": member.seed})
+    frame = pd.DataFrame(rows)
+    _same_data(frame, "the runs of this experiment")
+    return frame
+
+
+def _same_data(rows: pd.DataFrame, what: str) -> None:
+    if len(rows) and rows["data"].nunique() > 1:
+        firsts = rows.drop_duplicates("label")
+        raise ArtifactError(f"{what} ranked different candidate lists (their prepare stages differ): " +
+                            ", ".join(f"{r.label}: {r.data}" for r in firsts.itertuples()) +
+                            "; keep data.* identical across variants and seeds")
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:

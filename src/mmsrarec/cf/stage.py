@@ -45,8 +45,8 @@ def run(ctx) -> None:
         ctx.log(f"{name}: done {info}")
 
 
-def load_trained(folder, name: str, cfg, n_items: int):
-    """A fitted model from a train-cf stage folder."""
+def load_trained(folder, name: str, cfg, n_items: int, device: str | None = None):
+    """A fitted model from a train-cf stage folder, on `device` (default: cf.train.device)."""
     model = build_model(name, n_items, cfg.cf.params.get(name), cfg.cf.train, cfg.seed,
-                        resolve_device(cfg.cf.train.device))
+                        resolve_device(device or cfg.cf.train.device))
     return model.load(folder / f"{name}.pt"), read_json(folder / f"{name}.json")

@@ -1,0 +1,123 @@
+"""The ledger (experiment.ledger): a CSV file, kept with the code, of every finished run's leaderboard rows.
+
+A run folder lives on the machine that made it: a fresh checkout, or the GPU machine a loan lends for a few
+minutes, has none of the runs finished before. The ledger has their rows. The merged leaderboard of an
+experiment (experiment.board) takes a run's rows from its folder when the run is finished there, else from
+the ledger when the ledger holds rows of that run
+
+- under the config the run has now: its fingerprint, every stage's config section (what the stage keys hold,
+  less the inputs, which only exist where the stages ran) and the package version; the machine, the paths,
+  threads and experiment.parallel are not in it;
+- on the same data: the digest of the split's content (training sequences, valid and test histories, targets
+  and candidate lists), which does not depend on the parquet writer's version.
+
+The board then writes the finished runs' rows back into the ledger, replacing that run's rows of the same
+fingerprint. Rows are never dropped: those of an older config stay in the file, unused.
+
+Each row also records where it came from: `stages`, the key and the outputs digest of every stage its run
+read. Two runs whose stage has the same key (config and inputs) but other outputs computed it on machines
+that disagree (an LLM's sampled keywords on another CPU type, say): the board says so (`disagreements`),
+since their rows then differ by more than their config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .artifacts import sha256_json
+from .configtools import to_dict
+from .errors import ArtifactError
+
+KEYS = ["label", "fingerprint", "data", "source", "stages"]  # first, in this order, then seed, method, protocol, metrics
+
+
+def fingerprint(cfg) -> str:
+    """What a run's rows depend on that its config says (see the module doc), as 16 hex digits."""
+    from .pipeline import Runner
+
+    runner = Runner(cfg)
+    sections = {name: to_dict(runner.stages[name].section(cfg)) for name in runner.plan("evaluate")}
+    return sha256_json({"sections": sections, "version": __version__})[:16]
+
+
+_DIGESTS: dict[Path, str] = {}
+
+
+def data_digest(prepare_dir: Path) -> str:
+    """The content of a prepare stage's split (see the module doc), as 16 hex digits."""
+    from .data.prepare import load_prepared
+
+    key = Path(prepare_dir).resolve()
+    if key not in _DIGESTS:
+        data = load_prepared(key)
+        content = {split: {col: [v.tolist() if hasattr(v, "tolist") else v for v in data[split][col]]
+                           for col in data[split].columns}
+                   for split in ("train", "valid", "test")}
+        _DIGESTS[key] = sha256_json(content)[:16]
+    return _DIGESTS[key]
+
+
+def stages(run_dir: Path, names: list[str]) -> str:
+    """'stage=KEY:OUTPUTS;...' (12 hex digits each) of the run's stages `names`, from their manifests."""
+    from .artifacts import read_json
+
+    out = []
+    for name in names:
+        manifest = read_json(Path(run_dir) / name / "manifest.json")
+        out.append(f"{name}={manifest['key'][:12]}:{manifest['outputs_digest'][:12]}")
+    return ";".join(out)
+
+
+def disagreements(rows: pd.DataFrame) -> list[str]:
+    """One line per stage key that the rows' runs computed with different outputs (see the module doc)."""
+    seen: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for label, record in rows.drop_duplicates("label")[["label", "stages"]].itertuples(index=False):
+        if not isinstance(record, str) or not record:
+            continue  # a row from before the ledger recorded its stages
+        for item in record.split(";"):
+            name, key_out = item.split("=")
+            key, outputs = key_out.split(":")
+            seen.setdefault((name, key), {}).setdefault(outputs, []).append(label)
+    return [f"{name} (key {key}): " + "; ".join(f"outputs {o} in {', '.join(labels)}" for o, labels in outs.items())
+            for (name, key), outs in seen.items() if len(outs) > 1]
+
+
+def read(path: str | Path) -> pd.DataFrame:
+    """The ledger's rows (none when the file does not exist yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=[*KEYS, "seed", "method", "protocol"])
+    try:
+        book = pd.read_csv(path, dtype={k: str for k in KEYS})
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a ledger CSV ({exc}); restore it from git") from exc
+    lacking = [k for k in ["label", "fingerprint", "data", "seed", "method", "protocol"] if k not in book.columns]
+    if lacking:
+        raise ArtifactError(f"{path}: the ledger lacks the column(s) {lacking}; restore it from git")
+    return book.reindex(columns=[*KEYS, *(c for c in book.columns if c not in KEYS)])  # source, stages: optional
+
+
+def update(book: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """`book` with `rows` in place of its rows of the same (label, fingerprint); the others kept."""
+    if rows.empty:
+        return book
+    replaced = pd.MultiIndex.from_frame(book[["label", "fingerprint"]]).isin(
+        pd.MultiIndex.from_frame(rows[["label", "fingerprint"]].drop_duplicates())) if len(book) else []
+    out = pd.concat([book[~replaced] if len(book) else book, rows], ignore_index=True)
+    return out.dropna(axis=1, how="all")
+
+
+def write(path: str | Path, book: pd.DataFrame) -> None:
+    """The ledger as CSV: the keys first, then seed, method, protocol and the other columns sorted; scalar
+    columns only (a blend's valid curve stays in its run's metrics.json); rows sorted by label."""
+    scalar = [c for c in book.columns if not book[c].map(lambda v: isinstance(v, (dict, list, tuple))).any()]
+    head = [*KEYS, "seed", "method", "protocol"]
+    cols = head + sorted(c for c in scalar if c not in head)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    book.reindex(columns=cols).sort_values(["label", "fingerprint"], kind="stable").to_csv(tmp, index=False)
+    tmp.replace(path)

@@ -1,0 +1,131 @@
+"""The ledger (experiment.ledger, ledger.py): finished runs' rows kept with the code, merged into the board
+of a checkout that has not run them, only while their config and data are unchanged."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mmsrarec import ledger
+from mmsrarec.config import load_config
+from mmsrarec.errors import ArtifactError
+from mmsrarec.experiment import members, run_experiment
+
+from conftest import load_benchmark
+
+
+def _over(toy_overrides, book, runs_dir, *extra):
+    return [*toy_overrides, f"runs_dir={runs_dir}", "cf.models=[pop]", "evaluate.methods=[pop]",
+            "evaluate.report_users=0", "experiment.seeds=[3, 4]", f"experiment.ledger={book}", *extra]
+
+
+def _board(out) -> dict:
+    """protocol -> seeds on the board (pop's rows: sampled and full)."""
+    board = pd.read_csv(out / "leaderboard.csv")
+    return {r.protocol: r.seeds for r in board.itertuples() if r.method == "pop"}
+
+
+def test_a_fresh_checkout_takes_the_runs_it_lacks_from_the_ledger(toy_overrides, tmp_path):
+    book = tmp_path / "results" / "ledger.csv"
+    over = _over(toy_overrides, book, tmp_path / "a")
+    cfg = load_config(None, over)
+    out = run_experiment(cfg, None, over)
+    rows = pd.read_csv(out / "runs.csv")
+    written = ledger.read(book)
+    assert sorted(set(written["label"])) == ["3-main", "4-main"]
+    assert len(written) == len(rows) and written["fingerprint"].str.len().eq(16).all()
+    assert written.columns[:8].tolist() == [*ledger.KEYS, "seed", "method", "protocol"]
+    assert written["stages"].str.match(r"^prepare=[0-9a-f]{12}:[0-9a-f]{12};train-cf=").all()
+
+    # another machine (a fresh checkout, a lent GPU): the runs the ledger holds do not run again
+    there = _over(toy_overrides, book, tmp_path / "b", "experiment.parallel=3", "threads=1")
+    out_b = run_experiment(load_config(None, there), None, there)
+    assert not (tmp_path / "b" / "toy" / "prepare").exists() and not (tmp_path / "b" / "toy" / "experiment").exists()
+    assert (out_b / "leaderboard.md").read_text() == (out / "leaderboard.md").read_text()
+    # --force runs them: seed 3 here, seed 4 from the ledger; seed 3's rows replaced, not added
+    out_b = run_experiment(load_config(None, there), None, there, force=True, only=["3-main"])
+    assert not (tmp_path / "b" / "toy" / "experiment" / "4-main").exists()
+    assert _board(out_b) == {"sampled": 2, "full": 2}
+    assert pd.read_csv(out_b / "leaderboard.csv")["test_hr@5"].tolist() == pytest.approx(
+        pd.read_csv(out / "leaderboard.csv")["test_hr@5"].tolist())
+    assert len(ledger.read(book)) == len(written)
+    lent_gpu = load_benchmark("lent_gpu")  # a loan packs only the runs the ledger lacks
+    assert [m.label for m in lent_gpu.picked(load_config(None, there), None, there, [])] == []
+
+
+def test_the_ledger_leaves_out_rows_of_another_config_and_refuses_other_data(toy_overrides, tmp_path, capsys):
+    book = tmp_path / "ledger.csv"
+    over = _over(toy_overrides, book, tmp_path / "a")
+    run_experiment(load_config(None, over), None, over)
+    before = ledger.read(book)
+
+    # another evaluate config: the ledger's rows are not this run's; they stay in the file, unused
+    other = _over(toy_overrides, book, tmp_path / "b", "evaluate.ks=[1, 5]")
+    out = run_experiment(load_config(None, other), None, other, only=["3-main"])
+    assert _board(out) == {"sampled": 1, "full": 1}
+    assert "its rows of 4-main are for another config" in capsys.readouterr().err
+    after = ledger.read(book)
+    assert after.groupby("label")["fingerprint"].nunique().to_dict() == {"3-main": 2, "4-main": 1}
+    assert set(before["fingerprint"]) < set(after["fingerprint"]) and len(after) == len(before) + 2
+
+    # rows of other candidate lists (another prepare) never join the board
+    tampered = before.assign(data=before["data"].where(before["label"] == "3-main", "0" * 16))
+    ledger.write(book, tampered)
+    fresh = _over(toy_overrides, book, tmp_path / "c")
+    with pytest.raises(ArtifactError, match="different candidate lists"):
+        run_experiment(load_config(None, fresh), None, fresh, only=["3-main"])
+    assert ledger.read(book).equals(tampered.reset_index(drop=True))  # refused: nothing written
+
+
+def test_the_fingerprint_is_the_runs_config_not_the_machine(toy_overrides, tmp_path):
+    base = load_config(None, [*toy_overrides, "experiment.seeds=[3, 4]"])
+    here = [m.cfg for m in members(base, None, [*toy_overrides, "experiment.seeds=[3, 4]"])]
+    there_over = [*toy_overrides, "experiment.seeds=[3, 4]", f"runs_dir={tmp_path / 'elsewhere'}",
+                  "experiment.parallel=4", "threads=1"]
+    there = [m.cfg for m in members(load_config(None, there_over), None, there_over)]
+    assert [ledger.fingerprint(c) for c in here] == [ledger.fingerprint(c) for c in there]
+    assert ledger.fingerprint(here[0]) != ledger.fingerprint(here[1])  # the seed is in the stage sections
+    plain = ledger.fingerprint(load_config(None, toy_overrides))
+    assert ledger.fingerprint(load_config(None, [*toy_overrides, "evaluate.ks=[1, 5]"])) != plain
+    # a section no stage of the run reads: these rows do not depend on it
+    assert "mmsrarec" not in load_config(None, toy_overrides).evaluate.methods
+    assert ledger.fingerprint(load_config(None, [*toy_overrides, "rank.sft.lr=0.001"])) == plain
+
+
+def test_a_broken_ledger_says_which_file_and_what_to_do(tmp_path):
+    book = tmp_path / "ledger.csv"
+    book.write_text("label,seed\n2025-main,2025\n")
+    with pytest.raises(ArtifactError, match=r"ledger.csv: the ledger lacks the column\(s\) \['fingerprint'"):
+        ledger.read(book)
+
+
+def test_rows_of_runs_whose_folders_are_gone_come_from_their_logged_key_lines(tmp_path):
+    log = tmp_path / "loan.txt"
+    log.write_text("""#### device call 3
+== runs/x
+[train-ranker] done in 288.9 s, peak memory 2742 MB
+[evaluate] pop        sampled  test hr@5=0.6417  hr@10=0.8689  ndcg@5=0.4376  ndcg@10=0.5118  auc=0.7944
+[evaluate] mmsrarec   rerank   test hr@10=0.1307  ndcg@10=0.0614  (CF top-50 hit rate 0.514)
+[evaluate] mmsrarec+sasrec sampled  sasrec weight 0.95 (valid ndcg@5 0.7329; mmsrarec alone 0.4200)  test hr@5=0.8812  ndcg@5=0.7155  auc=0.9161
+== runs/x/experiment/2026-no-rl
+[evaluate] no-rl sampled  test hr@5=0.5  ndcg@5=0.4  auc=0.7
+#### device call 4
+[evaluate] no-aux sampled  test hr@5=0.6878  ndcg@5=0.4858  auc=0.7947
+""")
+    parse = load_benchmark("ledger_from_log").parse
+    rows = parse(log, "2025-no-aux", first="2025-main")
+    assert [(r["label"], r["method"], r["protocol"]) for r in rows] == [
+        ("2025-main", "pop", "sampled"), ("2025-main", "mmsrarec", "rerank"), ("2025-main", "mmsrarec+sasrec", "sampled"),
+        ("2026-no-rl", "no-rl", "sampled"), ("2025-no-aux", "no-aux", "sampled")]
+    assert rows[0]["test_hr@10"] == 0.8689 and rows[0]["source"].endswith("line 4 (4 decimals)")
+    assert rows[1]["retrieval_hit_rate"] == 0.514 and rows[1]["test_ndcg@10"] == 0.0614
+    assert rows[2]["fuse_weight"] == 0.95 and rows[2]["test_auc"] == 0.9161
+    with pytest.raises(SystemExit, match=r"line 10: an \[evaluate\] line of no run"):
+        parse(log, None, first="2025-main")
+
+
+def test_the_board_names_runs_that_read_a_stage_of_the_same_key_with_other_outputs():
+    rows = pd.DataFrame({"label": ["1-main", "1-main", "1-no-rl", "2-main", "0-old"],
+                         "stages": ["prepare=k1:o1;summarize=k2:o2", "prepare=k1:o1;summarize=k2:o2",
+                                    "prepare=k1:o1;summarize=k2:o9", "prepare=k1:o1;summarize=k3:o3", float("nan")]})
+    assert ledger.disagreements(rows) == ["summarize (key k2): outputs o2 in 1-main; outputs o9 in 1-no-rl"]
