@@ -1,7 +1,8 @@
 """Finish a run's LLM stages on a lent GPU machine that has no network and takes ~64 MB per call.
 
-The CPU-cheap stages run here first (`mmsrarec run --config C --stop-before train-ranker`). Then:
+The CPU-cheap stages run here first (`mmsrarec run --config C --runs '2026-*' --stop-before train-ranker`). Then:
 
+    python benchmarks/lent_gpu.py wheels                            # here, once: .whl/ (DEVICE_WHEELS, 40 MB)
     python benchmarks/lent_gpu.py pack --config C --runs '2026-*'   # here: payload -> .gpu/1/part, .gpu/2/part
     # on the GPU machine, one call per part, each right after the last (the machine keeps /tmp while warm):
     python3 benchmarks/lent_gpu.py stash 1 --config C --runs '2026-*'  # carry .gpu/1: keeps the part, installs
@@ -176,6 +177,33 @@ def _extract(parts: list[Path], dest: Path) -> list[str]:
         pass  # the truncated tail of a prefix
     joined.unlink()
     return got
+
+
+# what the GPU image lacks (trl, datasets and its dill and multiprocess, gguf for the embedded GGUF, faiss for
+# rank.candidate_votes), and what it has at other versions than this environment, whose behaviour the results
+# depend on (transformers, peft, accelerate, tokenizers, huggingface-hub, fsspec): the device runs these versions
+DEVICE_WHEELS = ("transformers", "trl", "peft", "accelerate", "datasets", "dill", "multiprocess", "fsspec",
+                 "tokenizers", "huggingface-hub", "gguf", "faiss-cpu")
+DEVICE_PYTHON = "3.12"  # the GPU image's python3 (device tool's KINDS.md)
+
+
+def wheels(args: argparse.Namespace) -> None:
+    """Here: --wheels (.whl/) gets DEVICE_WHEELS at this environment's versions, built for the device's Python
+    on manylinux x86_64, for `pack` to carry (--no-deps: the image has what they need beyond these)."""
+    from importlib.metadata import version
+
+    out = Path(args.wheels)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    specs = [f"{name}=={version(name)}" for name in DEVICE_WHEELS]
+    platforms = [x for n in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                             "manylinux2014_x86_64", "manylinux1_x86_64") for x in ("--platform", n)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", DEVICE_PYTHON, "--implementation", "cp", *platforms, "-d", str(out), *specs],
+                   check=True)
+    got = sorted(out.glob("*.whl"))
+    print(f"{len(got)} wheels, {sum(w.stat().st_size for w in got) / 1e6:.1f} MB in {out}: "
+          + ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in got))
 
 
 def _install_wheels(dest: Path) -> None:
@@ -398,6 +426,8 @@ def merge_finished(config: str, overrides: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("wheels", help="here, before pack: download the wheels the GPU machine needs into --wheels")
+    w.add_argument("--wheels", default=str(ROOT / ".whl"))
     p = sub.add_parser("pack")
     p.add_argument("--wheels", default=str(ROOT / ".whl"))
     p.add_argument("--chunk", type=int, default=60_000_000)
@@ -416,7 +446,7 @@ def main() -> None:
                        help="only the experiment's runs whose label SEED-VARIANT matches (as `mmsrarec run --runs`); "
                             "give pack, stash 1 and finish the same")
     args = ap.parse_args()
-    {"pack": pack, "stash": stash, "finish": finish, "unpack": unpack}[args.cmd](args)
+    {"wheels": wheels, "pack": pack, "stash": stash, "finish": finish, "unpack": unpack}[args.cmd](args)
 
 
 if __name__ == "__main__":

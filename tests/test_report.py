@@ -112,6 +112,7 @@ def test_report_is_self_contained_and_escapes_item_text(full_run):
     # every optional part of a full run is there
     assert page.count('class="user"') == 5
     assert "data:image/jpeg;base64," in page        # history thumbnails
+    assert 'class="noimg"' in page                  # and an empty box for the items without an image
     assert "data:image/png;base64," in page         # leaderboard.png and reward_curves.png
     assert "Retrieved context" in page and 'class="neighbours"' in page
     assert 'id="curves"' in page and "information" in page
@@ -178,6 +179,20 @@ def test_baselines_only_report_renders_without_optional_parts(baselines_run):
     assert page.count('class="board"') == 2 and page.count('class="user"') == 3
     assert 'data-method="pop"' in page and page.count("class=target") == 3
     assert "Retrieved context" not in page and 'id="curves"' not in page and "no keywords" in page
+
+
+def test_a_catalogue_without_images_shows_no_empty_image_boxes():
+    from mmsrarec.config import load_config
+    from mmsrarec.evaluate.report import UserView
+    from mmsrarec.rank.prompts import Catalog
+
+    def card(images):
+        view = UserView(Catalog({1: "Heat", 2: "Up"}, {1: "", 2: ""}, {1: ["crime"]}, images), {1: "i1", 2: "i2"},
+                        {}, load_config(None, []).data.images, None, 3)
+        return view.item_card(1)
+
+    assert "noimg" not in card({1: "", 2: ""}) and "Heat" in card({1: "", 2: ""})  # ML-100K: no item has one
+    assert 'class="noimg"' in card({1: "", 2: "/no/such.jpg"})
 
 
 def test_sampled_users_follow_the_seed(baselines_run):

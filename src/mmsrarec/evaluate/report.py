@@ -204,9 +204,13 @@ class UserView:
     ranker: str = ""                  # rank.name: its ranking shows the candidate notes its prompts showed
     notes: dict = field(default_factory=dict)  # case -> rank.prompts.CandidateNotes (candidate votes / CF ranks)
 
+    def __post_init__(self) -> None:
+        self.has_images = any(self.catalog.images.values())
+
     def item_card(self, item: int) -> str:
         uri = thumbnail(self.catalog.images.get(item, ""), self.images.max_bytes, self.images.max_pixels)
-        img = f'<img alt="" src="{uri}">' if uri else '<div class="noimg"></div>'
+        # an empty box marks a missing image only in a catalogue that has images (ML-100K has none)
+        img = f'<img alt="" src="{uri}">' if uri else '<div class="noimg"></div>' if self.has_images else ""
         kws = self.catalog.keywords.get(item)
         desc = f'<div class="kw">{esc(" · ".join(kws))}</div>' if kws else \
             f'<div class="muted small">{esc(self.catalog.descriptions.get(item, ""))}</div>'
