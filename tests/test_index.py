@@ -383,3 +383,23 @@ def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, t
     assert "| main | test | words | 10 | 1 |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit, match="no finished index stage.*--stop-before train-ranker"):
         signal.main([*sum((["--set", o] for o in [*built["overrides"], "name=never-run"]), []), "--out", str(out)])
+
+
+def test_the_notes_cf_models_run_on_the_cpu_whatever_cf_train_device_says(built):
+    """What CF models put into prompts (votes, ranks) is computed on the CPU, so it is the same on every
+    machine: a run whose cf.train.device names a GPU this machine lacks still builds its notes here."""
+    import torch
+
+    from mmsrarec.errors import ConfigError
+    from mmsrarec.rank.stage import NoteMaker
+
+    on_gpu = load_config(None, [*built["overrides"], "cf.train.device=cuda", "rank.candidate_votes=5",
+                                "rank.candidate_cf_rank=sasrec"])
+    n_items = len(_prepared(built["run_dir"])["items"])
+    if not torch.cuda.is_available():
+        from mmsrarec.cf.stage import load_trained
+        with pytest.raises(ConfigError, match="no CUDA GPU"):  # the CF model's own device, for its own rows
+            load_trained(built["run_dir"] / "train-cf", "sasrec", on_gpu, n_items)
+    maker = NoteMaker.load(on_gpu, built["index"], built["run_dir"] / "train-cf", n_items)
+    assert maker.retriever.model.device.type == maker.cf_model.device.type == "cpu"
+    maker.notes(_prepared(built["run_dir"])["test"]["history"][:3], [0, 1, 2])  # and they run there

@@ -102,9 +102,10 @@ class Retriever:
         return similar_users(self.index, self.model, list(histories), np.asarray(users, np.int64), self.cfg, k=k)
 
 
-def load_retriever(index_dir: str | Path, cf_dir: str | Path, run_cfg: Any, n_items: int) -> Retriever:
+def load_retriever(index_dir: str | Path, cf_dir: str | Path, run_cfg: Any, n_items: int,
+                   device: str | None = None) -> Retriever:
     """The index in index_dir (checked as load_index does) with run_cfg.index.cf_model loaded from the
-    train-cf folder cf_dir."""
+    train-cf folder cf_dir, on `device` (default: cf.train.device)."""
     from ..cf.stage import load_trained  # late: the CF stage imports the pipeline
 
     cfg = run_cfg.index
@@ -112,7 +113,7 @@ def load_retriever(index_dir: str | Path, cf_dir: str | Path, run_cfg: Any, n_it
     if not model_file.is_file():
         raise ArtifactError(f"{model_file} is missing: train-cf did not save {cfg.cf_model!r}")
     index = load_index(index_dir, cfg, model_file)
-    model, _ = load_trained(Path(cf_dir), cfg.cf_model, run_cfg, n_items)
+    model, _ = load_trained(Path(cf_dir), cfg.cf_model, run_cfg, n_items, device)
     return Retriever(index, model, cfg)
 
 

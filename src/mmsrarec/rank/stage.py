@@ -122,15 +122,17 @@ class NoteMaker:
         if cf_dir is None or (rank.candidate_votes and index_dir is None):
             raise ArtifactError("rank.candidate_votes needs the index and train-cf folders, rank.candidate_cf_rank "
                                 "the train-cf folder (RankerInputs.index, .cf)")
+        # the CF models run on the CPU, wherever the ranker trains or scores: what they put into prompts (votes,
+        # ranks) is then the same on every machine, as the rerank lists are (evaluate/stage.py)
         retriever = cf_model = None
         if rank.candidate_votes:
             from ..index.store import load_retriever  # late, as retrieved_contexts imports the index
 
-            retriever = load_retriever(index_dir, cf_dir, run_cfg, n_items)
+            retriever = load_retriever(index_dir, cf_dir, run_cfg, n_items, device="cpu")
         if rank.candidate_cf_rank:
             from ..cf.stage import load_trained  # late: the CF stage imports the pipeline
 
-            cf_model = load_trained(Path(cf_dir), rank.candidate_cf_rank, run_cfg, n_items)[0]
+            cf_model = load_trained(Path(cf_dir), rank.candidate_cf_rank, run_cfg, n_items, device="cpu")[0]
         return cls(rank, retriever, cf_model)
 
     def notes(self, histories, users, items: np.ndarray | None = None,
