@@ -353,6 +353,10 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
         lines.append("")
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
+    if "source" in rows and (kept := sorted(set(rows.loc[~rows["source"].astype(str).str.startswith("run folder"),
+                                                          "label"]))):
+        lines += [f"From the ledger {cfg.experiment.ledger} (finished on another machine or in an earlier checkout; "
+                  f"each row's source is in runs.csv): {', '.join(kept)}.", ""]
     write_text(out / "leaderboard.md", "\n".join(lines))
 
 
