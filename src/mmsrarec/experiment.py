@@ -178,8 +178,9 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     order = {m.label: i for i, m in enumerate(everything)}  # the experiment's order, wherever a row came from
     rows = rows.sort_values("label", key=lambda labels: labels.map(order), kind="stable").reset_index(drop=True)
     for line in ledger.disagreements(rows):
-        print(f"[experiment] WARNING: runs on this board read the same stage with other outputs, {line}: "
-              "computed on machines that disagree; their rows differ by more than their config", file=sys.stderr)
+        print(f"[experiment] WARNING: runs on this board read the same stage with other output bytes, {line}: "
+              "from machines that disagree or from other package versions; their rows may differ by more than "
+              "their config", file=sys.stderr)
     on_board = set(rows["label"])
     missing = [m.label for m in everything if m.label not in on_board]
     print(f"[experiment] {len(on_board)} of {len(everything)} runs finished ({len(done)} here)"

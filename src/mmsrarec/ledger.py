@@ -15,9 +15,10 @@ The board then writes the finished runs' rows back into the ledger, replacing th
 fingerprint. Rows are never dropped: those of an older config stay in the file, unused.
 
 Each row also records where it came from: `stages`, the key and the outputs digest of every stage its run
-read. Two runs whose stage has the same key (config and inputs) but other outputs computed it on machines
-that disagree (an LLM's sampled keywords on another CPU type, say): the board says so (`disagreements`),
-since their rows then differ by more than their config.
+read. Two runs whose stage has the same key (config and inputs) but other output bytes got it from machines
+that disagree (an LLM's sampled keywords on another CPU type, say) or from other package versions (a parquet
+writer's): the board says so (`disagreements`), since their rows may then differ by more than their config.
+The prepare stage is left out of that check: its content is compared exactly, by the data digest.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def disagreements(rows: pd.DataFrame) -> list[str]:
             continue  # a row from before the ledger recorded its stages
         for item in record.split(";"):
             name, key_out = item.split("=")
+            if name == "prepare":
+                continue  # the data digest compares its content
             key, outputs = key_out.split(":")
             seen.setdefault((name, key), {}).setdefault(outputs, []).append(label)
     return [f"{name} (key {key}): " + "; ".join(f"outputs {o} in {', '.join(labels)}" for o, labels in outs.items())
