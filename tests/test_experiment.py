@@ -313,3 +313,22 @@ def test_last_line_of_a_log_reads_through_progress_bar_redraws(tmp_path):
     assert last_line(log) == "(no log yet)"
     log.write_text("x" * 5000 + "\n[train-ranker] SFT on 10 examples\n 10%|#  | 1/10\r 20%|##  | 2/10\r\n\n")
     assert last_line(log) == "20%|##  | 2/10"
+
+
+def test_variants_are_compared_with_the_main_ranker_paired_by_seed():
+    from mmsrarec.experiment import paired_deltas
+
+    rows = pd.DataFrame([
+        {"seed": s, "method": m, "protocol": "sampled", "test_hr@5": v}
+        for s, m, v in [(1, "llm", 0.60), (2, "llm", 0.70), (3, "llm", 0.65), (1, "no-rl", 0.50), (2, "no-rl", 0.64),
+                        (1, "pop", 0.9), (3, "one-seed", 0.75)]])
+    rows = pd.concat([rows, pd.DataFrame([{"seed": 1, "method": "no-rl", "protocol": "rerank", "test_hr@10": 0.1},
+                                          {"seed": 1, "method": "llm", "protocol": "rerank", "test_hr@10": 0.3}])])
+    got = paired_deltas(rows, "llm", ["no-rl", "one-seed", "never-ran"]).set_index("variant")
+    assert got.loc["no-rl", "seeds"] == 2
+    assert got.loc["no-rl", "sampled hr@5"] == pytest.approx(-0.08)        # (-0.10 - 0.06) / 2: seed 3 has no no-rl
+    assert got.loc["no-rl", "sampled hr@5 std"] == pytest.approx(np.std([-0.10, -0.06], ddof=1))
+    assert got.loc["no-rl", "rerank hr@10"] == pytest.approx(-0.2)
+    assert got.loc["one-seed", "sampled hr@5"] == pytest.approx(0.10)
+    assert np.isnan(got.loc["one-seed", "sampled hr@5 std"])  # one seed: no spread
+    assert "never-ran" not in got.index

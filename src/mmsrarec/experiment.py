@@ -352,6 +352,19 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
             cells = [_cell(r, f"test_{m}") for m in metrics]
             lines.append(f"| {method_cell(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+    deltas = paired_deltas(rows, cfg.rank.name, [v.name for v in cfg.experiment.variants])
+    if len(deltas):
+        deltas.to_csv(out / "ablations.csv", index=False)
+        cols = [c for c in deltas.columns if c.startswith(("sampled ", "rerank ")) and not c.endswith(" std")]
+        lines += [f"## Variants against {cfg.rank.name}, paired by seed", "",
+                  f"Variant minus {cfg.rank.name} on the same seed (and the same lists), mean ± std over the seeds "
+                  "that have both; negative: the variant is worse.", "",
+                  "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        for _, r in deltas.iterrows():
+            cells = ["–" if pd.isna(r[c]) else f"{r[c]:+.4f}"
+                     + ("" if pd.isna(r[f"{c} std"]) else f" ± {r[f'{c} std']:.4f}") for c in cols]
+            lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
     if "source" in rows and (kept := sorted(set(rows.loc[~rows["source"].astype(str).str.startswith("run folder"),
@@ -359,6 +372,31 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
         lines += [f"From the ledger {cfg.experiment.ledger} (finished on another machine or in an earlier checkout; "
                   f"each row's source is in runs.csv): {', '.join(kept)}.", ""]
     write_text(out / "leaderboard.md", "\n".join(lines))
+
+
+def paired_deltas(rows: pd.DataFrame, main: str, variants: list[str]) -> pd.DataFrame:
+    """Per variant: (variant - main) on each seed that has both rows, per protocol and metric of METRIC_COLUMNS
+    (sampled and rerank, the LLM rankers' protocols), as mean and sample std over those seeds. A paired difference
+    leaves out what the seed changes for both (the CF models, the GRPO policy), which the board's spread has."""
+    out = []
+    for variant in variants:
+        row, seeds = {"variant": variant}, set()
+        for protocol in ("sampled", "rerank"):
+            for metric in METRIC_COLUMNS[protocol]:
+                col = f"test_{metric}"
+                if col not in rows:
+                    continue
+                part = rows[rows["protocol"] == protocol]
+                a = part[part["method"] == variant].groupby("seed")[col].mean()
+                b = part[part["method"] == main].groupby("seed")[col].mean()
+                diff = (a - b).dropna()
+                if len(diff):
+                    seeds |= set(diff.index)
+                    row[f"{protocol} {metric}"] = float(diff.mean())
+                    row[f"{protocol} {metric} std"] = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+        if seeds:
+            out.append({**row, "seeds": len(seeds)})
+    return pd.DataFrame(out)
 
 
 def _cell(row: pd.Series, col: str) -> str:
