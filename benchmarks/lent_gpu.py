@@ -180,8 +180,9 @@ def _extract(parts: list[Path], dest: Path) -> list[str]:
 
 
 # what the GPU image lacks (trl, datasets and its dill and multiprocess, gguf for the embedded GGUF, faiss for
-# rank.candidate_votes), and what it has at other versions than this environment, whose behaviour the results
-# depend on (transformers, peft, accelerate, tokenizers, huggingface-hub, fsspec): the device runs these versions
+# rank.candidate_votes), and what it has at older versions than this environment (transformers 5.17 there, device
+# tool KINDS.md; checked in a venv with the image's versions: rank/train.py's SFTConfig(activation_checkpointing=...)
+# fails under it, and so does shared-prefix scoring's cache), with the libraries those versions go with
 DEVICE_WHEELS = ("transformers", "trl", "peft", "accelerate", "datasets", "dill", "multiprocess", "fsspec",
                  "tokenizers", "huggingface-hub", "gguf", "faiss-cpu")
 DEVICE_PYTHON = "3.12"  # the GPU image's python3 (device tool's KINDS.md)
