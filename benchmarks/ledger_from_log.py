@@ -32,6 +32,11 @@ LINE = re.compile(r"^\[evaluate\] (?P<method>\S+)\s+(?P<protocol>sampled|full|re
                   r"(?P<metrics>(?:\S+=\S+\s*)+)(?P<tail>.*)$")
 
 
+def _metrics(text: str) -> dict[str, float]:
+    """'hr@5=0.6417  auc=0.7944' -> {'test_hr@5': 0.6417, 'test_auc': 0.7944}."""
+    return {f"test_{k}": float(v) for k, v in (kv.split("=") for kv in text.split())}
+
+
 def parse(log: Path, unlabeled: str | None, first: str) -> list[dict]:
     """Rows (label, method, protocol, test metrics, fuse_weight, retrieval_hit_rate) of the log's runs."""
     rows, label = [], None
@@ -47,7 +52,7 @@ def parse(log: Path, unlabeled: str | None, first: str) -> list[dict]:
                          "device call); name its run with --unlabeled LABEL")
             row = {"label": label or unlabeled, "method": m["method"], "protocol": m["protocol"],
                    "source": f"{log.relative_to(ROOT) if log.is_relative_to(ROOT) else log}, line {n} (4 decimals)"}
-            row.update({f"test_{k}": float(v) for k, v in (kv.split("=") for kv in m["metrics"].split())})
+            row.update(_metrics(m["metrics"]))
             if w := re.search(r"weight (\d+\.\d+)", m["rest"]):
                 row["fuse_weight"] = float(w[1])
             if h := re.search(r"hit rate (\d+\.\d+)", m["tail"]):
@@ -60,7 +65,7 @@ def extra(spec: str) -> dict:
     try:
         label, method, protocol, metrics, source = spec.split("|")
         return {"label": label, "method": method, "protocol": protocol, "source": source,
-                **{f"test_{k}": float(v) for k, v in (kv.split("=") for kv in metrics.split())}}
+                **_metrics(metrics)}
     except ValueError:
         sys.exit(f"--row {spec!r}: expected 'LABEL|METHOD|PROTOCOL|k=v k=v|SOURCE'")
 

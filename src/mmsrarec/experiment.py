@@ -127,8 +127,8 @@ def not_held(cfg: RunConfig, runs: list[Member]) -> list[Member]:
     if not cfg.experiment.ledger:
         return runs
     book = ledger.read(cfg.experiment.ledger)
-    have = set(zip(book["label"], book["fingerprint"]))
-    held = [m.label for m in runs if (m.label, ledger.fingerprint(m.cfg)) in have]
+    found = set(ledger.current(book, {m.label: ledger.fingerprint(m.cfg) for m in runs})["label"])
+    held = [m.label for m in runs if m.label in found]
     if held:
         print(f"[experiment] {len(held)} runs are in the ledger {cfg.experiment.ledger} under their present config, "
               f"not run again (--force runs them): {', '.join(held)}", file=sys.stderr)
@@ -154,15 +154,16 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     """The merged leaderboard in runs/<name>/leaderboard/ of the runs finished here (`done`) and, with
     experiment.ledger, of the ledger's rows of the other runs under their present config (ledger.py); the
     ledger then gets the rows of the runs finished here."""
-    here = merge(done) if done else pd.DataFrame(columns=[*ledger.KEYS, "seed", "method", "protocol"])
-    rows = here
+    here = merge(done) if done else pd.DataFrame(columns=ledger.HEAD)
+    rows, from_ledger = here, []
     if cfg.experiment.ledger:
         path = cfg.experiment.ledger
         book = ledger.read(path)
-        wanted = {m.label: ledger.fingerprint(m.cfg) for m in everything if m.label not in set(here["label"])}
-        known = book[book["label"].isin(wanted)]
-        taken = known[known["fingerprint"] == known["label"].map(wanted)]
-        stale = sorted(set(known["label"]) - set(taken["label"]))
+        finished = {m.label for m, _ in done}
+        wanted = {m.label: ledger.fingerprint(m.cfg) for m in everything if m.label not in finished}
+        taken = ledger.current(book, wanted)
+        from_ledger = sorted(set(taken["label"]))
+        stale = sorted(set(book.loc[book["label"].isin(wanted), "label"]) - set(from_ledger))
         if stale:
             print(f"[experiment] ledger {path}: its rows of {', '.join(stale)} are for another config "
                   "(fingerprint; ledger.py), left out", file=sys.stderr)
@@ -188,7 +189,7 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     if rows.empty:
         raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
     out = cfg.run_dir / "leaderboard"
-    write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing)
+    write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing, from_ledger)
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
 
@@ -337,7 +338,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc"], "full": ["hr@10", "ndcg@10"], "rerank": ["hr@10", "ndcg@10"]}
 
 
-def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = ()) -> None:
+def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = (),
+                from_ledger: list[str] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     board = aggregate(rows)
     rows.to_csv(out / "runs.csv", index=False)
@@ -367,10 +369,9 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
         lines.append("")
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
-    if "source" in rows and (kept := sorted(set(rows.loc[~rows["source"].astype(str).str.startswith("run folder"),
-                                                          "label"]))):
+    if from_ledger:
         lines += [f"From the ledger {cfg.experiment.ledger} (finished on another machine or in an earlier checkout; "
-                  f"each row's source is in runs.csv): {', '.join(kept)}.", ""]
+                  f"each row's source is in runs.csv): {', '.join(from_ledger)}.", ""]
     write_text(out / "leaderboard.md", "\n".join(lines))
 
 

@@ -33,6 +33,7 @@ from .configtools import to_dict
 from .errors import ArtifactError
 
 KEYS = ["label", "fingerprint", "data", "source", "stages"]  # first, in this order, then seed, method, protocol, metrics
+HEAD = [*KEYS, "seed", "method", "protocol"]  # a ledger's first columns
 
 
 def fingerprint(cfg) -> str:
@@ -88,16 +89,22 @@ def disagreements(rows: pd.DataFrame) -> list[str]:
             for (name, key), outs in seen.items() if len(outs) > 1]
 
 
+def current(book: pd.DataFrame, fingerprints: dict[str, str]) -> pd.DataFrame:
+    """The ledger's rows of the runs in `fingerprints` (label -> the fingerprint of its present config) that
+    were recorded under that fingerprint."""
+    return book[book["label"].map(fingerprints) == book["fingerprint"]]
+
+
 def read(path: str | Path) -> pd.DataFrame:
     """The ledger's rows (none when the file does not exist yet)."""
     path = Path(path)
     if not path.is_file():
-        return pd.DataFrame(columns=[*KEYS, "seed", "method", "protocol"])
+        return pd.DataFrame(columns=HEAD)
     try:
         book = pd.read_csv(path, dtype={k: str for k in KEYS})
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not a ledger CSV ({exc}); restore it from git") from exc
-    lacking = [k for k in ["label", "fingerprint", "data", "seed", "method", "protocol"] if k not in book.columns]
+    lacking = [k for k in HEAD if k not in book.columns and k not in ("source", "stages")]
     if lacking:
         raise ArtifactError(f"{path}: the ledger lacks the column(s) {lacking}; restore it from git")
     return book.reindex(columns=[*KEYS, *(c for c in book.columns if c not in KEYS)])  # source, stages: optional
@@ -107,18 +114,16 @@ def update(book: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """`book` with `rows` in place of its rows of the same (label, fingerprint); the others kept."""
     if rows.empty:
         return book
-    replaced = pd.MultiIndex.from_frame(book[["label", "fingerprint"]]).isin(
-        pd.MultiIndex.from_frame(rows[["label", "fingerprint"]].drop_duplicates())) if len(book) else []
-    out = pd.concat([book[~replaced] if len(book) else book, rows], ignore_index=True)
-    return out.dropna(axis=1, how="all")
+    new = set(zip(rows["label"], rows["fingerprint"]))
+    kept = book[[pair not in new for pair in zip(book["label"], book["fingerprint"])]]
+    return pd.concat([kept, rows], ignore_index=True).dropna(axis=1, how="all")
 
 
 def write(path: str | Path, book: pd.DataFrame) -> None:
     """The ledger as CSV: the keys first, then seed, method, protocol and the other columns sorted; scalar
     columns only (a blend's valid curve stays in its run's metrics.json); rows sorted by label."""
     scalar = [c for c in book.columns if not book[c].map(lambda v: isinstance(v, (dict, list, tuple))).any()]
-    head = [*KEYS, "seed", "method", "protocol"]
-    cols = head + sorted(c for c in scalar if c not in head)
+    cols = HEAD + sorted(c for c in scalar if c not in HEAD)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
