@@ -122,6 +122,19 @@ def test_ddp_on_cpu_trains_both_stages_identically_on_every_process(run_config):
     assert output.count("up to date, skipped") == 4, output[-3000:]
 
 
+def test_ddp_example_loss_counts_the_examples_of_every_process(run_config):
+    """rank.sft.loss=example under DDP: each step's example count is gathered from both processes (gloo),
+    and both end with the same trained weights. Reuses the ddp run's upstream stages when that test ran first."""
+    records = run_config.parent / "records-ddp-example"
+    launch("ddp.yaml", [str(WORKER), str(records), "train-ranker", "--config", str(run_config), "--set", "name=ddp",
+                        "--set", "rank.sft.loss=example"])
+    ranks = [json.loads((records / f"ExampleMeanSFTTrainer-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 and r["steps"] == 2 for r in ranks), ranks
+    assert ranks[0]["after"] == ranks[1]["after"] != ranks[0]["before"], ranks
+    ranker = json.loads((run_config.parent / "runs" / "ddp" / "train-ranker" / "ranker.json").read_text())
+    assert ranker["loss_per"] == "example"
+
+
 def test_evaluate_under_ddp_shares_the_llm_scoring_and_equals_one_process(run_config):
     """Every process scores its share of the cases into one store; the main one writes the leaderboard;
     the scores equal a single process's. Reuses the ddp run's trained stages when that test ran first."""

@@ -522,6 +522,63 @@ def test_example_loss_on_a_real_batch_equals_each_example_scored_alone_and_train
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses  # the long answers' mean NLL falls slowly
 
 
+def test_example_loss_weighs_every_example_of_a_step_the_same_with_a_short_last_micro_batch(tiny_lm, items, tmp_path):
+    """5 examples in micro-batches of 2, 2 and 1 (gradient accumulation 3): the step's gradient is that of the
+    mean over the 5 examples of each one's mean answer NLL, not of the mean of the 3 micro-batch means (which
+    would weigh the lone example 5/3 as much as each other one)."""
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig
+
+    from mmsrarec.rank.train import trainer_class
+
+    data, catalog = _train_data(items)
+    examples = build_examples(data, catalog, _cfg(tiny_lm), seed=0).select(range(5))
+    model, tok = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)
+    model.double()  # so that a padded batch and its examples alone agree far below the difference looked for
+    grads = {}
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2, gradient_accumulation_steps=3,
+                     max_steps=1, learning_rate=1e-3, max_grad_norm=1e9, completion_only_loss=True, report_to="none",
+                     seed=0, save_strategy="no", disable_tqdm=True)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = trainer_class("example")(model=model, args=args, train_dataset=examples, processing_class=tok,
+                                       peft_config=lora, callbacks=[Grab()])
+    peft_model = trainer.model
+    start = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert grads and all(n in start for n in grads)
+
+    with torch.no_grad():  # back to the weights the step's gradient was taken at
+        for n, p in peft_model.named_parameters():
+            if n in start:
+                p.copy_(start[n])
+    batches = [trainer.data_collator([trainer.train_dataset[i]]) for i in range(len(examples))]
+
+    def grads_of(loss):
+        peft_model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in peft_model.named_parameters() if n in grads}
+
+    def nll(batch):  # one example, unpadded: its mean NLL over its answer tokens
+        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        on = labels != -100
+        return torch.nn.functional.cross_entropy(logits[on], labels[on])
+
+    per_example = [nll(b) for b in batches]
+    want = grads_of(torch.stack(per_example).mean())
+    got, want = torch.cat([grads[n].flatten() for n in grads]), torch.cat([want[n].flatten() for n in grads])
+    assert float((got - want).norm() / want.norm()) < 1e-6, float((got - want).norm() / want.norm())
+
+
 def test_vlm_sft_with_images_runs(tiny_vlm, items, tmp_path):
     from mmsrarec.rank.train import read_log, train_ranker
 

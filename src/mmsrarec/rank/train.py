@@ -44,10 +44,11 @@ def example_lengths(dataset, processor: Any) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def example_mean_nll(logits, labels):
-    """rank.sft.loss='example': the mean over examples of each example's mean negative log-likelihood over
-    its answer tokens. logits[b, j] predicts labels[b, j] (already shifted); -100 marks a position without a
-    label; a row without any label is left out (a batch without any gives a zero that still has a graph)."""
+def example_nll_sum(logits, labels):
+    """(sum over examples of each example's mean negative log-likelihood over its answer tokens, number of
+    examples with an answer). logits[b, j] predicts labels[b, j] (already shifted); -100 marks a position
+    without a label; a row without any label is left out (a batch without any gives a zero that still has a
+    graph)."""
     import torch.nn.functional as F
 
     mask = labels != -100
@@ -55,8 +56,19 @@ def example_mean_nll(logits, labels):
     counts = mask.sum(1)
     has = counts > 0
     if not has.any():
-        return logits.sum() * 0.0
-    return (nll.sum(1)[has] / counts[has]).mean()
+        return logits.sum() * 0.0, 0
+    return (nll.sum(1)[has] / counts[has]).sum(), int(has.sum())
+
+
+def example_mean_nll(logits, labels):
+    """rank.sft.loss='example' on one batch: the mean over its examples of each example's mean answer NLL."""
+    total, n = example_nll_sum(logits, labels)
+    return total / max(n, 1)
+
+
+def answered_examples(batches: list[dict]) -> int:
+    """Examples with at least one answer token (a label after the shift) in these collated batches."""
+    return sum(int((b["labels"][:, 1:] != -100).any(1).sum()) for b in batches)
 
 
 def answer_logits(model, inputs: dict, keep_only_answers: bool = True):
@@ -92,18 +104,37 @@ def trainer_class(loss: str):
                          f"(5.24 has it; this is {transformers.__version__}): upgrade it or use rank.sft.loss=token")
 
     class ExampleMeanSFTTrainer(SFTTrainer):
-        """Each micro-batch's loss is example_mean_nll; the Trainer divides it by the accumulation steps (an
-        optimizer step's examples weigh the same when its micro-batches are full; DDP averages the ranks)."""
+        """An optimizer step's loss is the mean, over all of its examples (every micro-batch of the gradient
+        accumulation and, under DDP, every process), of each example's mean answer NLL: get_batch_samples
+        counts the step's examples where the Trainer counts its tokens, and each micro-batch adds its
+        examples' sum over that count. So a short last micro-batch weighs its examples no more than the others."""
 
-        loss_is_scaled_for_ga = False
+        loss_is_scaled_for_ga = True  # divided by the step's example count, not by the accumulation steps
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.keeps_logits = _keeps_logits(self.model)  # once, not per micro-batch
 
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            import torch
+
+            batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+            count = torch.tensor([answered_examples(batches)], device=device)
+            if self._across_processes():
+                count = self.accelerator.gather(count)
+            return batches, count.sum()
+
+        def _across_processes(self) -> bool:
+            return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             logits, labels = answer_logits(model, inputs, self.keeps_logits)
-            loss = example_mean_nll(logits, labels)
+            total, n = example_nll_sum(logits, labels)
+            if num_items_in_batch is None:  # not a training step (get_batch_samples gives every one a count)
+                loss = total / max(n, 1)
+            else:  # DDP averages the processes' gradients: undo that for a mean over all their examples
+                loss = total / num_items_in_batch.clamp(min=1) * (self.accelerator.num_processes
+                                                                  if self._across_processes() else 1)
             return (loss, {"logits": logits}) if return_outputs else loss
 
     return ExampleMeanSFTTrainer
