@@ -153,3 +153,35 @@ def test_the_committed_ledger_still_holds_its_runs_under_the_present_config():
     current = {label for label, fp in zip(book["label"], book["fingerprint"]) if fingerprints.get(label) == fp}
     assert COMMITTED_RUNS <= current, f"stale in the ledger: {sorted(COMMITTED_RUNS - current)}"
     assert book.groupby(["label", "fingerprint"])["data"].nunique().max() == 1
+
+
+def test_a_neutral_option_added_later_keeps_stage_keys_and_fingerprints(tmp_path):
+    """configtools.field(neutral=True): a new option at its default is left out of stage keys and run
+    fingerprints (key_dict), so what the ledger holds and the finished stages stay valid; set, it counts.
+    A field added without neutral=True changes them even at its default."""
+    import dataclasses
+
+    from mmsrarec.config import RankConfig
+    from mmsrarec.configtools import field, key_dict, to_dict
+    from mmsrarec.pipeline import Runner
+
+    cfg = load_config("configs/ml100k_gpu.yaml", [f"runs_dir={tmp_path}"])
+
+    def with_new_option(neutral: bool, value=None):
+        extra = dataclasses.make_dataclass("Rank", [("hard_negatives", str, field("", help="new", neutral=neutral))],
+                                           bases=(RankConfig,))
+        rank = extra(**{f.name: getattr(cfg.rank, f.name) for f in dataclasses.fields(RankConfig)})
+        if value is not None:
+            rank.hard_negatives = value
+        return dataclasses.replace(cfg, rank=rank)
+
+    def train_ranker_key(c) -> str:  # the stage key with the same (absent) inputs
+        return Runner(c).key("train-ranker", {dep: {"outputs_digest": "x"} for dep in Runner(c).stages})[0]
+
+    neutral, plain, set_ = with_new_option(True), with_new_option(False), with_new_option(True, "sasrec")
+    assert ledger.fingerprint(neutral) == ledger.fingerprint(cfg)
+    assert train_ranker_key(neutral) == train_ranker_key(cfg)
+    assert ledger.fingerprint(plain) != ledger.fingerprint(cfg) != ledger.fingerprint(set_)
+    assert train_ranker_key(set_) != train_ranker_key(cfg)
+    assert "hard_negatives" in to_dict(neutral.rank) and "hard_negatives" not in key_dict(neutral.rank)
+    assert key_dict(set_.rank)["hard_negatives"] == "sasrec"

@@ -23,11 +23,18 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING):
-    """A dataclass field that carries help text (shown by `mmsrarec config --help-keys`)."""
+def field(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING,
+          neutral: bool = False):
+    """A dataclass field that carries help text (shown by `mmsrarec config --help-keys`).
+
+    neutral=True: an option added after results were computed, whose default does exactly what the code did
+    before it existed. Stage keys and run fingerprints (key_dict) leave it out while it is at its default,
+    so adding it leaves every finished stage and the ledger's rows valid; set, it is in them like any other.
+    Changing a neutral field's default later is a change of results: give it a new name instead."""
+    metadata = {"help": help, **({"neutral": True} if neutral else {})}
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- YAML with lines
@@ -221,14 +228,27 @@ class InvalidValue(ConfigError):
         self.key, self.why = key, why
 
 
-def to_dict(obj: Any) -> Any:
+def to_dict(obj: Any, keyed: bool = False) -> Any:
+    """Plain dicts and lists of a config tree. keyed=True (key_dict): less the neutral fields at their default."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name), keyed) for f in dataclasses.fields(obj)
+                if not (keyed and f.metadata.get("neutral") and _at_default(obj, f))}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, keyed) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, keyed) for k, v in obj.items()}
     return obj
+
+
+def key_dict(obj: Any) -> Any:
+    """What a stage key or a run fingerprint holds of a config section: to_dict less the neutral fields
+    (field(neutral=True)) that are at their default."""
+    return to_dict(obj, keyed=True)
+
+
+def _at_default(obj: Any, f: dataclasses.Field) -> bool:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return to_dict(getattr(obj, f.name)) == to_dict(default)
 
 
 def help_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

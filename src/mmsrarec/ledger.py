@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import __version__
 from .artifacts import sha256_json
-from .configtools import to_dict
+from .configtools import key_dict
 from .errors import ArtifactError
 
 KEYS = ["label", "fingerprint", "data", "source", "stages"]  # first, in this order, then seed, method, protocol, metrics
@@ -41,7 +41,7 @@ def fingerprint(cfg) -> str:
     from .pipeline import Runner
 
     runner = Runner(cfg)
-    sections = {name: to_dict(runner.stages[name].section(cfg)) for name in runner.plan("evaluate")}
+    sections = {name: key_dict(runner.stages[name].section(cfg)) for name in runner.plan("evaluate")}
     return sha256_json({"sections": sections, "version": __version__})[:16]
 
 

@@ -26,7 +26,7 @@ from . import __version__
 from .artifacts import hash_tree, read_json, sha256_json, write_json
 from .config import RunConfig
 from . import distributed
-from .configtools import to_dict
+from .configtools import key_dict, to_dict
 from .errors import ArtifactError, ConfigError, MmsrarecError
 from .evaluate.outside import check_score_files, score_file_digests
 from .mllmmsr import config as msr
@@ -78,7 +78,7 @@ def _evaluate_needs(cfg: RunConfig) -> list[str]:
 
 def _prepare_section(cfg: RunConfig) -> dict:
     """data.* with the effective seed: data.seed -1 under run seed 5 is the same split as data.seed 5."""
-    data = {k: v for k, v in to_dict(cfg.data).items() if k != "seed"}
+    data = {k: v for k, v in key_dict(cfg.data).items() if k != "seed"}
     return {"data": data, "seed": cfg.data_seed}
 
 
@@ -323,7 +323,7 @@ class Runner:
         stage = self.stages[name]
         done = self._done if done is None else done
         inputs = {dep: done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
-        config = to_dict(stage.section(self.cfg))
+        config = key_dict(stage.section(self.cfg))
         return sha256_json({"config": config, "inputs": inputs, "version": __version__}), inputs
 
     def ensure(self, name: str, force: bool = False) -> dict:
