@@ -42,8 +42,9 @@ from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
 from mmsrarec.evaluate.stage import read_scores
 from mmsrarec.pipeline import Runner
+from mmsrarec.rank.prompts import LEVEL_WORDS, rank_level
 from mmsrarec.rank.sharded import stored_seconds
-from mmsrarec.rank.stage import RankerInputs, score_cases, similar_users_votes
+from mmsrarec.rank.stage import RankerInputs, cf_ranks, score_cases, similar_users_votes
 
 METRICS = ["hr@1", "hr@5", "ndcg@5", "auc"]
 
@@ -103,6 +104,7 @@ def run_variant(config: str | None, common: list[str], name: str, sets: list[str
     summary = manifest.get("summary", {})
     return {"variant": name, "overrides": sets, "run": str(runner.run_dir), "cases": len(cases),
             "candidate_votes": cfg.rank.candidate_votes, "candidate_cf_rank": cfg.rank.candidate_cf_rank,
+            "candidate_cf_rank_as": cfg.rank.candidate_cf_rank_as,
             "examples": summary.get("examples"), "steps": summary.get("steps"),
             "first_loss": _round(summary.get("first_loss")), "last_loss": _round(summary.get("last_loss")),
             "sft_s": round(float(manifest.get("wall_time_s") or sft_s), 1), "score_s": round(per_case * len(cases), 1),
@@ -176,8 +178,11 @@ def earlier_rows(path: Path, cases: pd.DataFrame) -> list[dict]:
     return [{**row, "from": str(path)} for row in earlier["rows"] if "overrides" in row]
 
 
-def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], methods: list[str]) -> list[dict]:
-    """The vote reader at each k and the base run's stored CF scores, on the same cases."""
+def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], methods: list[str],
+               level_models: list[str] = ()) -> list[dict]:
+    """The vote reader at each k, the level reader of each CF model shown as levels
+    (rank.candidate_cf_rank_as=level: the level word alone, ties counted as ties) and the base run's stored
+    CF scores, on the same cases."""
     base_dir = base.run_dir
     rows = []
     candidates = Cases.from_frame(cases).candidates()
@@ -189,6 +194,13 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
             votes = similar_users_votes(retriever, cases["history"], cases["user"], k)
             counts = np.array([[v.votes.get(int(c), 0) for c in row] for v, row in zip(votes, candidates)], float)
             rows.append({"variant": f"vote reader, k = {k} (no LLM)", "cases": len(cases), **metrics(counts)})
+    for model_name in level_models:
+        from mmsrarec.cf.stage import load_trained
+
+        model = load_trained(base_dir / "train-cf", model_name, base, n_items, device="cpu")[0]
+        ranks = cf_ranks(model, list(cases["history"]), candidates)
+        levels = np.array([[-LEVEL_WORDS.index(rank_level(int(r), n_items)) for r in row] for row in ranks], float)
+        rows.append({"variant": f"{model_name} level reader (no LLM)", "cases": len(cases), **metrics(levels)})
     for method in methods:
         path = base_dir / "evaluate" / "scores" / f"{method}_test.parquet"
         if not path.is_file():
@@ -280,7 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = earlier_rows(Path(args.earlier), cases) if args.earlier else []
     rows += [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
     vote_ks = sorted({row.get("candidate_votes", 0) for row in rows} - {0})
-    rows += references(base, len(data["items"]), cases, vote_ks, list(dict.fromkeys([*args.references, *args.fuse])))
+    level_models = sorted({row["candidate_cf_rank"] for row in rows if row.get("candidate_cf_rank_as") == "level"
+                           or "rank.candidate_cf_rank_as=level" in row.get("overrides", [])})  # (rows of older JSON)
+    rows += references(base, len(data["items"]), cases, vote_ks, list(dict.fromkeys([*args.references, *args.fuse])),
+                       level_models)
     valid = data["valid"].iloc[case_sample(len(data["valid"]), args.valid_cases, base.seed)]
     rows += fused_rows(args.config, args.overrides, base, rows, valid, args.fuse) if args.fuse else []
     facts = {"cases": len(cases), "all_cases": len(test), "seed": base.seed,

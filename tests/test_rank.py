@@ -375,6 +375,14 @@ def test_cf_ranks_count_the_higher_scored_items_outside_the_history():
     assert note.about(3) == "SASRec ranks it 2"
     both = CandidateNotes({3: 1}, 5, {3: 2}, "SASRec")
     assert both.about(3) == "chosen next by 1 of 5 similar users; SASRec ranks it 2"
+    # rank.candidate_cf_rank_as=level: the share of a 1,000-item catalogue at or above the rank, as a word
+    levels = CandidateNotes(ranks={1: 1, 2: 10, 3: 11, 4: 30, 5: 100, 6: 300, 7: 301}, ranked_by="SASRec", levels_of=1000)
+    assert [levels.about(i).removeprefix("SASRec rates it ") for i in range(1, 8)] == \
+        ["very high", "very high", "high", "high", "medium", "low", "very low"]
+    from mmsrarec.config import load_config
+
+    with pytest.raises(ConfigError, match="candidate_cf_rank_as.*candidate_cf_rank, which is off"):
+        load_config(None, ["rank.candidate_cf_rank_as=level"])
 
 
 def test_examples_are_deterministic_and_follow_the_task_weights(items):
@@ -815,13 +823,17 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
         row.pop("candidate_votes", None)
     out.with_suffix(".json").write_text(json.dumps(earlier))
     more = tmp_path / "more"
-    ab.main([*sets, "--variant", "ranks=rank.candidate_cf_rank=sasrec", "--cases", "6", "--with",
+    ab.main([*sets, "--variant", "ranks=rank.candidate_cf_rank=sasrec", "--variant",
+             "levels=rank.candidate_cf_rank=sasrec;rank.candidate_cf_rank_as=level", "--cases", "6", "--with",
              str(out.with_suffix(".json")), "--out", str(more)])
     again = json.loads(more.with_suffix(".json").read_text())
-    assert [r["variant"] for r in again["rows"] if "overrides" in r] == ["plain", "votes", "ranks"]
+    assert [r["variant"] for r in again["rows"] if "overrides" in r] == ["plain", "votes", "ranks", "levels"]
     assert again["rows"][0]["scores"] == rows["plain"]["scores"] and "ranks - plain, paired" in \
         more.with_suffix(".md").read_text()
     assert "SASRec ranks it" in (Path(again["rows"][2]["run"]) / "train-ranker" / "examples.jsonl").read_text()
+    assert "SASRec rates it " in (Path(again["rows"][3]["run"]) / "train-ranker" / "examples.jsonl").read_text()
+    reader = next(r for r in again["rows"] if r["variant"] == "sasrec level reader (no LLM)")
+    assert reader["cases"] == 6 and 0 <= reader["hr@5"] <= 1
     with pytest.raises(SystemExit, match="other cases"):
         ab.main([*sets, "--variant", "ranks", "--cases", "5", "--with", str(out.with_suffix(".json")),
                  "--out", str(more)])
@@ -837,7 +849,7 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     report = json.loads(fused.with_suffix(".json").read_text())
     rows = [r for r in report["rows"] if "fused_with" in r]
     sasrec = next(r for r in report["rows"] if r.get("method") == "sasrec")
-    assert [r["variant"].split(" + ")[0] for r in rows] == ["plain", "votes", "ranks"]
+    assert [r["variant"].split(" + ")[0] for r in rows] == ["plain", "votes", "ranks", "levels"]
     assert report["valid_cases"] == 5 and len(set(report["valid_case_numbers"])) == 5
     for row, llm in zip(rows, again["rows"]):
         assert 0 <= row["weight"] <= 1 and len(row["valid_curve"]) == 21
@@ -847,4 +859,4 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
         assert (Path(llm["run"]) / "train-ranker" / "manifest.json").stat().st_mtime_ns == trained_at[llm["run"]]
         assert row["of"] == llm["variant"] and len(row["test_curve_diagnostic"]) == 21
     md = fused.with_suffix(".md").read_text()
-    assert "sasrec (base run), paired" in md and md.count("peeks at test, not a result") == 3
+    assert "sasrec (base run), paired" in md and md.count("peeks at test, not a result") == 4

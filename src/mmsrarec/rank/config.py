@@ -131,6 +131,11 @@ class RankConfig:
         "", help="a model of cf.models (e.g. sasrec): end each candidate's line with its rank when that model, "
                  "trained on the training split, ranks every item for the case's history ('sasrec ranks it 4'; "
                  "the history's own items do not compete); '' = off (the paper)")
+    candidate_cf_rank_as: Literal["number", "level"] = field(
+        "number", neutral=True,
+        help="how candidate_cf_rank shows the rank: number ('sasrec ranks it 4') or level, one of five words by "
+             "the share of the catalogue at or above it ('sasrec rates it very high': top 1%; high: 3%; medium: "
+             "10%; low: 30%; very low), which a small LLM maps to Yes/No more easily than digits")
     use_keywords: bool = field(True, help="describe items by their summarized keywords; false = by the raw item "
                                           "text (the 'no summarization' ablation)")
     keywords_from: Literal["auto", "summarize", "summarize-tuned"] = field(
@@ -159,6 +164,9 @@ class RankConfig:
                 raise InvalidValue(key, f"must be >= 0, got {getattr(self, key)}")
         if not 2 <= self.choice_candidates <= 26:
             raise InvalidValue("choice_candidates", f"must be in 2..26 (letters A-Z), got {self.choice_candidates}")
+        if self.candidate_cf_rank_as != "number" and not self.candidate_cf_rank:
+            raise InvalidValue("candidate_cf_rank_as", "shows the rank of rank.candidate_cf_rank, which is off: name "
+                               "a model of cf.models there (e.g. sasrec)")
         if (self.candidate_image or self.history_image) and self.model.kind != "vlm":
             key = "candidate_image" if self.candidate_image else "history_image"
             raise InvalidValue(key, "needs a vision-language model (rank.model.kind: vlm)")

@@ -97,20 +97,35 @@ class CandidateNotes:
     votes, k: how many of the case's k most similar training users chose each item next (absent: none);
     rank.candidate_votes.
     ranks, ranked_by: each item's rank (1 = first) when the CF model `ranked_by` scores every item for
-    the case's history (ranks[item]: a mapping or an array indexed by item); rank.candidate_cf_rank."""
+    the case's history (ranks[item]: a mapping or an array indexed by item); rank.candidate_cf_rank.
+    levels_of: > 0 (the catalogue's size): the rank is shown as a level word (rank_level), not a number;
+    rank.candidate_cf_rank_as=level."""
 
     votes: Mapping[int, int] | None = None
     k: int = 0
     ranks: Any = None
     ranked_by: str = ""
+    levels_of: int = 0
 
     def about(self, item: int) -> str:
         parts = []
         if self.votes is not None:
             parts.append(f"chosen next by {int(self.votes.get(int(item), 0))} of {self.k} similar users")
         if self.ranks is not None:
-            parts.append(f"{self.ranked_by} ranks it {int(self.ranks[int(item)])}")
+            rank = int(self.ranks[int(item)])
+            parts.append(f"{self.ranked_by} rates it {rank_level(rank, self.levels_of)}" if self.levels_of
+                         else f"{self.ranked_by} ranks it {rank}")
         return "; ".join(parts)
+
+
+RANK_LEVELS = ((0.01, "very high"), (0.03, "high"), (0.10, "medium"), (0.30, "low"))  # (top share, word)
+LEVEL_WORDS = (*(word for _, word in RANK_LEVELS), "very low")  # best first
+
+
+def rank_level(rank: int, n_items: int) -> str:
+    """The level word of a CF rank (1 = first) among n_items: very high (top 1%), high (3%), medium (10%),
+    low (30%), very low."""
+    return next((word for share, word in RANK_LEVELS if rank <= share * n_items), LEVEL_WORDS[-1])
 
 
 def candidate_line(catalog: Catalog, item: int, notes: CandidateNotes | None = None) -> str:

@@ -109,6 +109,12 @@ class NoteMaker:
     cfg: RankConfig
     retriever: Any = None  # index.store.Retriever, with candidate_votes
     cf_model: Any = None   # the model named by candidate_cf_rank
+    n_items: int = 0
+
+    @property
+    def levels_of(self) -> int:
+        """CandidateNotes.levels_of: the catalogue's size when ranks show as levels, else 0."""
+        return self.n_items if self.cfg.candidate_cf_rank_as == "level" else 0
 
     @property
     def ranked_by(self) -> str:
@@ -133,7 +139,7 @@ class NoteMaker:
             from ..cf.stage import load_trained  # late: the CF stage imports the pipeline
 
             cf_model = load_trained(Path(cf_dir), rank.candidate_cf_rank, run_cfg, n_items, device="cpu")[0]
-        return cls(rank, retriever, cf_model)
+        return cls(rank, retriever, cf_model, n_items)
 
     def notes(self, histories, users, items: np.ndarray | None = None,
               log: Callable[[str], None] | None = None) -> list[CandidateNotes]:
@@ -146,7 +152,7 @@ class NoteMaker:
             ranks = cf_ranks(self.cf_model, histories, items)
             for i, (note, row) in enumerate(zip(notes, ranks)):
                 note.ranks = row if items is None else dict(zip(np.asarray(items[i]).tolist(), row.tolist()))
-                note.ranked_by = self.ranked_by
+                note.ranked_by, note.levels_of = self.ranked_by, self.levels_of
             if log is not None:
                 log(f"candidate CF ranks: {len(histories):,} histories ranked by {self.cfg.candidate_cf_rank} in "
                     f"{time.perf_counter() - t0:.1f} s")
@@ -167,7 +173,8 @@ class NoteMaker:
             note = voted.get((user, t), CandidateNotes())
             if self.cf_model is None:
                 return note
-            return replace(note, ranks=cf_ranks(self.cf_model, [histories[(user, t)]])[0], ranked_by=self.ranked_by)
+            return replace(note, ranks=cf_ranks(self.cf_model, [histories[(user, t)]])[0], ranked_by=self.ranked_by,
+                           levels_of=self.levels_of)
 
         return notes
 
