@@ -376,7 +376,8 @@ def test_cf_ranks_count_the_higher_scored_items_outside_the_history():
     both = CandidateNotes({3: 1}, 5, {3: 2}, "SASRec")
     assert both.about(3) == "chosen next by 1 of 5 similar users; SASRec ranks it 2"
     # rank.candidate_cf_rank_as=level: the share of a 1,000-item catalogue at or above the rank, as a word
-    levels = CandidateNotes(ranks={1: 1, 2: 10, 3: 11, 4: 30, 5: 100, 6: 300, 7: 301}, ranked_by="SASRec", levels_of=1000)
+    levels = CandidateNotes(ranks={1: 1, 2: 10, 3: 11, 4: 30, 5: 100, 6: 300, 7: 301}, ranked_by="SASRec",
+                            levels_of=1000)
     assert [levels.about(i).removeprefix("SASRec rates it ") for i in range(1, 8)] == \
         ["very high", "very high", "high", "high", "medium", "low", "very low"]
     from mmsrarec.config import load_config
@@ -530,7 +531,7 @@ def test_example_loss_on_a_real_batch_equals_each_example_scored_alone_and_train
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses  # the long answers' mean NLL falls slowly
 
 
-def test_example_loss_weighs_every_example_of_a_step_the_same_with_a_short_last_micro_batch(tiny_lm, items, tmp_path):
+def test_example_loss_weighs_every_example_of_a_step_alike_with_a_short_last_micro_batch(tiny_lm, items, tmp_path):
     """5 examples in micro-batches of 2, 2 and 1 (gradient accumulation 3): the step's gradient is that of the
     mean over the 5 examples of each one's mean answer NLL, not of the mean of the 3 micro-batch means (which
     would weigh the lone example 5/3 as much as each other one)."""
@@ -553,9 +554,9 @@ def test_example_loss_weighs_every_example_of_a_step_the_same_with_a_short_last_
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
 
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2, gradient_accumulation_steps=3,
-                     max_steps=1, learning_rate=1e-3, max_grad_norm=1e9, completion_only_loss=True, report_to="none",
-                     seed=0, save_strategy="no", disable_tqdm=True)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=3, max_steps=1, learning_rate=1e-3, max_grad_norm=1e9,
+                     completion_only_loss=True, report_to="none", seed=0, save_strategy="no", disable_tqdm=True)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer = trainer_class("example")(model=model, args=args, train_dataset=examples, processing_class=tok,
                                        peft_config=lora, callbacks=[Grab()])
