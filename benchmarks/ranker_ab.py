@@ -37,6 +37,7 @@ import pandas as pd
 
 from mmsrarec.artifacts import read_json
 from mmsrarec.cf.base import Cases
+from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
@@ -195,8 +196,6 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
             counts = np.array([[v.votes.get(int(c), 0) for c in row] for v, row in zip(votes, candidates)], float)
             rows.append({"variant": f"vote reader, k = {k} (no LLM)", "cases": len(cases), **metrics(counts)})
     for model_name in level_models:
-        from mmsrarec.cf.stage import load_trained
-
         model = load_trained(base_dir / "train-cf", model_name, base, n_items, device="cpu")[0]
         ranks = cf_ranks(model, list(cases["history"]), candidates)
         levels = np.array([[-LEVEL_WORDS.index(rank_level(int(r), n_items)) for r in row] for row in ranks], float)
