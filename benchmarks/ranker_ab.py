@@ -74,7 +74,10 @@ def trained(config: str | None, common: list[str], name: str, sets: list[str], b
     kept). train=False (a --with row) trains nothing: it takes the ranker in the run's folder, the one that
     scored the row, even if this code would key its stage differently (e.g. a config field added since)."""
     cfg = load_config(config, [*common, *sets, f"name={base.name}-ab-{name}"])
-    runner = Runner(cfg, reuse=[base.run_dir])
+    # the base run and its experiment's runs: an ablation's own stages (zero-shot keywords, a GRU4Rec index)
+    # are linked from the experiment run that built them, when their keys match
+    runner = Runner(cfg, reuse=[base.run_dir, *sorted(p for p in (base.run_dir / "experiment").glob("*")
+                                                      if p.is_dir())])
     if train or runner.finished(runner.plan("train-ranker")) is not None:
         return cfg, runner, runner.run("train-ranker")
     path = runner.run_dir / "train-ranker" / "manifest.json"

@@ -238,6 +238,33 @@ def test_several_users_scored_together_equal_each_user_alone(kind, tiny_lm, fold
         score_shared_prefix_many(scorer, [image_prompt, prompts[1]])
 
 
+def test_a_suffix_forward_reads_the_prefix_cache_and_keeps_no_copy_of_it(tiny_lm, catalog):
+    """The rows' [prefix | suffix] keys and values live only while their layer runs: the suffix cache holds
+    the prefix cache's own tensors before and after the forward (a DynamicCache holding per-row copies of
+    every layer took 11 GB for 256 rows of SmolLM2-135M), and the prefix cache does not grow."""
+    from mmsrarec.rank.score import encode, new_cache, right_padded, select_cache, suffix_yes
+
+    model, tok = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu", dtype="float32"))
+    sharpen(model)
+    prompt = rank_prompt(tok, catalog, HISTORY, CONTEXT, CANDIDATES, 10)
+    scorer = Scorer.from_model(model, tok, False)
+    prefix = encode(scorer, [prompt.prefix])
+    cache = new_cache(scorer)
+    width = prefix["input_ids"].shape[1]
+    rows = torch.zeros(len(prompt), dtype=torch.long)
+    ids, mask = right_padded(scorer, [tok(s, add_special_tokens=False)["input_ids"] for s in prompt.suffixes])
+    with torch.inference_mode():
+        scorer.decoder(**prefix, cache=cache, use_cache=True)
+        suffix_cache = select_cache(cache, rows)
+        got = suffix_yes(scorer, ids, mask, suffix_cache, prefix["attention_mask"][rows],
+                         torch.full((len(rows),), width), False)
+    assert np.abs(got.numpy() - score_naive(scorer, prompt)).max() < 1e-4
+    for mine, theirs in zip(suffix_cache.layers, cache.layers, strict=True):
+        assert mine.keys is theirs.keys and mine.values is theirs.values
+        assert theirs.keys.shape[0] == 1 and theirs.keys.shape[-2] == width
+    assert cache.get_seq_length() == suffix_cache.get_seq_length() == width
+
+
 def test_candidate_images_fall_back_to_batched_full_prompts(tiny_vlm, catalog):
     model, processor = load_vlm(ModelConfig(name_or_path=str(tiny_vlm), kind="vlm", device="cpu", dtype="float32"))
     sharpen(model)
@@ -861,3 +888,10 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
         assert row["of"] == llm["variant"] and len(row["test_curve_diagnostic"]) == 21
     md = fused.with_suffix(".md").read_text()
     assert "sasrec (base run), paired" in md and md.count("peeks at test, not a result") == 4
+
+    # an ablation's own stages (here: an index with another k) are linked from the base run's experiment runs
+    alt = load_config(None, [*over, "index.k=2", f"runs_dir={base.run_dir / 'experiment'}", "name=2025-alt"])
+    Runner(alt, reuse=[base.run_dir]).run("index")
+    ab.main([*sets, "--variant", "alt=index.k=2", "--cases", "6", "--out", str(tmp_path / "alt")])
+    row = json.loads((tmp_path / "alt.json").read_text())["rows"][0]
+    assert (Path(row["run"]) / "index").resolve() == (alt.run_dir / "index").resolve() != Path(row["run"]) / "index"
