@@ -11,6 +11,10 @@ the number such a prompt shows) and the base run's CF scores (evaluate/scores/<m
         --set rank.max_examples=400 --variant plain --variant votes=rank.candidate_votes=500 \
         --out benchmarks/results/ranker_ab_votes_cpu
 
+An ablation's own stages (the zero-shot keywords of no-rl, the GRU4Rec index) are linked from the
+config's experiment runs that built them (`mmsrarec run --config C --stop-before train-ranker`). `--seed S`
+takes the experiment's run of seed S as the base and trains every variant with seed S, on the same cases.
+
 Small SFT budgets say whether a prompt feature is picked up at all, not what a full run reaches.
 Writes OUT.json (every number, per-case scores included) and OUT.md, which also gives each variant's
 paired difference to the first one over the same cases (HR@5, NDCG@5; 95% bootstrap interval).
@@ -29,8 +33,10 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +48,7 @@ from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
 from mmsrarec.evaluate.protocols import sampled_metrics
 from mmsrarec.evaluate.stage import read_scores
+from mmsrarec.experiment import members
 from mmsrarec.pipeline import Runner
 from mmsrarec.rank.prompts import LEVEL_WORDS, rank_level
 from mmsrarec.rank.sharded import stored_seconds
@@ -69,15 +76,41 @@ def metrics(scores: np.ndarray) -> dict[str, float]:
     return {k: round(float(v.mean()), 4) for k, v in sampled_metrics(scores, METRICS).items()}
 
 
-def trained(config: str | None, common: list[str], name: str, sets: list[str], base, train: bool = True):
-    """Variant `name`'s run (linked to the base run's stages) with its ranker trained (a finished one is
-    kept). train=False (a --with row) trains nothing: it takes the ranker in the run's folder, the one that
-    scored the row, even if this code would key its stage differently (e.g. a config field added since)."""
-    cfg = load_config(config, [*common, *sets, f"name={base.name}-ab-{name}"])
-    # the base run and its experiment's runs: an ablation's own stages (zero-shot keywords, a GRU4Rec index)
-    # are linked from the experiment run that built them, when their keys match
-    runner = Runner(cfg, reuse=[base.run_dir, *sorted(p for p in (base.run_dir / "experiment").glob("*")
-                                                      if p.is_dir())])
+@dataclass
+class Setup:
+    """What every variant shares: the config and overrides it starts from, the base run whose stages it
+    links and whose CF scores are the references, the finished runs it may link stages from (the base run,
+    then the config's run and its experiment's runs: an ablation's own stages, such as zero-shot keywords
+    or a GRU4Rec index, come from the experiment run that built them), and its runs' name prefix."""
+
+    config: str | None
+    common: list[str]
+    base: Any
+    reuse: list[Path]
+    prefix: str
+    case_seed: int  # the config's seed: every --seed scores the same cases (data.seed is the config's too)
+
+    @classmethod
+    def of(cls, config: str | None, overrides: list[str], seed: int | None = None) -> "Setup":
+        """seed: the experiment's run of that seed (experiment.seeds) as the base; None: the config's own."""
+        root = load_config(config, overrides)
+        others = sorted(p for p in (root.run_dir / "experiment").glob("*") if p.is_dir())
+        if seed is None or seed == root.seed:
+            return cls(config, overrides, root, [root.run_dir, *others], f"{root.name}-ab", root.seed)
+        member = next((m for m in members(root, config, overrides) if m.seed == seed and m.variant is None), None)
+        if member is None:
+            sys.exit(f"--seed {seed}: the config's experiment.seeds are {root.experiment.seeds or [root.seed]}")
+        return cls(config, [*overrides, f"seed={seed}", f"data.seed={root.data_seed}"], member.cfg,
+                   [member.cfg.run_dir, root.run_dir, *others], f"{root.name}-ab-{seed}", root.seed)
+
+
+def trained(setup: Setup, name: str, sets: list[str], train: bool = True):
+    """Variant `name`'s run (linked to the stages it shares with setup.reuse's runs) with its ranker trained
+    (a finished one is kept). train=False (a --with row) trains nothing: it takes the ranker in the run's
+    folder, the one that scored the row, even if this code would key its stage differently (e.g. a config
+    field added since)."""
+    cfg = load_config(setup.config, [*setup.common, *sets, f"name={setup.prefix}-{name}"])
+    runner = Runner(cfg, reuse=setup.reuse)
     if train or runner.finished(runner.plan("train-ranker")) is not None:
         return cfg, runner, runner.run("train-ranker")
     path = runner.run_dir / "train-ranker" / "manifest.json"
@@ -98,10 +131,10 @@ def variant_scores(cfg, runner, manifest, name: str, split: str, cases: pd.DataF
     return scores, store
 
 
-def run_variant(config: str | None, common: list[str], name: str, sets: list[str], base, cases: pd.DataFrame) -> dict:
+def run_variant(setup: Setup, name: str, sets: list[str], cases: pd.DataFrame) -> dict:
     """Train variant `name` and score the test `cases`."""
     t0 = time.perf_counter()
-    cfg, runner, manifest = trained(config, common, name, sets, base)
+    cfg, runner, manifest = trained(setup, name, sets)
     sft_s = time.perf_counter() - t0
     scores, store = variant_scores(cfg, runner, manifest, name, "test", cases)
     per_case = float(np.nanmean(stored_seconds(store)))  # stored per case: resumed scoring does not distort it
@@ -146,8 +179,7 @@ def paired_differences(rows: list[dict], seed: int) -> list[dict]:
                   for row in rows if "fused_with" in row and row["fused_with"] in cf]
 
 
-def fused_rows(config: str | None, common: list[str], base, rows: list[dict], valid: pd.DataFrame,
-               methods: list[str]) -> list[dict]:
+def fused_rows(setup: Setup, rows: list[dict], valid: pd.DataFrame, methods: list[str]) -> list[dict]:
     """evaluate.fuse on the A/B's cases: each LLM variant blended with each CF method, the weight picked on
     `valid` (its ranker scores them too, into a -valid store) and applied to the test cases it scored."""
     from mmsrarec.evaluate.fusion import fuse, pick_weight, weight_curve
@@ -155,10 +187,10 @@ def fused_rows(config: str | None, common: list[str], base, rows: list[dict], va
     out = []
     cf_rows = {r["method"]: r for r in rows if "method" in r}
     for row in [r for r in rows if "overrides" in r]:
-        cfg, runner, manifest = trained(config, common, row["variant"], row["overrides"], base, train="from" not in row)
+        cfg, runner, manifest = trained(setup, row["variant"], row["overrides"], train="from" not in row)
         llm_valid, _ = variant_scores(cfg, runner, manifest, row["variant"], "valid", valid)
         for method in methods:
-            cf_valid = stored_cf_scores(base, method, "valid", valid)
+            cf_valid = stored_cf_scores(setup.base, method, "valid", valid)
             weight, curve = pick_weight(llm_valid, cf_valid, "ndcg@5")
             llm_test, cf_test = np.array(row["scores"], float), np.array(cf_rows[method]["scores"], float)
             scores = fuse(llm_test, cf_test, weight)
@@ -246,8 +278,10 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
                   + (f". Diagnostic that peeks at test, not a result: the best weight on these test cases would "
                      f"be {best} (NDCG@5 {peek[best]:.4f})." if best else ".")]
     chance = 5 / facts["candidates"]
+    run_seed = facts.get("run_seed", facts["seed"])
     lines += ["", f"Chance HR@5: {chance:.3f} (1 + {facts['candidates'] - 1} candidates). Case sample: seed "
               f"{facts['seed']}, {facts['cases']} of {facts['all_cases']} test cases. "
+              + (f"Runs of seed {run_seed} (the base run and every ranker). " if run_seed != facts["seed"] else "") +
               f"Wall time {facts['wall_s']:.0f} s.",
               "", "    " + command]
     return "\n".join(lines) + "\n"
@@ -260,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="overrides for every variant (e.g. a smaller rank.max_examples)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[=KEY=VALUE;...]")
     parser.add_argument("--cases", type=int, default=150, help="test cases scored (seeded subsample; 0 = all)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="one of the config's experiment.seeds: its experiment run is the base (its CF models, "
+                             "index, summarizer) and the variants train with that seed, on the same cases as the "
+                             "config's seed (runs <name>-ab-<seed>-<variant>)")
     parser.add_argument("--references", nargs="*", default=["pop", "sasrec"], metavar="METHOD")
     parser.add_argument("--fuse", nargs="*", default=[], metavar="METHOD",
                         help="also blend every LLM variant with these CF methods (evaluate.fuse), the weight picked "
@@ -282,25 +320,25 @@ def main(argv: list[str] | None = None) -> None:
     if not args.variant and not args.earlier:
         parser.error("give at least one --variant (or --with an earlier run's JSON)")
     started = time.perf_counter()
-    base = load_config(args.config, args.overrides)
-    base_dir = base.run_dir
+    setup = Setup.of(args.config, args.overrides, args.seed)
+    base, base_dir = setup.base, setup.base.run_dir
     if not (base_dir / "index" / "manifest.json").is_file():
         sys.exit(f"{base_dir} has no finished index stage; `mmsrarec run --config {args.config or '...'} "
                  "--stop-before train-ranker` builds the stages the variants link")
     data = load_prepared(base_dir / "prepare")
     test = data["test"]
-    cases = test.iloc[case_sample(len(test), args.cases, base.seed)]
+    cases = test.iloc[case_sample(len(test), args.cases, setup.case_seed)]
     variants = [parse_variant(v) for v in args.variant]
     rows = earlier_rows(Path(args.earlier), cases) if args.earlier else []
-    rows += [run_variant(args.config, args.overrides, name, sets, base, cases) for name, sets in variants]
+    rows += [run_variant(setup, name, sets, cases) for name, sets in variants]
     vote_ks = sorted({row.get("candidate_votes", 0) for row in rows} - {0})
     level_models = sorted({row["candidate_cf_rank"] for row in rows if row.get("candidate_cf_rank_as") == "level"
                            or "rank.candidate_cf_rank_as=level" in row.get("overrides", [])})  # (rows of older JSON)
     rows += references(base, len(data["items"]), cases, vote_ks, list(dict.fromkeys([*args.references, *args.fuse])),
                        level_models)
-    valid = data["valid"].iloc[case_sample(len(data["valid"]), args.valid_cases, base.seed)]
-    rows += fused_rows(args.config, args.overrides, base, rows, valid, args.fuse) if args.fuse else []
-    facts = {"cases": len(cases), "all_cases": len(test), "seed": base.seed,
+    valid = data["valid"].iloc[case_sample(len(data["valid"]), args.valid_cases, setup.case_seed)]
+    rows += fused_rows(setup, rows, valid, args.fuse) if args.fuse else []
+    facts = {"cases": len(cases), "all_cases": len(test), "seed": setup.case_seed, "run_seed": base.seed,
              "candidates": 1 + len(test["negatives"].iloc[0]), "wall_s": time.perf_counter() - started,
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
              "case_numbers": cases.index.tolist(),

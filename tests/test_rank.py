@@ -895,3 +895,24 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     ab.main([*sets, "--variant", "alt=index.k=2", "--cases", "6", "--out", str(tmp_path / "alt")])
     row = json.loads((tmp_path / "alt.json").read_text())["rows"][0]
     assert (Path(row["run"]) / "index").resolve() == (alt.run_dir / "index").resolve() != Path(row["run"]) / "index"
+
+    # --seed: the experiment's run of another seed is the base (its CF models), the variants train with that
+    # seed, and they score the same cases as the config's seed
+    from mmsrarec.experiment import members
+
+    seeded = [*over, f"experiment.seeds=[{base.cfg.seed}, {base.cfg.seed + 1}]"]
+    other = next(m.cfg for m in members(load_config(None, seeded), None, seeded) if m.seed == base.cfg.seed + 1)
+    Runner(other, reuse=[base.run_dir]).run("evaluate")
+    Runner(other, reuse=[base.run_dir]).run("index")
+    sets2 = sum((["--set", o] for o in [*seeded, "rank.max_examples=24"]), [])
+    ab.main([*sets2, "--seed", str(base.cfg.seed + 1), "--variant", "plain", "--cases", "6",
+             "--out", str(tmp_path / "seed2")])
+    report2 = json.loads((tmp_path / "seed2.json").read_text())
+    row = report2["rows"][0]
+    assert Path(row["run"]).name == f"toy-ab-{base.cfg.seed + 1}-plain"
+    assert report2["case_numbers"] == report["case_numbers"] and report2["run_seed"] == base.cfg.seed + 1
+    assert (Path(row["run"]) / "train-cf").resolve() == (other.run_dir / "train-cf").resolve()
+    assert (other.run_dir / "train-cf").resolve() != (base.run_dir / "train-cf").resolve()
+    assert f"Runs of seed {base.cfg.seed + 1}" in (tmp_path / "seed2.md").read_text()
+    with pytest.raises(SystemExit, match="experiment.seeds"):
+        ab.main([*sets2, "--seed", "7", "--variant", "plain", "--out", str(tmp_path / "seed7")])
