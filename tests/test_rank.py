@@ -916,3 +916,13 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     assert f"Runs of seed {base.cfg.seed + 1}" in (tmp_path / "seed2.md").read_text()
     with pytest.raises(SystemExit, match="experiment.seeds"):
         ab.main([*sets2, "--seed", "7", "--variant", "plain", "--out", str(tmp_path / "seed7")])
+
+    # the companion diagnostic: the CF model's rank of the next item at SFT positions against valid and test
+    from mmsrarec.rank.prompts import LEVEL_WORDS
+
+    shift = load_benchmark("cf_rank_shift")
+    shift.main([*sum((["--set", o] for o in over), []), "--sample", "8", "--out", str(tmp_path / "shift")])
+    groups = json.loads((tmp_path / "shift.json").read_text())["rows"]
+    assert list(groups) == ["SFT positions (train)", "valid", "test"]
+    assert all(g["cases"] == 8 and g["median_rank"] >= 1 and abs(sum(g[w] for w in LEVEL_WORDS) - 1) < 0.01
+               for g in groups.values())
