@@ -322,9 +322,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     setup = Setup.of(args.config, args.overrides, args.seed)
     base, base_dir = setup.base, setup.base.run_dir
-    if not (base_dir / "index" / "manifest.json").is_file():
-        sys.exit(f"{base_dir} has no finished index stage; `mmsrarec run --config {args.config or '...'} "
-                 "--stop-before train-ranker` builds the stages the variants link")
+    missing = Runner(base, reuse=setup.reuse).link("index")  # e.g. a seed's main run lacks the stages it shares
+    if missing:
+        sys.exit(f"{base_dir}: no finished {', '.join(missing)} stage, here or in the runs of the experiment; "
+                 f"`mmsrarec run --config {args.config or '...'} --stop-before train-ranker` builds them")
     data = load_prepared(base_dir / "prepare")
     test = data["test"]
     cases = test.iloc[case_sample(len(test), args.cases, setup.case_seed)]

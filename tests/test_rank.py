@@ -903,7 +903,11 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     seeded = [*over, f"experiment.seeds=[{base.cfg.seed}, {base.cfg.seed + 1}]"]
     other = next(m.cfg for m in members(load_config(None, seeded), None, seeded) if m.seed == base.cfg.seed + 1)
     Runner(other, reuse=[base.run_dir]).run("evaluate")
-    Runner(other, reuse=[base.run_dir]).run("index")
+    # as in a real experiment, the seed's main run lacks the index: a sibling run of that seed built it
+    sibling = load_config(None, [*over, f"seed={other.seed}", f"data.seed={other.data_seed}",
+                                 f"runs_dir={other.run_dir.parent}", f"name={other.seed}-sibling"])
+    Runner(sibling, reuse=[base.run_dir, other.run_dir]).run("index")
+    assert not (other.run_dir / "index").exists()
     sets2 = sum((["--set", o] for o in [*seeded, "rank.max_examples=24"]), [])
     ab.main([*sets2, "--seed", str(base.cfg.seed + 1), "--variant", "plain", "--cases", "6",
              "--out", str(tmp_path / "seed2")])
@@ -912,6 +916,7 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     assert Path(row["run"]).name == f"toy-ab-{base.cfg.seed + 1}-plain"
     assert report2["case_numbers"] == report["case_numbers"] and report2["run_seed"] == base.cfg.seed + 1
     assert (Path(row["run"]) / "train-cf").resolve() == (other.run_dir / "train-cf").resolve()
+    assert (other.run_dir / "index").resolve() == (sibling.run_dir / "index").resolve()  # linked, not rebuilt
     assert (other.run_dir / "train-cf").resolve() != (base.run_dir / "train-cf").resolve()
     assert f"Runs of seed {base.cfg.seed + 1}" in (tmp_path / "seed2.md").read_text()
     with pytest.raises(SystemExit, match="experiment.seeds"):

@@ -346,6 +346,24 @@ class Runner:
                 return shared
         return self._execute(name, key, inputs, force)
 
+    def link(self, target: str) -> list[str]:
+        """Compute nothing: each stage of plan(target) that this run lacks (or holds with another key) is
+        linked from self.reuse where an identical one is finished there. Returns the stages still missing,
+        with those after them whose keys need them first."""
+        missing = []
+        for name in self.plan(target):
+            if any(dep not in self._done for dep in self.stages[name].needs(self.cfg)):
+                missing.append(name)
+                continue
+            key, _ = self.key(name)
+            path = self.run_dir / name / "manifest.json"
+            manifest = read_json(path) if path.is_file() else {}
+            if manifest.get("key") == key and not self._changed_outputs(self.run_dir / name, manifest):
+                self._done[name] = manifest
+            elif self._link_shared(name, key) is None:
+                missing.append(name)
+        return missing
+
     def _link_shared(self, name: str, key: str) -> dict | None:
         """Link `name` to an identical finished stage of a run in self.reuse (same key, outputs intact)."""
         final = self.run_dir / name
