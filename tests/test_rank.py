@@ -233,6 +233,8 @@ def test_several_users_scored_together_equal_each_user_alone(kind, tiny_lm, fold
     assert [g.tolist() for g in score_many(scorer, prompts)] == [g.tolist() for g in together]
     from mmsrarec.rank.prompts import RankPrompt
 
+    empty = [RankPrompt(p.prefix, []) for p in prompts[:2]]  # users without candidates: nothing to score
+    assert [g.shape for g in score_shared_prefix_many(scorer, empty)] == [(0,), (0,)]
     image_prompt = RankPrompt(prompts[0].prefix, prompts[0].suffixes, prefix_images=["x"])
     with pytest.raises(PromptError, match="text-only"):
         score_shared_prefix_many(scorer, [image_prompt, prompts[1]])

@@ -146,7 +146,7 @@ def score_shared_prefix(scorer: Scorer, prompt: RankPrompt, check: bool = True) 
     if not len(prompt):
         return np.zeros(0, np.float32)
     tok = scorer.tokenizer
-    suffix_ids = [tok(s, add_special_tokens=False)["input_ids"] for s in prompt.suffixes]
+    suffix_ids = tok(list(prompt.suffixes), add_special_tokens=False)["input_ids"]  # one batched call
     if check:
         check_split(tok, prompt.prefix, prompt.suffixes[0])
     prefix = encode(scorer, [prompt.prefix], [prompt.prefix_images])
@@ -197,7 +197,9 @@ def score_shared_prefix_many(scorer: Scorer, prompts: Sequence[RankPrompt], chec
         positions = positions.expand(3, b, width_p)
     cache = new_cache(scorer)
     scorer.decoder(**prefix, position_ids=positions, cache=cache, use_cache=True)
-    rows = [(u, tok(s, add_special_tokens=False)["input_ids"]) for u, p in enumerate(prompts) for s in p.suffixes]
+    suffixes = [s for p in prompts for s in p.suffixes]
+    ids = tok(suffixes, add_special_tokens=False)["input_ids"] if suffixes else []  # one batched call
+    rows = list(zip([u for u, p in enumerate(prompts) for _ in p.suffixes], ids))
     out = []
     for start in range(0, len(rows), scorer.batch_size):
         chunk = rows[start:start + scorer.batch_size]
