@@ -4,9 +4,12 @@ rank.candidate_cf_rank shows each candidate's rank under a CF model trained on t
 The SFT examples are drawn from those same sequences (rank.tasks.training_positions), so there the model
 ranks a target it was trained to predict; at valid and test it ranks one it never saw. This prints the
 target's rank (1 = first, the history's items not competing) and its level word
-(rank.candidate_cf_rank_as=level) over a seeded sample of each, from a finished run's stages:
+(rank.candidate_cf_rank_as=level) over a seeded sample of each, from a finished run's stages. `--folds K`
+adds the SFT positions ranked as rank.candidate_cf_rank_folds=K ranks them: by K models each trained
+without one fold of the users, a user's positions by the model that never saw the user (rank/teachers.py;
+trained here into <run>/.cf-rank-shift/, kept for a rerun):
 
-    python benchmarks/cf_rank_shift.py --config configs/ml100k_gpu.yaml --out benchmarks/results/cf_rank_shift
+    python benchmarks/cf_rank_shift.py --config configs/ml100k_gpu.yaml --folds 2 --out benchmarks/results/cf_rank_shift
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mmsrarec.data.prepare import load_prepared
 from mmsrarec.rank.prompts import LEVEL_WORDS, rank_level
 from mmsrarec.rank.stage import cf_ranks
 from mmsrarec.rank.tasks import training_positions
+from mmsrarec.rank.teachers import fold_teachers
 
 
 def summary(ranks: np.ndarray, n_items: int) -> dict:
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--model", default="sasrec", help="the CF model (rank.candidate_cf_rank)")
     ap.add_argument("--sample", type=int, default=600, help="cases per group (seeded)")
+    ap.add_argument("--folds", type=int, default=0, help="K >= 2: also rank the SFT positions by K fold teachers")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -54,6 +59,14 @@ def main(argv: list[str] | None = None) -> None:
         groups[split] = (list(frame["history"]), [int(x) for x in frame["target"]])
     rows = {name: summary(np.array([r[0] for r in cf_ranks(model, hist, np.array(targets)[:, None])]), n_items)
             for name, (hist, targets) in groups.items()}
+    if args.folds:
+        folded = load_config(args.config, [*args.overrides, f"rank.candidate_cf_rank={args.model}",
+                                           f"rank.candidate_cf_rank_folds={args.folds}"])
+        teacher = fold_teachers(data, folded, run / ".cf-rank-shift", lambda m: print(m, file=sys.stderr))
+        ranks = [cf_ranks(teacher(user), [seq[:t]], np.array([[seq[t]]]))[0][0] for user, t, seq in picked]
+        first, *held_out = rows.items()
+        rows = dict([first, (f"SFT positions, {args.folds} fold teachers", summary(np.array(ranks), n_items)),
+                     *held_out])
     cols = ["cases", "median_rank", "mean_rank", *LEVEL_WORDS]
     md = [f"# The next item's {args.model} rank and level, SFT positions against held-out cases", "",
           f"Run `{run}` ({n_items:,} items; levels: {', '.join(LEVEL_WORDS)}), seeded samples.", "",

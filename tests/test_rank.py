@@ -783,6 +783,82 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     assert ranked.shape == (4, 6) and np.abs(ranked - score_cases(both, "valid", valid.head(4), method="naive",
                                                                   progress=False)).max() < 1e-4
 
+    # rank.candidate_cf_rank_folds=2: each SFT example's rank comes from the fold model that never saw its user
+    from mmsrarec.cf import build_model
+    from mmsrarec.rank.stage import NoteMaker
+    from mmsrarec.rank.teachers import user_folds
+
+    folded = load_config(None, [*over, "rank.keywords_from=summarize", "rank.use_retrieval=false",
+                                "rank.candidate_cf_rank=sasrec", "rank.candidate_cf_rank_folds=2"])
+    Runner(folded).run("train-ranker")
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    main = [r for r in rows if r["task"] == "main"]
+    fold_of = user_folds(train["user"].to_numpy(), 2, folded.seed)
+    teachers = [build_model("sasrec", len(items), folded.cf.params.get("sasrec"), folded.cf.train,
+                            folded.seed + 1 + f, "cpu").load(out / "cf-rank-teachers" / f"sasrec-fold{f}-of-2.pt")
+                for f in (0, 1)]
+    histories = [seqs[r["user"]][:r["position"]] for r in main]
+    mine = [cf_ranks(teachers[fold_of[r["user"]]], [h])[0][r["item"]] for r, h in zip(main, histories)]
+    theirs = [rank[r["item"]] for rank, r in zip(cf_ranks(model, histories), main)]
+    assert mine != theirs  # not vacuous: the fold models rank otherwise than the train-cf one
+    for row, rank in zip(main, mine):
+        assert row["prompt"][0]["content"].endswith(f"(SASRec ranks it {rank})")
+    # held-out cases keep the train-cf model
+    unfolded = load_config(None, [*over, "rank.keywords_from=summarize", "rank.use_retrieval=false",
+                                  "rank.candidate_cf_rank=sasrec"])
+    notes = NoteMaker.load(folded, None, runner.run_dir / "train-cf", len(items)).notes(valid["history"].head(3),
+                                                                                       valid["user"].head(3))
+    same = NoteMaker.load(unfolded, None, runner.run_dir / "train-cf", len(items)).notes(valid["history"].head(3),
+                                                                                        valid["user"].head(3))
+    assert all((a.ranks == b.ranks).all() for a, b in zip(notes, same))
+
+
+def test_fold_teachers_never_train_on_the_users_they_rank(monkeypatch, tmp_path):
+    """rank.candidate_cf_rank_folds: fold f's model trains on (and stops on the valid cases of) the users
+    outside fold f only, a user is ranked by the model of its own fold, and a second call trains nothing."""
+    from mmsrarec.config import load_config
+    from mmsrarec.rank import teachers as teachers_module
+
+    class Recorder:
+        fitted: list = []
+
+        def __init__(self, *args):
+            self.seed = args[4]
+
+        def fit(self, sequences, valid, log):
+            Recorder.fitted.append(({int(s[0]) for s in sequences}, set(valid.users.tolist()), self.seed))
+            return {}
+
+        def save(self, path):
+            path.write_text(str(self.seed))
+
+        def load(self, path):
+            self.seed = int(path.read_text())
+            return self
+
+    monkeypatch.setattr(teachers_module, "build_model", lambda *args: Recorder(*args))
+    users = np.arange(1, 21)
+    train = pd.DataFrame({"user": users, "items": [np.array([u, 100 + u, 200 + u]) for u in users]})
+    valid = pd.DataFrame({"user": users, "history": [np.array([u]) for u in users], "target": users,
+                          "negatives": [[1, 2]] * 20})
+    data = {"train": train, "valid": valid, "items": pd.DataFrame({"item": range(300)})}
+    cfg = load_config(None, ["rank.candidate_cf_rank=sasrec", "rank.candidate_cf_rank_folds=3"])
+    teacher = teachers_module.fold_teachers(data, cfg, tmp_path, lambda m: None)
+    fold_of = teachers_module.user_folds(users, 3, cfg.seed)
+    assert sorted(np.bincount(list(fold_of.values()))) == [6, 7, 7]
+    assert teachers_module.user_folds(users, 3, cfg.seed) == fold_of  # seeded
+    assert len(Recorder.fitted) == 3
+    for fold, (seen, stop_on, seed) in enumerate(Recorder.fitted):
+        outside = {u for u in users if fold_of[u] != fold}
+        assert seen == outside and stop_on == outside and seed == cfg.seed + 1 + fold
+    assert all(teacher(u).seed == cfg.seed + 1 + fold_of[u] for u in users)
+    teachers_module.fold_teachers(data, cfg, tmp_path, lambda m: None)
+    assert len(Recorder.fitted) == 3  # loaded, not trained again
+    with pytest.raises(ConfigError, match="candidate_cf_rank_folds"):
+        load_config(None, ["rank.candidate_cf_rank=sasrec", "rank.candidate_cf_rank_folds=1"])
+    with pytest.raises(ConfigError, match="candidate_cf_rank_folds"):
+        load_config(None, ["rank.candidate_cf_rank_folds=2"])
+
 
 def test_item_text_cannot_inject_chat_control_tokens(tiny_lm, items):
     from transformers import AutoTokenizer
@@ -928,8 +1004,9 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     from mmsrarec.rank.prompts import LEVEL_WORDS
 
     shift = load_benchmark("cf_rank_shift")
-    shift.main([*sum((["--set", o] for o in over), []), "--sample", "8", "--out", str(tmp_path / "shift")])
+    shift.main([*sum((["--set", o] for o in over), []), "--sample", "8", "--folds", "2",
+                "--out", str(tmp_path / "shift")])
     groups = json.loads((tmp_path / "shift.json").read_text())["rows"]
-    assert list(groups) == ["SFT positions (train)", "valid", "test"]
+    assert list(groups) == ["SFT positions (train)", "SFT positions, 2 fold teachers", "valid", "test"]
     assert all(g["cases"] == 8 and g["median_rank"] >= 1 and abs(sum(g[w] for w in LEVEL_WORDS) - 1) < 0.01
                for g in groups.values())

@@ -136,6 +136,13 @@ class RankConfig:
         help="how candidate_cf_rank shows the rank: number ('sasrec ranks it 4') or level, one of five words by "
              "the share of the catalogue at or above it ('sasrec rates it very high': top 1%; high: 3%; medium: "
              "10%; low: 30%; very low), which a small LLM maps to Yes/No more easily than digits")
+    candidate_cf_rank_folds: int = field(
+        0, neutral=True,
+        help="k >= 2: the SFT examples' candidate_cf_rank comes from k models of that kind, each trained without "
+             "one seeded fold of the users, a user's examples ranked by the model that never saw the user "
+             "(rank/teachers.py); 0 = the train-cf model, which was trained on the examples' own targets and so "
+             "ranks them better than it ranks valid or test (benchmarks/cf_rank_shift.py). Valid and test "
+             "prompts always use the train-cf model")
     use_keywords: bool = field(True, help="describe items by their summarized keywords; false = by the raw item "
                                           "text (the 'no summarization' ablation)")
     keywords_from: Literal["auto", "summarize", "summarize-tuned"] = field(
@@ -167,6 +174,9 @@ class RankConfig:
         if self.candidate_cf_rank_as != "number" and not self.candidate_cf_rank:
             raise InvalidValue("candidate_cf_rank_as", "shows the rank of rank.candidate_cf_rank, which is off: name "
                                "a model of cf.models there (e.g. sasrec)")
+        if self.candidate_cf_rank_folds and (self.candidate_cf_rank_folds < 2 or not self.candidate_cf_rank):
+            raise InvalidValue("candidate_cf_rank_folds", f"must be 0 or >= 2 with rank.candidate_cf_rank on, got "
+                               f"{self.candidate_cf_rank_folds} with candidate_cf_rank {self.candidate_cf_rank!r}")
         if (self.candidate_image or self.history_image) and self.model.kind != "vlm":
             key = "candidate_image" if self.candidate_image else "history_image"
             raise InvalidValue(key, "needs a vision-language model (rank.model.kind: vlm)")

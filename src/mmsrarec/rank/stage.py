@@ -158,9 +158,11 @@ class NoteMaker:
                     f"{time.perf_counter() - t0:.1f} s")
         return notes
 
-    def for_training(self, positions: list, log: Callable[[str], None] | None = None):
+    def for_training(self, positions: list, log: Callable[[str], None] | None = None,
+                     teacher: Callable[[int], Any] | None = None):
         """A tasks.NoteSource for the training cases `positions` ((user, t, sequence)): the votes of all
-        searched at once; the CF ranks of all items computed per case when asked (one row in memory)."""
+        searched at once; the CF ranks of all items computed per case when asked (one row in memory), by
+        teacher(user) when given (rank.candidate_cf_rank_folds), else by the train-cf model."""
         if self.retriever is None:
             voted = {}
         else:
@@ -173,7 +175,8 @@ class NoteMaker:
             note = voted.get((user, t), CandidateNotes())
             if self.cf_model is None:
                 return note
-            return replace(note, ranks=cf_ranks(self.cf_model, [histories[(user, t)]])[0], ranked_by=self.ranked_by,
+            model = self.cf_model if teacher is None else teacher(user)
+            return replace(note, ranks=cf_ranks(model, [histories[(user, t)]])[0], ranked_by=self.ranked_by,
                            levels_of=self.levels_of)
 
         return notes
@@ -223,7 +226,16 @@ def sft_examples(ctx) -> tuple[Any, Path | None]:
     needs = ranker_needs(ctx.cfg)
     maker = NoteMaker.load(ctx.cfg, ctx.input("index") if "index" in needs else None,
                            ctx.input("train-cf") if "train-cf" in needs else None, len(data["items"]))
-    notes = maker.for_training(positions, ctx.log) if maker is not None else None
+    teacher = None
+    if cfg.candidate_cf_rank and cfg.candidate_cf_rank_folds:
+        from .teachers import fold_teachers
+
+        folder = ctx.out / "cf-rank-teachers"
+        # trained once, by the main process; the others load what it saved
+        teacher = fold_teachers(data, ctx.cfg, folder, ctx.log) if distributed.is_main() else None
+        distributed.barrier()
+        teacher = teacher or fold_teachers(data, ctx.cfg, folder, ctx.log)
+    notes = maker.for_training(positions, ctx.log, teacher) if maker is not None else None
     return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm", notes,
                           positions), keywords_path
 
