@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from ..artifacts import write_json
 from ..cf import build_model
 from ..cf.base import Cases
 from ..device import resolve_device
@@ -34,8 +35,8 @@ def user_folds(users: np.ndarray, k: int, seed: int) -> dict[int, int]:
 def fold_teachers(data: dict[str, pd.DataFrame], run_cfg: Any, folder: Path,
                   log: Callable[[str], None]) -> Callable[[int], Any]:
     """The model to rank a user's SFT candidates with: the fold model that was not trained on the user.
-    Trained models are kept in `folder` (<model>-fold<i>-of-<k>.pt), so a resumed stage trains only the
-    missing ones."""
+    Trained models are kept in `folder` (<model>-fold<i>-of-<k>.pt, and .json: what fit reported, e.g. the
+    best valid metric), so a resumed stage trains only the missing ones."""
     name, k, seed = run_cfg.rank.candidate_cf_rank, run_cfg.rank.candidate_cf_rank_folds, run_cfg.seed
     train, valid = data["train"], data["valid"]
     n_items = len(data["items"])
@@ -55,8 +56,10 @@ def fold_teachers(data: dict[str, pd.DataFrame], run_cfg: Any, folder: Path,
         t0 = time.perf_counter()
         log(f"candidate CF rank teacher {fold + 1}/{k}: {name} on the {len(sequences):,} training sequences of "
             f"the users outside fold {fold}")
-        model.fit(sequences, stop_on, log)
+        info = {**model.fit(sequences, stop_on, log), "sequences": len(sequences), "valid_cases": len(stop_on),
+                "train_time_s": round(time.perf_counter() - t0, 3)}
         model.save(path)
-        log(f"candidate CF rank teacher {fold + 1}/{k}: trained in {time.perf_counter() - t0:.0f} s")
+        write_json(path.with_suffix(".json"), info)
+        log(f"candidate CF rank teacher {fold + 1}/{k}: {info}")
         models.append(model)
     return lambda user: models[fold_of[int(user)]]
