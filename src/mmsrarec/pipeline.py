@@ -328,19 +328,15 @@ class Runner:
 
     def ensure(self, name: str, force: bool = False) -> dict:
         key, inputs = self.key(name)
-        final = self.run_dir / name
-        manifest_path = final / "manifest.json"
-        if not force and manifest_path.is_file():
-            manifest = read_json(manifest_path)
-            if manifest.get("key") == key:
-                changed = self._changed_outputs(final, manifest)
-                if not changed:
-                    self._say_standing(name, None)
-                    self._done[name] = manifest
-                    return manifest
+        if not force:
+            manifest, changed = self._keyed(self.run_dir / name, key)
+            if manifest is not None and not changed:
+                self._say_standing(name, None)
+                self._done[name] = manifest
+                return manifest
+            if changed:
                 print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
                       file=sys.stderr)
-        if not force:
             shared = self._link_shared(name, key)
             if shared is not None:
                 return shared
@@ -356,9 +352,8 @@ class Runner:
                 missing.append(name)
                 continue
             key, _ = self.key(name)
-            path = self.run_dir / name / "manifest.json"
-            manifest = read_json(path) if path.is_file() else {}
-            if manifest.get("key") == key and not self._changed_outputs(self.run_dir / name, manifest):
+            manifest, changed = self._keyed(self.run_dir / name, key)
+            if manifest is not None and not changed:
                 self._done[name] = manifest
             elif self._link_shared(name, key) is None:
                 missing.append(name)
@@ -369,10 +364,10 @@ class Runner:
         final = self.run_dir / name
         for other in self.reuse:
             source = other / name
-            if source.resolve() == final.resolve() or not (source / "manifest.json").is_file():
+            if source.resolve() == final.resolve():
                 continue
-            manifest = read_json(source / "manifest.json")
-            if manifest.get("key") != key or self._changed_outputs(source, manifest):
+            manifest, changed = self._keyed(source, key)
+            if manifest is None or changed:
                 continue
             remove_stage(final)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +376,16 @@ class Runner:
             self._done[name] = manifest
             return manifest
         return None
+
+    @staticmethod
+    def _keyed(folder: Path, key: str) -> tuple[dict | None, list[str]]:
+        """(the manifest of the stage in `folder` if it is finished with `key`, else None; its outputs that
+        are gone or changed since it was written)."""
+        path = folder / "manifest.json"
+        manifest = read_json(path) if path.is_file() else {}
+        if manifest.get("key") != key:
+            return None, []
+        return manifest, Runner._changed_outputs(folder, manifest)
 
     @staticmethod
     def _changed_outputs(folder: Path, manifest: dict) -> list[str]:
