@@ -22,6 +22,8 @@ paired difference to the first one over the same cases (HR@5, NDCG@5; 95% bootst
 earlier run's LLM rows (same cases) first instead of training and scoring them again. `--fuse sasrec`
 blends every LLM variant with SASRec as `evaluate.fuse` does, the weight picked on a seeded subsample
 of valid cases that each ranker then scores too (`--valid-cases`), and pairs each blend with SASRec.
+`--across A.json B.json ...` (one run per seed, the same variants and cases) writes OUT with each row's
+mean ± std over the seeds and each variant's paired difference averaged over them.
 """
 
 from __future__ import annotations
@@ -156,11 +158,18 @@ def _round(value, digits: int = 4):
 def paired(scores: np.ndarray, against: np.ndarray, rng: np.random.Generator, draws: int = 10_000) -> dict:
     """Per-case HR@5 and NDCG@5 of `scores` minus those of `against` (same cases): [mean, 2.5%, 97.5%]
     of the case bootstrap."""
-    mine, theirs = (sampled_metrics(np.asarray(s, float), ["hr@5", "ndcg@5"]) for s in (scores, against))
-    picks = rng.integers(0, len(scores), size=(draws, len(scores)))
+    return paired_over_seeds([scores], [against], rng, draws)
+
+
+def paired_over_seeds(scores: list, against: list, rng: np.random.Generator, draws: int = 10_000) -> dict:
+    """`paired` for one pair of score arrays per seed, every seed on the same cases: the per-case difference
+    averaged over the seeds, its bootstrap resampling the cases (one draw shared by the seeds)."""
+    per_seed = [[sampled_metrics(np.asarray(s, float), ["hr@5", "ndcg@5"]) for s in pair]
+                for pair in zip(scores, against)]
+    picks = rng.integers(0, len(scores[0]), size=(draws, len(scores[0])))
     out = {}
     for metric in ("hr@5", "ndcg@5"):
-        diff = mine[metric] - theirs[metric]
+        diff = np.mean([mine[metric] - theirs[metric] for mine, theirs in per_seed], axis=0)
         boot = diff[picks].mean(1)
         out[metric] = [round(float(diff.mean()), 4), round(float(np.quantile(boot, 0.025)), 4),
                        round(float(np.quantile(boot, 0.975)), 4)]
@@ -287,6 +296,64 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def across_seeds(paths: list[Path]) -> dict:
+    """One OUT.json per seed (`--seed S`, the same variants and cases) -> each row's metrics as
+    [mean, sample std] over the seeds, and each LLM variant's per-case difference to the first LLM variant,
+    averaged over the seeds (paired_over_seeds), with every seed's own difference beside it."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    seeds = [run.get("run_seed", run["seed"]) for run in runs]
+    for path, run in zip(paths[1:], runs[1:]):
+        if run["case_numbers"] != runs[0]["case_numbers"]:
+            sys.exit(f"--across {path}: it scored other cases than {paths[0]}; give runs of one config and --cases")
+    if len(set(seeds)) < len(seeds):
+        sys.exit(f"--across: the runs' seeds are {seeds}; give one run per seed")
+    by_seed = [{row["variant"]: row for row in run["rows"]} for run in runs]
+    names = [row["variant"] for row in runs[0]["rows"] if all(row["variant"] in rows for rows in by_seed)]
+    for name in (n for n in names if "overrides" in by_seed[0][n]):
+        found = {tuple(rows[name].get("overrides", ())) for rows in by_seed}
+        if len(found) > 1:
+            sys.exit(f"--across: variant {name!r} has other overrides in other runs ({sorted(found)})")
+    rows = [{"variant": name, "seeds": len(runs),
+             **{m: [round(float(np.mean(v)), 4), round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 4)]
+                for m in METRICS for v in [[rows[name][m] for rows in by_seed]]}} for name in names]
+    llm = [name for name in names if "overrides" in by_seed[0][name]]
+    rng = np.random.default_rng(runs[0]["seed"])
+    diffs = [{"variant": name, "against": llm[0],
+              **paired_over_seeds([rows[name]["scores"] for rows in by_seed],
+                                  [rows[llm[0]]["scores"] for rows in by_seed], rng),
+              "per_seed": {m: [_mean_difference(rows[name]["scores"], rows[llm[0]]["scores"], m) for rows in by_seed]
+                           for m in ("hr@5", "ndcg@5")}}
+             for name in llm[1:]]
+    return {"sources": [str(p) for p in paths], "seeds": seeds, "cases": runs[0]["cases"],
+            "all_cases": runs[0]["all_cases"], "candidates": runs[0]["candidates"],
+            "left_out": sorted({v for rows in by_seed for v in rows} - set(names)), "rows": rows, "diffs": diffs}
+
+
+def _mean_difference(scores, against, metric: str) -> float:
+    mine, theirs = (sampled_metrics(np.asarray(s, float), [metric])[metric] for s in (scores, against))
+    return round(float(np.mean(mine - theirs)), 4)
+
+
+def across_markdown(report: dict) -> str:
+    seeds = ", ".join(map(str, report["seeds"]))
+    lines = [f"# Ranker A/B over seeds {seeds}: mean ± sample std over the seeds, {report['cases']} of "
+             f"{report['all_cases']} test cases (the same for every seed)", "",
+             "| variant | " + " | ".join(m.upper() for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    lines += ["| " + " | ".join([row["variant"], *(f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in METRICS)]) + " |"
+              for row in report["rows"]]
+    if report["diffs"]:
+        against = report["diffs"][0]["against"]
+        lines += ["", f"Against {against}, paired over the same cases: the mean over the seeds (95% bootstrap "
+                  f"over the cases) and each seed's difference ({seeds}):", "",
+                  "| variant | HR@5 | HR@5 by seed | NDCG@5 | NDCG@5 by seed |", "|---|---|---|---|---|"]
+        lines += [f"| {d['variant']} | " + " | ".join(
+            f"{d[m][0]:+.4f} ({d[m][1]:+.4f} to {d[m][2]:+.4f}) | " + " / ".join(f"{v:+.4f}" for v in d["per_seed"][m])
+            for m in ("hr@5", "ndcg@5")) + " |" for d in report["diffs"]]
+    lines += ["", f"Chance HR@5: {5 / report['candidates']:.3f}. From: " + ", ".join(report["sources"]) + "."
+              + (f" Rows not in every run, left out: {', '.join(report['left_out'])}." if report["left_out"] else "")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a config file whose run has finished the stages before train-ranker")
@@ -305,12 +372,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-cases", type=int, default=150, help="--fuse: valid cases scored (seeded subsample)")
     parser.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     parser.add_argument("--redraw", action="store_true", help="rewrite OUT.md from OUT.json; run nothing")
+    parser.add_argument("--across", nargs="+", metavar="SEED.json",
+                        help="one OUT.json per seed (--seed S; the same variants and cases): write their mean ± std "
+                             "over the seeds and the seed-averaged paired differences to OUT; run nothing")
     parser.add_argument("--with", dest="earlier", metavar="EARLIER.json",
                         help="put the LLM rows of an earlier run of this script on the same cases first (its first "
                              "row is then the one the paired differences subtract), instead of training and "
                              "scoring them again")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.across:
+        report = across_seeds([Path(p) for p in args.across])
+        out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        out.with_suffix(".md").write_text(across_markdown(report))
+        print(out.with_suffix(".md").read_text())
+        return
     if args.redraw:
         report = json.loads(out.with_suffix(".json").read_text())
         out.with_suffix(".md").write_text(markdown(report["rows"], report["command"], report))

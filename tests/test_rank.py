@@ -889,6 +889,51 @@ def test_per_user_scoring_time_comes_from_the_stored_times_not_the_resumed_wall(
     assert scoring_times(tmp_path / "old", 2, "valid", wall_s=3.0) == {"valid_s_per_user": 1.5}
 
 
+def test_ranker_ab_across_seeds_averages_the_seeds_and_pairs_the_same_cases(tmp_path):
+    from conftest import load_benchmark
+
+    ab = load_benchmark("ranker_ab")
+
+    def scores(target_ranks):  # 1 + 20 candidates, the target (column 0) below `rank` of them
+        return [[20.5 - r, *range(20, 0, -1)] for r in target_ranks]
+
+    def run(seed, ranks, cases=(3, 9, 12, 40), extra=()):
+        rows = [{"variant": name, "overrides": over, "scores": scores(r), **ab.metrics(np.array(scores(r), float))}
+                for name, over, r in [("plain", [], ranks[0]), ("no-rl", ["rank.keywords_from=summarize"], ranks[1]),
+                                      *extra]]
+        best = ab.metrics(np.array(scores([0] * 4), float))
+        rows.append({"variant": "sasrec (base run)", "method": "sasrec", **best})
+        path = tmp_path / f"{seed}.json"
+        path.write_text(json.dumps({"seed": 2025, "run_seed": seed, "cases": 4, "all_cases": 50, "candidates": 21,
+                                    "case_numbers": list(cases), "rows": rows}))
+        return path
+
+    a = run(2025, [[0, 2, 6, 10], [0, 6, 6, 10]], extra=[("votes", ["rank.candidate_votes=5"], [0, 0, 0, 0])])
+    b = run(2026, [[0, 0, 0, 6], [0, 0, 6, 6]])
+    out = tmp_path / "seeds"
+    ab.main(["--across", str(a), str(b), "--out", str(out)])
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == ["plain", "no-rl", "sasrec (base run)"] and report["left_out"] == ["votes"]
+    assert rows["plain"]["hr@5"] == [0.625, round(float(np.std([0.5, 0.75], ddof=1)), 4)]
+    assert rows["sasrec (base run)"]["hr@5"] == [1.0, 0.0] and report["seeds"] == [2025, 2026]
+    (diff,) = report["diffs"]  # per case, averaged over the seeds: 0, -0.5, -0.5, 0
+    assert diff["variant"] == "no-rl" and diff["against"] == "plain" and diff["per_seed"]["hr@5"] == [-0.25, -0.25]
+    assert diff["hr@5"][0] == -0.25 and -0.5 <= diff["hr@5"][1] <= -0.25 <= diff["hr@5"][2] <= 0
+    md = out.with_suffix(".md").read_text()
+    assert "| plain | " in md and "0.6250 ± 0.1768" in md and "-0.2500 / -0.2500" in md and "left out: votes" in md
+
+    with pytest.raises(SystemExit, match="other cases"):
+        ab.main(["--across", str(a), str(run(2027, [[0] * 4, [0] * 4], cases=(3, 9, 12, 41))), "--out", str(out)])
+    with pytest.raises(SystemExit, match="one run per seed"):
+        ab.main(["--across", str(a), str(a), "--out", str(out)])
+    odd = json.loads(b.read_text())
+    odd["rows"][1]["overrides"] = ["rank.use_retrieval=false"]
+    b.write_text(json.dumps(odd))
+    with pytest.raises(SystemExit, match="'no-rl' has other overrides"):
+        ab.main(["--across", str(a), str(b), "--out", str(out)])
+
+
 def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy_overrides, tiny_lm, tmp_path):
     from conftest import load_benchmark
     from mmsrarec.config import load_config
