@@ -158,18 +158,23 @@ def _round(value, digits: int = 4):
 def paired(scores: np.ndarray, against: np.ndarray, rng: np.random.Generator, draws: int = 10_000) -> dict:
     """Per-case HR@5 and NDCG@5 of `scores` minus those of `against` (same cases): [mean, 2.5%, 97.5%]
     of the case bootstrap."""
-    return paired_over_seeds([scores], [against], rng, draws)
+    return paired_over_seeds([case_differences(scores, against)], rng, draws)
 
 
-def paired_over_seeds(scores: list, against: list, rng: np.random.Generator, draws: int = 10_000) -> dict:
-    """`paired` for one pair of score arrays per seed, every seed on the same cases: the per-case difference
+def case_differences(scores, against) -> dict[str, np.ndarray]:
+    """Per-case HR@5 and NDCG@5 of `scores` minus those of `against` (same cases)."""
+    mine, theirs = (sampled_metrics(np.asarray(s, float), ["hr@5", "ndcg@5"]) for s in (scores, against))
+    return {metric: mine[metric] - theirs[metric] for metric in ("hr@5", "ndcg@5")}
+
+
+def paired_over_seeds(differences: list[dict], rng: np.random.Generator, draws: int = 10_000) -> dict:
+    """`paired` for one case_differences per seed, every seed on the same cases: the per-case difference
     averaged over the seeds, its bootstrap resampling the cases (one draw shared by the seeds)."""
-    per_seed = [[sampled_metrics(np.asarray(s, float), ["hr@5", "ndcg@5"]) for s in pair]
-                for pair in zip(scores, against)]
-    picks = rng.integers(0, len(scores[0]), size=(draws, len(scores[0])))
+    n = len(differences[0]["hr@5"])
+    picks = rng.integers(0, n, size=(draws, n))
     out = {}
     for metric in ("hr@5", "ndcg@5"):
-        diff = np.mean([mine[metric] - theirs[metric] for mine, theirs in per_seed], axis=0)
+        diff = np.mean([d[metric] for d in differences], axis=0)
         boot = diff[picks].mean(1)
         out[metric] = [round(float(diff.mean()), 4), round(float(np.quantile(boot, 0.025)), 4),
                        round(float(np.quantile(boot, 0.975)), 4)]
@@ -318,20 +323,14 @@ def across_seeds(paths: list[Path]) -> dict:
                 for m in METRICS for v in [[rows[name][m] for rows in by_seed]]}} for name in names]
     llm = [name for name in names if "overrides" in by_seed[0][name]]
     rng = np.random.default_rng(runs[0]["seed"])
-    diffs = [{"variant": name, "against": llm[0],
-              **paired_over_seeds([rows[name]["scores"] for rows in by_seed],
-                                  [rows[llm[0]]["scores"] for rows in by_seed], rng),
-              "per_seed": {m: [_mean_difference(rows[name]["scores"], rows[llm[0]]["scores"], m) for rows in by_seed]
-                           for m in ("hr@5", "ndcg@5")}}
-             for name in llm[1:]]
+    diffs = []
+    for name in llm[1:]:
+        per_seed = [case_differences(rows[name]["scores"], rows[llm[0]]["scores"]) for rows in by_seed]
+        diffs.append({"variant": name, "against": llm[0], **paired_over_seeds(per_seed, rng),
+                      "per_seed": {m: [round(float(d[m].mean()), 4) for d in per_seed] for m in ("hr@5", "ndcg@5")}})
     return {"sources": [str(p) for p in paths], "seeds": seeds, "cases": runs[0]["cases"],
             "all_cases": runs[0]["all_cases"], "candidates": runs[0]["candidates"],
             "left_out": sorted({v for rows in by_seed for v in rows} - set(names)), "rows": rows, "diffs": diffs}
-
-
-def _mean_difference(scores, against, metric: str) -> float:
-    mine, theirs = (sampled_metrics(np.asarray(s, float), [metric])[metric] for s in (scores, against))
-    return round(float(np.mean(mine - theirs)), 4)
 
 
 def across_markdown(report: dict) -> str:
