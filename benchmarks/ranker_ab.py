@@ -18,7 +18,9 @@ takes the experiment's run of seed S as the base and trains every variant with s
 Small SFT budgets say whether a prompt feature is picked up at all, not what a full run reaches.
 Writes OUT.json (every number, per-case scores included) and OUT.md, which also gives each variant's
 paired difference to the first one over the same cases (HR@5, NDCG@5; 95% bootstrap interval).
-`--redraw` rewrites OUT.md from OUT.json without running anything; `--with EARLIER.json` puts an
+`--pair A B` adds row A minus row B (any two rows with per-case scores, e.g. a variant and
+'sasrec (base run)'). `--redraw` rewrites OUT.md from OUT.json without running anything (with `--pair`,
+the pairs are kept in OUT.json); `--with EARLIER.json` puts an
 earlier run's LLM rows (same cases) first instead of training and scoring them again. `--fuse sasrec`
 blends every LLM variant with SASRec as `evaluate.fuse` does, the weight picked on a seeded subsample
 of valid cases that each ranker then scores too (`--valid-cases`), and pairs each blend with SASRec.
@@ -193,6 +195,22 @@ def paired_differences(rows: list[dict], seed: int) -> list[dict]:
                   for row in rows if "fused_with" in row and row["fused_with"] in cf]
 
 
+def pair_problem(rows: list[dict], pairs: list[list[str]]) -> str | None:
+    """What is wrong with `--pair` names for these rows, or None."""
+    scored = [r["variant"] for r in rows if "scores" in r]
+    unknown = [n for pair in pairs for n in pair if n not in scored]
+    return (f"--pair: no row {', '.join(repr(n) for n in unknown)} with per-case scores; the rows that have them: "
+            + ", ".join(repr(n) for n in scored)) if unknown else None
+
+
+def named_pairs(rows: list[dict], pairs: list[list[str]], seed: int) -> list[dict]:
+    """`--pair A B`: row A minus row B, case by case (any two rows with per-case scores: an LLM variant, a
+    blend, a base run's CF model)."""
+    scored = {r["variant"]: r for r in rows if "scores" in r}
+    rng = np.random.default_rng(seed)
+    return [{"variant": a, "against": b, **paired(scored[a]["scores"], scored[b]["scores"], rng)} for a, b in pairs]
+
+
 def fused_rows(setup: Setup, rows: list[dict], valid: pd.DataFrame, methods: list[str]) -> list[dict]:
     """evaluate.fuse on the A/B's cases: each LLM variant blended with each CF method, the weight picked on
     `valid` (its ranker scores them too, into a -valid store) and applied to the test cases it scored."""
@@ -279,7 +297,7 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join("–" if row.get(c) is None else str(row[c]) for c in cols) + " |")
-    for diff in paired_differences(rows, facts["seed"]):
+    for diff in paired_differences(rows, facts["seed"]) + named_pairs(rows, facts.get("pairs", []), facts["seed"]):
         lines += ["", f"{diff['variant']} - {diff['against']}, paired over the same cases: " + "; ".join(
             f"{m.upper()} {v[0]:+.4f} (95% bootstrap {v[1]:+.4f} to {v[2]:+.4f})" for m, v in diff.items()
             if m not in ("variant", "against"))]
@@ -298,6 +316,8 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
               + (f"Runs of seed {run_seed} (the base run and every ranker). " if run_seed != facts["seed"] else "") +
               f"Wall time {facts['wall_s']:.0f} s.",
               "", "    " + command]
+    if facts.get("pairs_command"):
+        lines += ["", "The pairs named by `--pair` were added from the JSON by:", "", "    " + facts["pairs_command"]]
     return "\n".join(lines) + "\n"
 
 
@@ -378,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="put the LLM rows of an earlier run of this script on the same cases first (its first "
                              "row is then the one the paired differences subtract), instead of training and "
                              "scoring them again")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                        help="also pair row A with row B over the same cases (A minus B; any rows with per-case "
+                             "scores, e.g. a variant and 'sasrec (base run)'); with --redraw, kept in OUT.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.across:
@@ -388,6 +411,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.redraw:
         report = json.loads(out.with_suffix(".json").read_text())
+        if args.pair:
+            if problem := pair_problem(report["rows"], args.pair):
+                sys.exit(problem)
+            report["pairs"] = args.pair
+            report["pairs_command"] = "python benchmarks/ranker_ab.py " + " ".join(
+                shlex.quote(a) for a in (argv or sys.argv[1:]))
+            out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         out.with_suffix(".md").write_text(markdown(report["rows"], report["command"], report))
         print(out.with_suffix(".md").read_text())
         return
@@ -421,9 +451,14 @@ def main(argv: list[str] | None = None) -> None:
              **({"valid_cases": len(valid), "valid_case_numbers": valid.index.tolist()} if args.fuse else {})}
     command = "python benchmarks/ranker_ab.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out.parent.mkdir(parents=True, exist_ok=True)
+    problem = pair_problem(rows, args.pair)
+    facts["pairs"] = [] if problem else args.pair
     out.with_suffix(".json").write_text(json.dumps({"command": command, **facts, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(markdown(rows, command, facts))
     print(out.with_suffix(".md").read_text())
+    if problem:
+        sys.exit(f"{problem}. {out.with_suffix('.json')} and .md hold the results; add the pairs with "
+                 f"--redraw --out {out} --pair A B")
 
 
 if __name__ == "__main__":

@@ -934,6 +934,37 @@ def test_ranker_ab_across_seeds_averages_the_seeds_and_pairs_the_same_cases(tmp_
         ab.main(["--across", str(a), str(b), "--out", str(out)])
 
 
+def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
+    from conftest import load_benchmark
+
+    ab = load_benchmark("ranker_ab")
+
+    def scores(target_ranks):  # 1 + 20 candidates, the target (column 0) below `rank` of them
+        return [[20.5 - r, *range(20, 0, -1)] for r in target_ranks]
+
+    rows = [{"variant": name, "scores": scores(r), **ab.metrics(np.array(scores(r), float)), **extra}
+            for name, r, extra in [("plain", [6, 6, 6, 6], {"overrides": []}),
+                                   ("levels", [0, 0, 6, 1], {"overrides": ["rank.candidate_cf_rank=sasrec"]}),
+                                   ("sasrec (base run)", [0, 0, 0, 0], {"method": "sasrec"})]]
+    rows.append({"variant": "sasrec level reader (no LLM)", "hr@5": 0.75})  # no per-case scores
+    out = tmp_path / "ab"
+    out.with_suffix(".json").write_text(json.dumps({"command": "python benchmarks/ranker_ab.py ...", "seed": 2025,
+                                                    "cases": 4, "all_cases": 50, "candidates": 21, "wall_s": 1.0,
+                                                    "machine": "x", "rows": rows}))
+    ab.main(["--redraw", "--out", str(out), "--pair", "levels", "sasrec (base run)"])
+    md = out.with_suffix(".md").read_text()
+    assert "levels - plain, paired" in md  # the first LLM row, as before
+    # per case HR@5: 1, 1, 0, 1 against 1, 1, 1, 1 -> -0.25
+    assert "levels - sasrec (base run), paired over the same cases: HR@5 -0.2500" in md
+    assert "--pair levels 'sasrec (base run)'" in md
+    assert json.loads(out.with_suffix(".json").read_text())["pairs"] == [["levels", "sasrec (base run)"]]
+    ab.main(["--redraw", "--out", str(out)])  # the pairs are kept in the JSON
+    assert out.with_suffix(".md").read_text() == md
+    with pytest.raises(SystemExit, match="no row 'sasrec level reader \\(no LLM\\)' with per-case scores"):
+        ab.main(["--redraw", "--out", str(out), "--pair", "levels", "sasrec level reader (no LLM)"])
+    assert out.with_suffix(".md").read_text() == md
+
+
 def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy_overrides, tiny_lm, tmp_path):
     from conftest import load_benchmark
     from mmsrarec.config import load_config
