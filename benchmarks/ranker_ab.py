@@ -403,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
                              "scores, e.g. a variant and 'sasrec (base run)'); with --redraw, kept in OUT.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.pair and args.across:
+        parser.error("--pair pairs rows of one run; --across compares every variant with the first, seed by seed")
     if args.across:
         report = across_seeds([Path(p) for p in args.across])
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))

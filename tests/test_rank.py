@@ -963,6 +963,8 @@ def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
     with pytest.raises(SystemExit, match="no row 'sasrec level reader \\(no LLM\\)' with per-case scores"):
         ab.main(["--redraw", "--out", str(out), "--pair", "levels", "sasrec level reader (no LLM)"])
     assert out.with_suffix(".md").read_text() == md
+    with pytest.raises(SystemExit):
+        ab.main(["--across", str(out.with_suffix(".json")), "--out", str(tmp_path / "x"), "--pair", "levels", "plain"])
 
 
 def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy_overrides, tiny_lm, tmp_path):
