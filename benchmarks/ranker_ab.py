@@ -297,7 +297,8 @@ def markdown(rows: list[dict], command: str, facts: dict) -> str:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join("–" if row.get(c) is None else str(row[c]) for c in cols) + " |")
-    for diff in paired_differences(rows, facts["seed"]) + named_pairs(rows, facts.get("pairs", []), facts["seed"]):
+    diffs = paired_differences(rows, facts["seed"]) + named_pairs(rows, facts.get("pairs", []), facts["seed"])
+    for diff in diffs:
         lines += ["", f"{diff['variant']} - {diff['against']}, paired over the same cases: " + "; ".join(
             f"{m.upper()} {v[0]:+.4f} (95% bootstrap {v[1]:+.4f} to {v[2]:+.4f})" for m, v in diff.items()
             if m not in ("variant", "against"))]
@@ -373,6 +374,11 @@ def across_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line(argv: list[str] | None) -> str:
+    """This invocation as a shell command, for the results to name."""
+    return "python benchmarks/ranker_ab.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a config file whose run has finished the stages before train-ranker")
@@ -417,8 +423,7 @@ def main(argv: list[str] | None = None) -> None:
             if problem := pair_problem(report["rows"], args.pair):
                 sys.exit(problem)
             report["pairs"] = args.pair
-            report["pairs_command"] = "python benchmarks/ranker_ab.py " + " ".join(
-                shlex.quote(a) for a in (argv or sys.argv[1:]))
+            report["pairs_command"] = command_line(argv)
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         out.with_suffix(".md").write_text(markdown(report["rows"], report["command"], report))
         print(out.with_suffix(".md").read_text())
@@ -451,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
              "case_numbers": cases.index.tolist(),
              **({"valid_cases": len(valid), "valid_case_numbers": valid.index.tolist()} if args.fuse else {})}
-    command = "python benchmarks/ranker_ab.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = command_line(argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     problem = pair_problem(rows, args.pair)
     facts["pairs"] = [] if problem else args.pair

@@ -889,19 +889,22 @@ def test_per_user_scoring_time_comes_from_the_stored_times_not_the_resumed_wall(
     assert scoring_times(tmp_path / "old", 2, "valid", wall_s=3.0) == {"valid_s_per_user": 1.5}
 
 
+def _ab_scores(target_ranks):
+    """ranker_ab per-case scores of 1 + 20 candidates, the target (column 0) below `rank` of them."""
+    return [[20.5 - r, *range(20, 0, -1)] for r in target_ranks]
+
+
 def test_ranker_ab_across_seeds_averages_the_seeds_and_pairs_the_same_cases(tmp_path):
     from conftest import load_benchmark
 
     ab = load_benchmark("ranker_ab")
 
-    def scores(target_ranks):  # 1 + 20 candidates, the target (column 0) below `rank` of them
-        return [[20.5 - r, *range(20, 0, -1)] for r in target_ranks]
-
     def run(seed, ranks, cases=(3, 9, 12, 40), extra=()):
-        rows = [{"variant": name, "overrides": over, "scores": scores(r), **ab.metrics(np.array(scores(r), float))}
+        rows = [{"variant": name, "overrides": over, "scores": _ab_scores(r),
+                 **ab.metrics(np.array(_ab_scores(r), float))}
                 for name, over, r in [("plain", [], ranks[0]), ("no-rl", ["rank.keywords_from=summarize"], ranks[1]),
                                       *extra]]
-        best = ab.metrics(np.array(scores([0] * 4), float))
+        best = ab.metrics(np.array(_ab_scores([0] * 4), float))
         rows.append({"variant": "sasrec (base run)", "method": "sasrec", **best})
         path = tmp_path / f"{seed}.json"
         path.write_text(json.dumps({"seed": 2025, "run_seed": seed, "cases": 4, "all_cases": 50, "candidates": 21,
@@ -939,10 +942,7 @@ def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
 
     ab = load_benchmark("ranker_ab")
 
-    def scores(target_ranks):  # 1 + 20 candidates, the target (column 0) below `rank` of them
-        return [[20.5 - r, *range(20, 0, -1)] for r in target_ranks]
-
-    rows = [{"variant": name, "scores": scores(r), **ab.metrics(np.array(scores(r), float)), **extra}
+    rows = [{"variant": name, "scores": _ab_scores(r), **ab.metrics(np.array(_ab_scores(r), float)), **extra}
             for name, r, extra in [("plain", [6, 6, 6, 6], {"overrides": []}),
                                    ("levels", [0, 0, 6, 1], {"overrides": ["rank.candidate_cf_rank=sasrec"]}),
                                    ("sasrec (base run)", [0, 0, 0, 0], {"method": "sasrec"})]]
