@@ -127,7 +127,7 @@ def needed(cfg, runs: list) -> tuple[list[str], dict, list[str]]:
     links, {real stage folder: the configs of the picked runs that read it}, manifests as seen through
     the links). The stage folders of every stage in a run's plan, and its unfinished <stage>.partial
     folders (to resume)."""
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     run = cfg.run_dir.resolve()
     links, manifests, folders = set(), set(), {}
@@ -151,7 +151,7 @@ def _left_here(path: Path, cfgs: list) -> bool:
     every stage's own outputs under the configs of all the picked runs that read its folder (`cfgs`;
     pipeline.Stage.own, e.g. the FAISS index: the rankers read the neighbours, unless
     rank.candidate_votes searches the index again)."""
-    from mmsrarec.pipeline import STAGES
+    from mmsrarec.stages import STAGES
 
     for i, part in enumerate(path.parts):
         if part in STAGES:
@@ -221,7 +221,7 @@ def _check_keys(config: str, overrides: list[str], only: list[str], manifests: P
     """Every stage finished elsewhere has the key this tree computes for it (else it would rerun here)."""
     from mmsrarec.artifacts import read_json
     from mmsrarec.experiment import PARALLEL_FROM
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     cfg = _cfg(config, overrides)
     main = cfg.run_dir

@@ -50,10 +50,11 @@ from mmsrarec.cf.base import Cases
 from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
+from mmsrarec.evaluate.intervals import case_bootstrap
 from mmsrarec.evaluate.protocols import sampled_metrics
 from mmsrarec.evaluate.stage import read_scores
 from mmsrarec.experiment import members
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 from mmsrarec.rank.prompts import LEVEL_WORDS, rank_level
 from mmsrarec.rank.sharded import stored_seconds
 from mmsrarec.rank.stage import RankerInputs, cf_ranks, score_cases, similar_users_votes
@@ -172,15 +173,8 @@ def case_differences(scores, against) -> dict[str, np.ndarray]:
 def paired_over_seeds(differences: list[dict], rng: np.random.Generator, draws: int = 10_000) -> dict:
     """`paired` for one case_differences per seed, every seed on the same cases: the per-case difference
     averaged over the seeds, its bootstrap resampling the cases (one draw shared by the seeds)."""
-    n = len(differences[0]["hr@5"])
-    picks = rng.integers(0, n, size=(draws, n))
-    out = {}
-    for metric in ("hr@5", "ndcg@5"):
-        diff = np.mean([d[metric] for d in differences], axis=0)
-        boot = diff[picks].mean(1)
-        out[metric] = [round(float(diff.mean()), 4), round(float(np.quantile(boot, 0.025)), 4),
-                       round(float(np.quantile(boot, 0.975)), 4)]
-    return out
+    return case_bootstrap({metric: np.mean([d[metric] for d in differences], axis=0) for metric in ("hr@5", "ndcg@5")},
+                          rng, draws)
 
 
 def paired_differences(rows: list[dict], seed: int) -> list[dict]:

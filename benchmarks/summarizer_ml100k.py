@@ -29,7 +29,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from mmsrarec.config import load_config  # noqa: E402
-from mmsrarec.pipeline import Runner, package_versions  # noqa: E402
+from mmsrarec.profiling import package_versions  # noqa: E402
+from mmsrarec.stages import Runner  # noqa: E402
 from mmsrarec.summarize.generate import chat_prompt, generate  # noqa: E402
 from mmsrarec.summarize.grpo import split_items  # noqa: E402
 from mmsrarec.summarize.stage import load_policy, text_prompts  # noqa: E402

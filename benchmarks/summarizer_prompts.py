@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from mmsrarec.config import load_config  # noqa: E402
-from mmsrarec.pipeline import Runner  # noqa: E402
+from mmsrarec.stages import Runner  # noqa: E402
 from mmsrarec.summarize.config import SummarizeConfig  # noqa: E402
 from mmsrarec.summarize.grpo import (RewardModels, item_texts, make_rewards, prompt_rows, score_policy,  # noqa: E402
                                      split_items, trained_rewards)

@@ -142,7 +142,7 @@ def test_evaluate_under_ddp_shares_the_llm_scoring_and_equals_one_process(run_co
     import pandas as pd
 
     from mmsrarec.config import load_config
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     sets = ["name=ddp", "cf.models=[pop]", "evaluate.methods=[pop, mmsrarec]", "evaluate.protocols=[sampled]",
             "evaluate.report_users=0"]

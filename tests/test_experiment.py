@@ -189,7 +189,7 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
 
 
 def test_a_pinned_data_seed_equal_to_the_run_seed_is_the_same_prepare_stage(toy_overrides):
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     plain = Runner(load_config(None, [*toy_overrides, "seed=7"]))
     pinned = Runner(load_config(None, [*toy_overrides, "seed=7", "data.seed=7"]))
@@ -200,7 +200,7 @@ def test_a_pinned_data_seed_equal_to_the_run_seed_is_the_same_prepare_stage(toy_
 def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tiny_lm):
     from pathlib import Path
 
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=1", "evaluate.methods=[pop, mmsrarec]",
             "evaluate.report_users=0",

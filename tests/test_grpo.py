@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmsrarec.config import load_config
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 from mmsrarec.summarize import train_stage
 from mmsrarec.summarize.config import SummarizeConfig, SummarizerTrainConfig
 from mmsrarec.summarize.grpo import ITEM_INDEX, held_out, prompt_rows, split_items, train_dataset

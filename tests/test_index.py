@@ -19,7 +19,7 @@ from mmsrarec.index.context import context_keywords, context_string
 from mmsrarec.index.neighbours import UserIndex
 from mmsrarec.index.store import load_index, load_neighbours
 from mmsrarec.index.windows import training_windows
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 
 from conftest import load_benchmark
 

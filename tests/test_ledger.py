@@ -163,7 +163,7 @@ def test_a_neutral_option_added_later_keeps_stage_keys_and_fingerprints(tmp_path
 
     from mmsrarec.config import RankConfig
     from mmsrarec.configtools import field, key_dict, to_dict
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     cfg = load_config("configs/ml100k_gpu.yaml", [f"runs_dir={tmp_path}"])
 

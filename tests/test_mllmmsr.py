@@ -15,7 +15,7 @@ import pytest
 from mmsrarec.config import load_config
 from mmsrarec.errors import ConfigError
 from mmsrarec.mllmmsr.users import chain_prefixes
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 
 TITLE = re.compile(r"Item number (\d+)")
 

@@ -16,7 +16,7 @@ from mmsrarec.errors import ConfigError, DataError
 from mmsrarec.evaluate.export import export_candidates
 from mmsrarec.evaluate.outside import (ScoreFile, ScoreFileError, check_score_files, match_scores, read_score_file,
                                        stored_pairs)
-from mmsrarec.pipeline import STAGES, Runner
+from mmsrarec.stages import STAGES, Runner
 
 SPLITS = ("valid", "test")
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmsrarec.config import load_config
 from mmsrarec.experiment import members
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 CONFIGS = sorted(p.name for p in PAPER.glob("*_qwen25vl7b.yaml"))

@@ -154,7 +154,7 @@ def test_the_faiss_index_is_the_index_stages_own_unless_candidate_votes_search_i
     from pathlib import Path
 
     from conftest import load_benchmark
-    from mmsrarec.pipeline import STAGES
+    from mmsrarec.stages import STAGES
 
     plain = load_config(None, toy_overrides)
     votes = load_config(None, [*toy_overrides, "rank.candidate_votes=50"])

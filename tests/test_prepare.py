@@ -8,7 +8,7 @@ import pytest
 
 from mmsrarec.config import load_config
 from mmsrarec.errors import DataError
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 
 from conftest import write_atomic
 

@@ -672,7 +672,7 @@ def test_resume_from_checkpoint(tiny_lm, items, tmp_path):
 
 def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     from mmsrarec.config import load_config
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
     from mmsrarec.rank.stage import RankerInputs, retrieved_contexts, score_cases
 
     over = [*toy_overrides, "cf.models=[sasrec]", "evaluate.methods=[sasrec]", "cf.train.epochs=2",
@@ -970,7 +970,7 @@ def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
 def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy_overrides, tiny_lm, tmp_path):
     from conftest import load_benchmark
     from mmsrarec.config import load_config
-    from mmsrarec.pipeline import Runner
+    from mmsrarec.stages import Runner
 
     ab = load_benchmark("ranker_ab")
     over = [*toy_overrides, "cf.models=[pop,sasrec]", "evaluate.methods=[pop,sasrec]", "evaluate.protocols=[sampled]",

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import write_atomic
 from mmsrarec.config import load_config
 from mmsrarec.evaluate.report import ReportInputs, render_report
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 from mmsrarec.summarize.curves import write_curves
 
 EVIL = "<script>alert(1)</script>"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mmsrarec.config import load_config
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 from mmsrarec.summarize.stage import merge_keywords
 from mmsrarec.summarize.store import ChunkStore
 

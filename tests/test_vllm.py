@@ -13,7 +13,7 @@ import torch
 
 from mmsrarec.config import load_config
 from mmsrarec.errors import ConfigError
-from mmsrarec.pipeline import Runner
+from mmsrarec.stages import Runner
 from mmsrarec.summarize.config import SummarizerTrainConfig
 
 

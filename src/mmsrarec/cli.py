@@ -25,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import STAGES
+    from .stages import STAGES
 
     parser = argparse.ArgumentParser(prog="mmsrarec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +98,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         import torch
         torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .pipeline import Runner
+    from .stages import Runner
 
     if args.command == "export-candidates":
         from .evaluate.export import export_candidates

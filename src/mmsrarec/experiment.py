@@ -139,7 +139,7 @@ def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[s
     """The merged leaderboard over the runs that are finished now (evaluate up to date for the config,
     see pipeline.Runner.finished) and, with experiment.ledger, the ledger's rows of the others, running
     nothing; it names the runs left out."""
-    from .pipeline import Runner
+    from .stages import Runner
 
     everything = members(cfg, config_path, overrides)
     done = []
@@ -203,7 +203,7 @@ def _reuse(everything: list[Member], member: Member) -> list[Path]:
 
 
 def _run_sequential(everything: list[Member], runs: list[Member], force: bool, stop_before: str | None) -> list[Path]:
-    from .pipeline import Runner
+    from .stages import Runner
 
     done: list[Path] = []
     for n, member in enumerate(runs, 1):
@@ -220,7 +220,7 @@ def _run_member(cfg: RunConfig, reuse: list[Path], force: bool, log: Path) -> Pa
     """One member run in a worker process, its output (Python's and native code's) into `log`."""
     import os
 
-    from .pipeline import Runner
+    from .stages import Runner
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
@@ -293,7 +293,7 @@ def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
     evaluate.fuse blends, '<ranker>+<cf>') from a variant run; each with the run's label, its config's
     fingerprint, its data digest and its source (the keys of ledger.py). Refuses runs whose candidate lists
     differ."""
-    from .pipeline import Runner
+    from .stages import Runner
 
     rows = []
     for member, run_dir in runs:

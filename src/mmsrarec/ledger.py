@@ -38,7 +38,7 @@ HEAD = [*KEYS, "seed", "method", "protocol"]  # a ledger's first columns
 
 def fingerprint(cfg) -> str:
     """What a run's rows depend on that its config says (see the module doc), as 16 hex digits."""
-    from .pipeline import Runner
+    from .stages import Runner
 
     runner = Runner(cfg)
     sections = {name: key_dict(runner.stages[name].section(cfg)) for name in runner.plan("evaluate")}

@@ -1,4 +1,4 @@
-"""Stage orchestration over a run directory.
+"""The engine: stages over a run directory. It knows no domain: the stages are declared in stages.py.
 
 Each stage writes under `runs/<name>/<stage>/`. While it runs it writes into `<stage>.partial/`,
 which survives a kill so long stages can resume from what they already wrote; when it finishes,
@@ -12,164 +12,57 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import os
-import platform
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
+from . import __version__, distributed
 from .artifacts import hash_tree, read_json, sha256_json, write_json
-from .config import RunConfig
-from . import distributed
 from .configtools import key_dict, to_dict
-from .errors import ArtifactError, ConfigError, MmsrarecError
-from .evaluate.outside import check_score_files, score_file_digests
-from .mllmmsr import config as msr
-from .rank.config import ranker_needs
-from .summarize.vllm_backend import check_grpo_vllm, check_summarize_backend
+from .errors import ArtifactError, MmsrarecError
+from .profiling import PeakMemory, package_versions
 
-PACKAGES = ("torch", "numpy", "pandas", "transformers", "trl", "peft", "sentence-transformers", "faiss-cpu",
-            "datasets", "accelerate")
+Config = Any  # the run config (mmsrarec.config.RunConfig); the engine reads only its run_dir
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     entry: str  # "module:function"; the function takes a StageContext
-    needs: Callable[[RunConfig], list[str]]
-    section: Callable[[RunConfig], Any]  # the part of the config this stage's output depends on
+    needs: Callable[[Config], list[str]]
+    section: Callable[[Config], Any]  # the part of the config this stage's output depends on
     help: str = ""
-    check: Callable[[RunConfig], None] | None = None  # cross-section checks, run before any stage of a plan
+    check: Callable[[Config], None] | None = None  # cross-section checks, run before any stage of a plan
     distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
     # outputs (glob patterns) that no other stage reads (under a config, when a function): gone, they rerun no stage
-    own: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]] = ()
+    own: tuple[str, ...] | Callable[[Config], tuple[str, ...]] = ()
 
-    def owns(self, output: str, cfg: RunConfig) -> bool:
+    def owns(self, output: str, cfg: Config) -> bool:
         """Whether `output` (a path inside the stage's folder) is one that no other stage reads under cfg."""
         own = self.own(cfg) if callable(self.own) else self.own
         return any(fnmatch.fnmatchcase(output, pattern) for pattern in own)
 
 
-def _check_index(cfg: RunConfig) -> None:
-    if cfg.index.cf_model not in cfg.cf.models:
-        raise ConfigError(f"index.cf_model is {cfg.index.cf_model!r}, which cf.models does not train "
-                          f"(cf.models = {cfg.cf.models}); add it there or pick one of those")
-
-
-def _index_own(cfg: RunConfig) -> tuple[str, ...]:
-    """The later stages read the neighbours tables; the index itself only with rank.candidate_votes,
-    which searches it again."""
-    return () if cfg.rank.candidate_votes else ("index.faiss", "index.npy")
-
-
-def _ranks(cfg: RunConfig) -> bool:
-    return cfg.rank.name in cfg.evaluate.methods
-
-
-def _evaluate_needs(cfg: RunConfig) -> list[str]:
-    return ["prepare", "train-cf", *(["train-ranker"] if _ranks(cfg) else []),
-            *(["train-mllmmsr"] if msr.evaluated(cfg) else [])]
-
-
-def _prepare_section(cfg: RunConfig) -> dict:
-    """data.* with the effective seed: data.seed -1 under run seed 5 is the same split as data.seed 5."""
-    data = {k: v for k, v in key_dict(cfg.data).items() if k != "seed"}
-    return {"data": data, "seed": cfg.data_seed}
-
-
-def _stages() -> dict[str, Stage]:
-    return {s.name: s for s in [
-        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], _prepare_section,
-              "read the dataset, filter, remap IDs, split, draw candidate lists"),
-        Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
-              lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
-        Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
-              lambda c: {"index": c.index, "seed": c.seed},
-              "build the FAISS index over training users and retrieve neighbours for every case", _check_index,
-              own=_index_own),
-        Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
-              lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
-              check_summarize_backend, distributed=True),
-        Stage("train-summarizer", "mmsrarec.summarize.train_stage:run", lambda c: ["prepare"],
-              lambda c: {"train_summarizer": c.train_summarizer, "summarize": c.summarize, "seed": c.seed},
-              "tune the keyword policy with GRPO", check_grpo_vllm, distributed=True),
-        Stage("summarize-tuned", "mmsrarec.summarize.stage:run_tuned", lambda c: ["prepare", "train-summarizer"],
-              lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy",
-              check_summarize_backend, distributed=True),
-        Stage("train-ranker", "mmsrarec.rank.stage:run", lambda c: ranker_needs(c),
-              lambda c: {"rank": c.rank, "seed": c.seed}, "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)",
-              distributed=True),
-        Stage("describe-items", "mmsrarec.mllmmsr.stage:describe_items", lambda c: ["prepare"], msr.describe_section,
-              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph"),
-        Stage("summarize-users", "mmsrarec.mllmmsr.stage:summarize_users", lambda c: ["prepare", "describe-items"],
-              msr.users_section, "MLLM-MSR: recurrent user-preference summaries, one LLM call per block of 3 items"),
-        Stage("train-mllmmsr", "mmsrarec.mllmmsr.stage:train", lambda c: ["prepare", "describe-items",
-              "summarize-users"], msr.train_section, "MLLM-MSR: LoRA SFT of the Yes/No recommender on user summaries",
-              msr.check_names),
-        Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs,
-              lambda c: {"evaluate": c.evaluate, **({"rank_scoring": c.rank.scoring} if _ranks(c) else {}),
-                         **({"mllm_msr_scoring": c.mllm_msr.scoring} if msr.evaluated(c) else {}),
-                         **score_file_digests(c)},  # an outside score file's content is an input too
-              "score every method on both protocols, write the leaderboard", check_score_files,
-              distributed=True),  # under a launcher every process scores a share of the LLM's cases
-    ]}
-
-
-STAGES = _stages()
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "mmsrarec": __version__}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-class PeakMemory:
-    """Peak resident memory of this process while a block runs (Linux: resets VmHWM via clear_refs)."""
-
-    def __enter__(self) -> "PeakMemory":
-        self._reset = False
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self._reset = True
-        except OSError:
-            pass
-        self.peak_mb = 0.0
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.peak_mb = current_peak_mb()
-
-
-def current_peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
 class StageContext:
-    cfg: RunConfig
+    cfg: Config
     stage: str
     run_dir: Path
     out: Path  # write here; it persists across kills until the stage finishes
     summary: dict = field(default_factory=dict)  # small facts to put into the manifest (counts, metrics)
+    needs: tuple[str, ...] | None = None  # the stages it declared it reads (None: any, for direct calls)
 
     def input(self, stage: str) -> Path:
+        """The folder of a finished stage this one declared in its needs: what it reads is in its key."""
+        if self.needs is not None and stage not in self.needs:
+            raise ArtifactError(f"stage '{self.stage}' reads stage '{stage}', which it does not declare in its needs "
+                                f"({', '.join(self.needs) or 'none'}); its key would not hold what it reads")
         path = self.run_dir / stage
         if not (path / "manifest.json").is_file():
             raise ArtifactError(f"stage '{self.stage}' needs the output of stage '{stage}' at {path}, which is missing;"
@@ -186,9 +79,9 @@ class Runner:
     this run's when their key (config section + inputs) is identical; they are linked, not copied, so
     ablations and seeds share the summaries, GRPO policy and index they have in common."""
 
-    def __init__(self, cfg: RunConfig, stages: dict[str, Stage] | None = None, reuse: list[Path] = ()):
+    def __init__(self, cfg: Config, stages: dict[str, Stage], reuse: list[Path] = ()):
         self.cfg = cfg
-        self.stages = stages or STAGES
+        self.stages = stages
         self.run_dir = cfg.run_dir
         self.reuse = [Path(p) for p in reuse]
         self._done: dict[str, dict] = {}
@@ -254,7 +147,7 @@ class Runner:
         elif stage.distributed:
             what, partial = distributed.broadcast(None)
             if what == "run":
-                ctx = StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=Path(partial))
+                ctx = self._context(name, Path(partial))
                 module, func = stage.entry.split(":")
                 getattr(importlib.import_module(module), func)(ctx)
                 distributed.barrier()
@@ -401,6 +294,10 @@ class Runner:
         changed = sorted(k for k in actual if actual[k] != expected.get(k))
         return missing, changed
 
+    def _context(self, name: str, out: Path) -> StageContext:
+        return StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=out,
+                            needs=tuple(self.stages[name].needs(self.cfg)))
+
     def _execute(self, name: str, key: str, inputs: dict, force: bool) -> dict:
         stage = self.stages[name]
         final = self.run_dir / name
@@ -411,7 +308,7 @@ class Runner:
         resumed = partial.exists()
         partial.mkdir(parents=True, exist_ok=True)
         marker.write_text(key)
-        ctx = StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=partial)
+        ctx = self._context(name, partial)
         ctx.log(("resuming" if resumed else "running") + f" -> {final}")
         module, func = stage.entry.split(":")
         started = datetime.now(timezone.utc)

@@ -13,7 +13,7 @@ import numpy as np
 from ..artifacts import read_json, write_json
 from ..data.prepare import load_prepared
 from ..device import resolve_device
-from ..pipeline import PeakMemory
+from ..profiling import PeakMemory
 from . import build_model
 from .base import Cases
 

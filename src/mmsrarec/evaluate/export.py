@@ -40,7 +40,7 @@ it are test) for every row of candidates.csv of the splits you score (test at le
 
 def export_candidates(cfg, out: str | Path | None = None) -> Path:
     """Run prepare if needed, then write the export folder; returns it."""
-    from ..pipeline import Runner
+    from ..stages import Runner
 
     runner = Runner(cfg)
     manifest = runner.run("prepare")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,35 +199,28 @@ def match_scores(rows: pd.DataFrame, stored: pd.DataFrame, path: Path) -> dict[s
     return out
 
 
-# ----------------------------------------------------------------------------- the evaluate stage's rows
+# ----------------------------------------------------------------------------- the evaluate stage's input
 
-def outside_rows(ctx, data: dict, cases: dict[str, "Cases"]) -> list[dict]:
-    """One sampled-protocol leaderboard row per evaluate.score_files entry, checked before any model is scored."""
-    from .metrics import metric_names
-    from .protocols import sampled_metrics, summarize
-    from .stage import write_scores
+def outside_scores(ctx, data: dict, cases: dict[str, "Cases"]) -> dict[str, dict[str, dict]]:
+    """Every evaluate.score_files entry, checked against the stored lists (all of them before any is
+    written), written as sampled per-case files into the evaluate stage's folder. Returns
+    {name: {"sampled": facts}} as a scoring stage's methods.json holds them (evaluate/casefiles.py)."""
+    from .casefiles import write_scored_lists
 
     files = parse_entries(ctx.cfg.evaluate.score_files)
     if not files:
-        return []
+        return {}
     stored = stored_pairs(data["users"], data["items"], cases)
-    names = metric_names(ctx.cfg.evaluate.ks, "sampled")
     matrices = {sf.name: match_scores(read_score_file(sf), stored, sf.path) for sf in files}  # all checked first
-    rows = []
+    out = {}
     for sf in files:
-        row = {"method": sf.name, "protocol": "sampled", "score_file": str(sf.path),
-               "score_file_sha256": sha256_file(sf.path)}
+        facts = {"score_file": str(sf.path), "score_file_sha256": sha256_file(sf.path), "splits": []}
         for split, c in cases.items():
             scores = matrices[sf.name].get(split)
-            row[f"{split}_cases"] = 0 if scores is None else len(c)
             if scores is None:
                 continue  # the file has no rows of this split (valid is optional)
-            t0 = time.perf_counter()
-            row.update({f"{split}_{k}": v for k, v in summarize(sampled_metrics(scores, names)).items()})
-            row[f"{split}_eval_time_s"] = round(time.perf_counter() - t0, 3)
-            write_scores(ctx.out, sf.name, split, c, scores)
-        ctx.log(f"{sf.name:10s} sampled  test " + "  ".join(
-            f"{k}={row['test_' + k]:.4f}" for k in ("hr@5", "ndcg@5", "auc") if "test_" + k in row)
-            + f"  (from {sf.path})")
-        rows.append(row)
-    return rows
+            write_scored_lists(ctx.out, sf.name, split, c.users, c.candidates(), scores)
+            facts["splits"].append(split)
+        ctx.log(f"{sf.name}: {', '.join(facts['splits'])} scores read from {sf.path}")
+        out[sf.name] = {"sampled": facts}
+    return out

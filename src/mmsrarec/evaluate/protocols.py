@@ -27,14 +27,21 @@ def _batches(n: int, size: int, desc: str, progress: bool):
     return tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress or len(starts) < 4)
 
 
-def evaluate_sampled(score: CandidateScorer, cases: Cases, names: list[str], batch_size: int = 256,
-                     progress: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-case metrics and the [n_cases, 1 + N] score matrix (target in column 0)."""
+def sampled_scores(score: CandidateScorer, cases: Cases, batch_size: int = 256,
+                   progress: bool = True) -> np.ndarray:
+    """The [n_cases, 1 + N] score matrix of the stored lists (target in column 0)."""
     candidates = cases.candidates()
     scores = np.empty(candidates.shape, dtype=np.float64)
     for start in _batches(len(cases), batch_size, "sampled", progress):
         stop = start + batch_size
         scores[start:stop] = score(cases.histories[start:stop], candidates[start:stop])
+    return scores
+
+
+def evaluate_sampled(score: CandidateScorer, cases: Cases, names: list[str], batch_size: int = 256,
+                     progress: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-case metrics and the [n_cases, 1 + N] score matrix (target in column 0)."""
+    scores = sampled_scores(score, cases, batch_size, progress)
     return sampled_metrics(scores, names), scores
 
 
@@ -64,11 +71,11 @@ def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, de
     return mask
 
 
-def evaluate_full(full_scores: FullScorer, cases: Cases, n_items: int, names: list[str], batch_size: int = 256,
-                  progress: bool = True, exclude_history: bool = True) -> dict[str, np.ndarray]:
-    """Rank every item for each case. exclude_history=False keeps history items in the ranking, as
-    RecBole 1.2.1 does for sequential models (it masks only padding)."""
-    greater, ties, n = [], [], []
+def full_counts(full_scores: FullScorer, cases: Cases, n_items: int, batch_size: int = 256,
+                progress: bool = True, exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per case (greater, ties, n) of the target when every item competes (but the history's, unless
+    exclude_history=False, as RecBole 1.2.1 ranks for sequential models: it masks only padding)."""
+    greater, ties, n = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in _batches(len(cases), batch_size, "full", progress):
         hist = cases.histories[start:start + batch_size]
         targets = cases.targets[start:start + batch_size]
@@ -78,7 +85,13 @@ def evaluate_full(full_scores: FullScorer, cases: Cases, n_items: int, names: li
         pos = scores[torch.arange(len(targets), device=scores.device), torch.tensor(targets, device=scores.device)]
         g, t, c = count_ranks(pos, scores, mask)
         greater.append(g), ties.append(t), n.append(c)
-    return per_case(names, np.concatenate(greater), np.concatenate(ties), np.concatenate(n))
+    return np.concatenate(greater), np.concatenate(ties), np.concatenate(n)
+
+
+def evaluate_full(full_scores: FullScorer, cases: Cases, n_items: int, names: list[str], batch_size: int = 256,
+                  progress: bool = True, exclude_history: bool = True) -> dict[str, np.ndarray]:
+    """Per-case metrics when every item competes (see full_counts)."""
+    return per_case(names, *full_counts(full_scores, cases, n_items, batch_size, progress, exclude_history))
 
 
 def summarize(per: dict[str, np.ndarray]) -> dict[str, float]:

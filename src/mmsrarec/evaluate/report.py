@@ -7,10 +7,11 @@ of the stored candidates with the true item marked.
 
 Everything is inline (CSS, images as base64 data URIs, no script), so the file can be mailed or
 archived alone. All text from data (titles, keywords) is HTML-escaped. Everything but the leaderboard
-is optional: a missing or damaged keyword table, index, curve or image is replaced by a note.
+is optional: a missing or damaged keyword table, curve or image is replaced by a note.
 
-The keyword table, index and summarizer folders are read as they are when the evaluate stage runs;
-they are not inputs of its cache key, so an evaluate that is "up to date" keeps its older report.
+It reads only artifacts of stages the evaluate stage declares in its needs (so they are in its key): the
+per-case files of the scoring stages (what each method scored, and what the ranker's prompts showed: the
+retrieved context, the similar users behind it, the candidate notes), the keyword table and the reward curves.
 """
 
 from __future__ import annotations
@@ -40,43 +41,34 @@ THUMB_PX = 72
 
 @dataclass
 class ReportInputs:
-    """Where the report reads from: the run config and the folders of the stages it shows."""
+    """Where the report reads from: the run config and the folders of the stages it shows. Only artifacts:
+    per-case files hold what each method scored and what the ranker's prompts showed."""
 
     cfg: Any                        # RunConfig
     prepare: Path
-    evaluate: Path                  # leaderboard.json/.png and scores/<method>_test.parquet
+    evaluate: Path                  # leaderboard.json/.png
     keywords: Path | None = None    # a keywords.parquet (None: no keywords shown)
-    index: Path | None = None       # the index stage's folder (None: no retrieved context)
     summarizer: Path | None = None  # the train-summarizer folder (None: no reward curves)
-    cf: Path | None = None          # the train-cf folder (the ranker's candidate notes; None: not shown)
+    cases: dict[str, Path] = field(default_factory=dict)  # method -> its sampled test case file
 
     @classmethod
     def from_context(cls, ctx: Any) -> "ReportInputs":
-        """From the evaluate stage's context: its own output folder, and whatever earlier stages finished."""
-        run_dir = Path(ctx.run_dir)
-        return cls(ctx.cfg, ctx.input("prepare"), Path(ctx.out), keyword_file(ctx.cfg, run_dir),
-                   _finished(run_dir, "index"), _finished(run_dir, "train-summarizer"),
-                   _finished(run_dir, "train-cf"))
+        """From the evaluate stage's context: its own folder, and the stages it declared it reads."""
+        from ..rank.config import keyword_stage
+        from .casefiles import case_path, read_methods
 
-
-def _finished(run_dir: Path, stage: str) -> Path | None:
-    path = run_dir / stage
-    return path if (path / "manifest.json").is_file() else None
-
-
-def keyword_file(cfg: Any, run_dir: Path) -> Path | None:
-    """The keyword table the ranker reads (rank.keywords_from); under 'auto' the zero-shot one when no
-    tuned one was made. None when the ranker is evaluated without keywords or none was written."""
-    from ..rank.config import keyword_stage
-
-    if cfg.rank.name in cfg.evaluate.methods and not cfg.rank.use_keywords:
-        return None
-    stages = [keyword_stage(cfg), *(["summarize"] if cfg.rank.keywords_from == "auto" else [])]
-    for stage in stages:
-        folder = _finished(run_dir, stage)
-        if folder is not None and (folder / "keywords.parquet").is_file():
-            return folder / "keywords.parquet"
-    return None
+        needs = ctx.needs or ()
+        stage = keyword_stage(ctx.cfg)
+        keywords = ctx.input(stage) / "keywords.parquet" if stage in needs else None
+        cases = {}
+        for folder in [ctx.input(n) for n in needs] + [Path(ctx.out)]:
+            for method, facts in read_methods(folder).items():
+                if "test" in facts.get("sampled", {}).get("splits", []):
+                    cases[method] = case_path(folder, method, "sampled", "test")
+        for path in (Path(ctx.out) / "sampled").glob("*_test.parquet"):  # outside files and blends, written here
+            cases.setdefault(path.name[:-len("_test.parquet")], path)
+        return cls(ctx.cfg, ctx.input("prepare"), Path(ctx.out), keywords,
+                   ctx.input("train-summarizer") if "train-summarizer" in needs else None, cases)
 
 
 def write_report(source: Any, out_path: str | Path) -> Path:
@@ -198,11 +190,8 @@ class UserView:
     item_ids: dict[int, str]          # item -> the dataset's item id
     user_ids: dict[int, str]          # user -> the dataset's user id
     images: Any                       # data.images config (size limits)
-    neighbours: pd.DataFrame | None   # index stage, test split, indexed by case
-    context_cap: int
-    scores: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> scores/<method>_test.parquet
-    ranker: str = ""                  # rank.name: its ranking shows the candidate notes its prompts showed
-    notes: dict = field(default_factory=dict)  # case -> rank.prompts.CandidateNotes (candidate votes / CF ranks)
+    scores: dict[str, pd.DataFrame] = field(default_factory=dict)  # method -> its sampled test case file
+    ranker: str = ""                  # rank.name: its case file has what its prompts showed (context, notes)
 
     def __post_init__(self) -> None:
         self.has_images = any(self.catalog.images.values())
@@ -218,17 +207,17 @@ class UserView:
                 f'<span class="muted small">#{esc(self.item_ids.get(item, item))}</span>{desc}</figcaption></figure>')
 
     def context(self, case: int) -> str:
-        if self.neighbours is None:
+        """The retrieved context the ranker's prompt showed for this case, and the similar users behind it."""
+        frame = self.scores.get(self.ranker)
+        if frame is None or "context" not in frame or case >= len(frame):
             return ""
-        if case not in self.neighbours.index:
-            return '<h4>Retrieved context</h4><p class="muted">no neighbours stored for this case</p>'
-        from ..index.context import context_string
-
-        row = self.neighbours.loc[case]
-        text = context_string(row["next_items"], row["similarities"], self.catalog.context_words(), self.context_cap)
+        row = frame.iloc[case]
         lines = "".join(f"<tr><td>{esc(u)}</td><td>{fmt(float(s), 3)}</td><td>{esc(self.catalog.titles.get(int(i), i))}"
                         "</td></tr>" for u, s, i in zip(row["neighbours"], row["similarities"], row["next_items"]))
-        return (f'<h4>Retrieved context</h4><p class="context">{esc(text) or "<i>(empty)</i>"}</p>'
+        if not lines:
+            return (f'<h4>Retrieved context</h4><p class="context">{esc(row["context"]) or "<i>(empty)</i>"}</p>'
+                    '<p class="muted">no neighbours stored for this case</p>')
+        return (f'<h4>Retrieved context</h4><p class="context">{esc(row["context"]) or "<i>(empty)</i>"}</p>'
                 '<table class="neighbours"><thead><tr><th>similar training user</th><th>similarity</th>'
                 f"<th>their next item</th></tr></thead><tbody>{lines}</tbody></table>")
 
@@ -242,13 +231,13 @@ class UserView:
         greater, ties = int((scores > target_score).sum()), int((scores == target_score).sum()) - 1
         where = f"{greater + 1}" if ties == 0 else f"{greater + 1}–{greater + ties + 1} (tied)"
         order = sorted(range(len(candidates)), key=lambda j: (-scores[j], candidates[j]))  # ties: by item, not target
-        note = self.notes.get(case) if method == self.ranker else None
+        notes = list(frame["notes"].iloc[case]) if "notes" in frame else None  # what the ranker's prompt said
         rows = []
         for rank, j in enumerate(order, 1):
             hit = candidates[j] == target
             title = esc(self.catalog.titles.get(candidates[j], candidates[j]))
-            if note is not None:
-                title += f' <span class="muted small">({esc(note.about(candidates[j]))})</span>'
+            if notes and notes[j]:
+                title += f' <span class="muted small">({esc(notes[j])})</span>'
             rows.append(f'<tr{" class=target" if hit else ""}><td>{rank}</td><td>{"✓ " if hit else ""}{title}</td>'
                         f"<td>{scores[j]:.4g}</td></tr>")
         return (f'<table class="ranking" data-method="{esc(method)}"><caption><b>{esc(method)}</b>: true item at rank '
@@ -282,19 +271,13 @@ def users_section(inputs: ReportInputs, data: dict, methods: list[str], notes: l
     rank = cfg.rank
     catalog = Catalog.build(data["items"], keywords, keywords is not None, rank.max_keywords, rank.raw_text_words,
                             rank.history_keywords)
-    neighbours = None
-    if inputs.index is not None:
-        from ..index.store import load_neighbours
-
-        table = optional("retrieved context", lambda: load_neighbours(inputs.index, "test"), notes)
-        neighbours = table.set_index("case") if table is not None else None
     items, users = data["items"], data["users"]
     view = UserView(catalog, dict(zip(items["item"].astype(int), items["item_id"].astype(str))),
-                    dict(zip(users["user"].astype(int), users["user_id"].astype(str))), cfg.data.images, neighbours,
-                    rank.max_context_keywords)
+                    dict(zip(users["user"].astype(int), users["user_id"].astype(str))), cfg.data.images,
+                    ranker=rank.name)
     for method in methods:
-        path = inputs.evaluate / "scores" / f"{method}_test.parquet"
-        if path.is_file():
+        path = inputs.cases.get(method)
+        if path is not None and path.is_file():
             frame = optional(f"{method} scores", lambda: pd.read_parquet(path), notes)
             if frame is not None:
                 view.scores[method] = frame
@@ -302,24 +285,10 @@ def users_section(inputs: ReportInputs, data: dict, methods: list[str], notes: l
         notes.append("no per-case scores to show (the sampled protocol was not evaluated)")
     source = f"keywords from {inputs.keywords.parent.name}" if keywords is not None else "no keywords"
     picked = sorted(np.random.default_rng([cfg.seed, 2718]).choice(len(cases), n, replace=False).tolist())
-    if rank.name in view.scores and (rank.candidate_votes or rank.candidate_cf_rank):
-        view.ranker = rank.name
-        view.notes = optional("candidate notes", lambda: candidate_notes(inputs, data, view.scores[rank.name],
-                                                                         cases.iloc[picked]), notes) or {}
     out = [f'<section id="users"><h2>Sampled test users</h2><p class="muted">{n} of {len(cases)} test cases, drawn '
            f"with seed {cfg.seed}; {esc(source)}; history oldest first.</p>"]
     out += [view.article(case, cases.iloc[case]) for case in picked]
     return "\n".join(out) + "</section>"
-
-
-def candidate_notes(inputs: ReportInputs, data: dict, scores: pd.DataFrame, cases: pd.DataFrame) -> dict:
-    """case -> the candidate notes the ranker's prompt showed for that test case (rank.candidate_votes,
-    candidate_cf_rank), for the candidates its stored scores list."""
-    from ..rank.stage import NoteMaker
-
-    maker = NoteMaker.load(inputs.cfg, inputs.index, inputs.cf, len(data["items"]))
-    candidates = np.array([list(scores["candidates"].iloc[case]) for case in cases.index], dtype=np.int64)
-    return dict(zip(cases.index.tolist(), maker.notes(cases["history"], cases["user"], candidates)))
 
 
 CSS = """

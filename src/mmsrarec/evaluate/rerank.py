@@ -58,22 +58,43 @@ def rerank_cases(frame: pd.DataFrame, retrieved: np.ndarray) -> tuple[pd.DataFra
     return hits, hit
 
 
-def rerank_metrics(hit: np.ndarray, hit_scores: np.ndarray, top: int, names: list[str]) -> dict[str, np.ndarray]:
-    """Per-case metrics: the LLM's rank of the target among the retrieved items for hits; a miss is
-    ranked last (every metric at k < top is 0)."""
+def rerank_matrix(hit: np.ndarray, hit_scores: np.ndarray, top: int) -> np.ndarray:
+    """[n_cases, top] scores, the target in column 0: the LLM's scores of the retrieved items for hits; a
+    miss is ranked last (every metric at k < top is 0)."""
     scores = np.zeros((len(hit), top), dtype=np.float64)
     scores[~hit, 0] = -1.0  # LLM scores are probabilities in [0, 1]: the target lands last
     if hit.any():
         scores[hit] = hit_scores
-    return sampled_metrics(scores, names)
+    return scores
+
+
+def rerank_metrics(hit: np.ndarray, hit_scores: np.ndarray, top: int, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-case metrics: the LLM's rank of the target among the retrieved items for hits; a miss is
+    ranked last (every metric at k < top is 0)."""
+    return sampled_metrics(rerank_matrix(hit, hit_scores, top), names)
+
+
+def rerank_scores(score_frame: Callable[[pd.DataFrame], np.ndarray], model, frame: pd.DataFrame, n_items: int,
+                  top: int, exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """CF-top-`top` + LLM rerank of every case: ([n_cases, width] scores with the target in column 0,
+    [n_cases, width] the items they score (the target, then the other retrieved items; a miss: the target,
+    then the CF model's first width - 1), facts: hit rate, prompts scored, width)."""
+    retrieved = cf_top(model, frame, n_items, top, exclude_history)
+    top = retrieved.shape[1]
+    hits, hit = rerank_cases(frame, retrieved)
+    hit_scores = score_frame(hits) if len(hits) else np.zeros((0, top))
+    targets = frame["target"].to_numpy(np.int64)
+    items = np.concatenate([targets[:, None], retrieved[:, :top - 1]], axis=1) if len(frame) else retrieved
+    if hit.any():
+        items[hit] = np.concatenate([targets[hit, None], np.array(hits["negatives"].tolist(), np.int64)], axis=1)
+    facts = {"retrieval_hit_rate": float(hit.mean()) if len(hit) else 0.0, "reranked_cases": int(hit.sum()),
+             "rerank_width": int(top)}
+    return rerank_matrix(hit, hit_scores, top), items, facts
 
 
 def evaluate_rerank(score_frame: Callable[[pd.DataFrame], np.ndarray], model, frame: pd.DataFrame, n_items: int,
                     top: int, ks: list[int], exclude_history: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """Per-case metrics of CF-top-`top` + LLM rerank, and facts (hit rate, prompts scored)."""
-    retrieved = cf_top(model, frame, n_items, top, exclude_history)
-    top = retrieved.shape[1]
-    hits, hit = rerank_cases(frame, retrieved)
-    hit_scores = score_frame(hits) if len(hits) else np.zeros((0, top))
-    per = rerank_metrics(hit, hit_scores, top, rerank_names(ks, top))
-    return per, {"retrieval_hit_rate": float(hit.mean()) if len(hit) else 0.0, "reranked_cases": int(hit.sum())}
+    scores, _, facts = rerank_scores(score_frame, model, frame, n_items, top, exclude_history)
+    per = sampled_metrics(scores, rerank_names(ks, facts["rerank_width"]))
+    return per, {k: facts[k] for k in ("retrieval_hit_rate", "reranked_cases")}

@@ -1,6 +1,6 @@
 """Configuration of MLLM-MSR (Ye et al., AAAI 2025), the second method: item descriptions
 (describe-items), recurrent user-preference summaries (summarize-users), and the LoRA-tuned Yes/No
-recommender (train-mllmmsr) scored in the evaluate stage.
+recommender (train-mllmmsr), which score-mllmmsr scores.
 
 Each stage's config section is only the part its output depends on (`*_section` below), so tuning
 the recommender never regenerates summaries, and a scoring setting never retrains.
@@ -159,7 +159,7 @@ def train_section(cfg: RunConfig) -> dict:
     m = cfg.mllm_msr
     return {"recommender": m.recommender, "lora": m.lora, "sft": m.sft, "neg_per_pos": m.neg_per_pos,
             "candidate_description_words": m.candidate_description_words, "candidate_image": m.candidate_image,
-            "seed": cfg.seed}
+            "history_items": m.users.history_items, "seed": cfg.seed}
 
 
 def evaluated(cfg: RunConfig) -> bool:

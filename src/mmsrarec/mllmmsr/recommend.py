@@ -20,9 +20,8 @@ from .prompts import recommender_prefix
 
 
 def ranker_config(cfg: MllmMsrConfig) -> RankConfig:
-    """The RankConfig that rank.train.train_ranker reads (model, LoRA, SFT settings)."""
-    return RankConfig(model=cfg.recommender, lora=cfg.lora, sft=cfg.sft, neg_per_pos=cfg.neg_per_pos,
-                      score_batch_size=cfg.scoring.batch_size, scoring=cfg.scoring.method)
+    """What rank.train.train_ranker reads (model, LoRA, SFT settings), as the RankConfig it takes."""
+    return RankConfig(model=cfg.recommender, lora=cfg.lora, sft=cfg.sft, neg_per_pos=cfg.neg_per_pos)
 
 
 def shows_images(cfg: MllmMsrConfig) -> bool:

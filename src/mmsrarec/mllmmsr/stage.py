@@ -1,4 +1,4 @@
-"""MLLM-MSR's stages, and its row on the evaluate stage's leaderboard.
+"""MLLM-MSR's generation and training stages (its scoring stage is score_stage.py).
 
 describe-items   -> descriptions.parquet (item, description, with_image, prompt, seconds), summary.json
 summarize-users  -> summaries.parquet (one row per generated block chain: chain, summary, level, items,
@@ -11,7 +11,6 @@ Both generation stages keep finished batches in chunks/ while they run (resumabl
 from __future__ import annotations
 
 import shutil
-import time
 
 import pandas as pd
 
@@ -99,53 +98,3 @@ def train(ctx) -> None:
     info = {**facts, "training_states": len(states), "model": cfg.recommender.name_or_path}
     write_json(ctx.out / "mllmmsr.json", info)
     ctx.summary.update({k: info[k] for k in ("examples", "steps", "train_time_s", "first_loss", "last_loss")})
-
-
-# ----------------------------------------------------------------------------- evaluate
-
-def leaderboard_row(ctx, data: dict, cases: dict) -> dict:
-    """MLLM-MSR on the stored 1+N candidate lists of every valid and test case. Per user it costs one
-    LLM call per summary block plus one scoring pass (`llm_calls_per_user`); its time per user is the
-    summary's generation time (its blocks' shares of their batches) plus its scoring time."""
-    from ..evaluate.metrics import metric_names
-    from ..evaluate.protocols import sampled_metrics, summarize
-    from ..evaluate.stage import write_scores
-    from ..rank.score import Scorer, load_model
-    from ..rank.train import ADAPTER
-    from .recommend import score_cases
-
-    cfg = ctx.cfg.mllm_msr
-    names = metric_names(ctx.cfg.evaluate.ks, "sampled")
-    trained, summaries = ctx.input("train-mllmmsr"), ctx.input("summarize-users")
-    items = catalog(data["items"], read_descriptions(ctx.input("describe-items") / "descriptions.parquet"),
-                    cfg.candidate_description_words)
-    model, processor, is_vlm = load_model(cfg.recommender, adapter=str(trained / ADAPTER))
-    scorer = Scorer.from_model(model, processor, is_vlm, cfg.scoring.batch_size)
-    manifest, info = read_json(trained / "manifest.json"), read_json(trained / "mllmmsr.json")
-    generated = read_json(summaries / "summary.json")
-    row = {"method": cfg.name, "protocol": "sampled", "train_time_s": manifest.get("wall_time_s"),
-           "peak_rss_mb": manifest.get("peak_rss_mb"), "epochs": cfg.sft.epochs if cfg.sft.max_steps < 0 else None,
-           "sft_steps": info.get("steps"), "summary_generations": generated["generations"],
-           "summary_generation_s": generated["generation_s"]}
-    for split, c in ((s, cases[s]) for s in ctx.cfg.evaluate.llm_splits):
-        states = read_states(summaries, split)
-        if len(states) != len(c) or states["user"].tolist() != c.users.tolist():
-            raise RuntimeError(f"summarize-users' {split} states do not match the prepare stage's {split} cases; "
-                               "rerun `mmsrarec summarize-users --force`")
-        t0 = time.perf_counter()
-        scores, seconds = score_cases(scorer, items, data[split], states["summary"].tolist(), cfg, log=ctx.log)
-        wall = time.perf_counter() - t0
-        write_scores(ctx.out, cfg.name, split, c, scores)
-        per_user = states["summary_s"].to_numpy() + seconds
-        row[f"{split}_cases"] = len(c)
-        row[f"{split}_llm_calls_per_user"] = round(float((states["blocks"] + 1).mean()), 3)
-        row[f"{split}_summary_s_per_user"] = round(float(states["summary_s"].mean()), 4)
-        row[f"{split}_score_s_per_user"] = round(float(seconds.mean()), 4)
-        row[f"{split}_s_per_user"] = round(float(per_user.mean()), 4)
-        row[f"{split}_eval_time_s"] = round(wall + float(states["summary_s"].sum()), 3)
-        row.update({f"{split}_{k}": v for k, v in summarize(sampled_metrics(scores, names)).items()})
-    row["llm_calls_per_user"] = row["test_llm_calls_per_user"]
-    metrics = "  ".join(f"{k}={row['test_' + k]:.4f}" for k in ("hr@5", "ndcg@5", "auc"))
-    ctx.log(f"{cfg.name:10s} sampled  test {metrics}  {row['llm_calls_per_user']:.2f} LLM calls and "
-            f"{row['test_s_per_user']:.2f} s per user")
-    return row

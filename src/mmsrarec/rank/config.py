@@ -184,12 +184,8 @@ class RankConfig:
 
 def keyword_stage(cfg: RunConfig) -> str:
     """Which stage's keywords the ranker reads: rank.keywords_from, where 'auto' means the GRPO-tuned
-    policy's (summarize-tuned) when the pipeline has that stage, else the zero-shot policy's (summarize)."""
-    if cfg.rank.keywords_from != "auto":
-        return cfg.rank.keywords_from
-    from ..pipeline import STAGES  # late: the pipeline imports the config, which imports this module
-
-    return "summarize-tuned" if "summarize-tuned" in STAGES else "summarize"
+    policy's (summarize-tuned)."""
+    return "summarize-tuned" if cfg.rank.keywords_from == "auto" else cfg.rank.keywords_from
 
 
 def ranker_needs(cfg: RunConfig) -> list[str]:

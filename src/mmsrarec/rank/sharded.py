@@ -20,7 +20,7 @@ from ..sharding import Shard, current_shard, wait_until_stored
 from ..summarize.store import ChunkStore
 from .config import RankConfig
 from .prompts import Catalog
-from .score import Scorer
+from .score import Scorer, score_many
 
 
 def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
@@ -30,7 +30,6 @@ def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, c
     """score_frame over this process's share of `cases` (index = case number) into `store_dir`, then
     the scores of all cases once every process has stored its share. A chunk is written every
     `flush_cases` cases or `flush_s` seconds, whichever comes first."""
-    from .stage import score_frame, users_per_forward
 
     shard = shard or current_shard()
     store = ChunkStore(store_dir, key="case", writer=shard.tag)
@@ -78,3 +77,40 @@ def stored_seconds(store_dir: Path) -> np.ndarray:
     if "seconds" not in frame:
         return np.full(len(frame), np.nan)
     return frame["seconds"].to_numpy(dtype=float)
+
+
+def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
+    """Users scored together so that a suffix forward holds up to rank.score_batch_size candidate rows
+    (1 when one user's candidates already fill it, as with the CPU defaults)."""
+    return max(1, cfg.score_batch_size // max(n_candidates, 1))
+
+
+def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
+                method: str, log: Callable[[str], None] | None = None, progress: bool = True,
+                notes: dict | None = None) -> np.ndarray:
+    """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer; with
+    shared_prefix, several users per forward pass where rank.score_batch_size leaves room (score_many).
+    contexts / notes: case number -> retrieved keywords / candidate notes (prompts.CandidateNotes)."""
+    from tqdm.auto import tqdm
+
+    from ..data.images import load_image
+    from .prompts import rank_prompt
+
+    if log is not None and cfg.candidate_image and method == "shared_prefix":
+        log("candidate images make every suffix multimodal: scoring batched full prompts instead of a shared prefix")
+    processor = scorer.processor
+    prompts = []
+    for case, history, target, negatives in zip(cases.index, cases["history"], cases["target"], cases["negatives"]):
+        candidates = [int(target), *(int(n) for n in negatives)]
+        prompts.append(rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
+                                   candidates, cfg.history_len, scorer.is_vlm, cfg.history_image,
+                                   cfg.candidate_image, load_image,
+                                   None if notes is None else notes[int(case)]))
+    group = users_per_forward(cfg, len(prompts[0])) if prompts else 1
+    rows: list[np.ndarray] = []
+    with tqdm(total=len(prompts), desc="rank", unit="case", disable=not progress) as bar:
+        for start in range(0, len(prompts), group):
+            rows += score_many(scorer, prompts[start:start + group], method)
+            bar.update(len(prompts[start:start + group]))
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+

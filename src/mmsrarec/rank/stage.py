@@ -1,4 +1,4 @@
-"""The train-ranker stage, and `score_cases`, which the evaluate stage calls to rank stored candidate lists.
+"""The train-ranker stage, and `score_cases`, which the scoring stages (score_stage.py) call to rank stored lists.
 
 train-ranker reads the prepare stage's tables, the item keywords (`keyword_table`), and, with
 rank.use_retrieval, the index stage's neighbours of every training case; builds the multitask SFT
@@ -28,7 +28,8 @@ from ..data.prepare import load_prepared
 from ..errors import ArtifactError, DataError
 from .config import RankConfig, keyword_stage, ranker_needs
 from .prompts import CandidateNotes, Catalog
-from .score import Scorer, load_model, score_many
+from .score import Scorer, load_model
+from .sharded import score_frame, score_frame_sharded, users_per_forward  # noqa: F401 (users_per_forward: re-exported)
 from .tasks import build_examples, example_counts, training_positions
 from .train import ADAPTER, CHECKPOINTS, train_ranker
 
@@ -252,7 +253,7 @@ def write_examples(examples, path: Path) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
 
 
-# ----------------------------------------------------------------------------- scoring for evaluate
+# ----------------------------------------------------------------------------- scoring (score_stage.py)
 
 @dataclass
 class RankerInputs:
@@ -286,7 +287,7 @@ class LoadedRanker:
 
 
 def load_ranker(source: Any) -> LoadedRanker:
-    """source: a StageContext of a stage that ran after train-ranker (e.g. evaluate), or RankerInputs."""
+    """source: a StageContext of a stage that ran after train-ranker (e.g. score-ranker), or RankerInputs."""
     inputs = source if isinstance(source, RankerInputs) else RankerInputs.from_context(source)
     cfg = inputs.cfg.rank
     data = load_prepared(inputs.prepare)
@@ -299,24 +300,12 @@ def load_ranker(source: Any) -> LoadedRanker:
                         Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size), notes)
 
 
-def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
-                log: Callable[[str], None] | None = None, progress: bool = True,
-                store: Path | None = None) -> np.ndarray:
-    """[n_cases, 1 + N] ranker scores of each case's stored candidates, the target first, then its
-    negatives (the column order of cf.base.Cases.candidates()).
-
-    source: a LoadedRanker (load_ranker), or what load_ranker takes (then the model is loaded for this
-    call only). cases: rows of the prepare stage's <split> table (default: all of it); their index is
-    the case number, which keys the retrieved context. method: rank.scoring unless given.
-    store: a folder to score into resumably, shared by the processes of a torchrun / accelerate job,
-    each scoring its share of the cases (rank/sharded.py); every process returns all the scores."""
-    ranker = source if isinstance(source, LoadedRanker) else load_ranker(source)
-    inputs, catalog, scorer = ranker.inputs, ranker.catalog, ranker.scorer
-    cfg = inputs.cfg.rank
-    cases = ranker.data[split] if cases is None else cases
-    if "negatives" not in cases:
-        raise DataError(f"the {split} cases carry no stored negatives to rank", path=str(inputs.prepare))
-    contexts = retrieved_contexts(inputs.index, split, catalog, cfg.max_context_keywords) \
+def case_inputs(ranker: "LoadedRanker", split: str, cases: pd.DataFrame,
+                log: Callable[[str], None] | None = None) -> tuple[dict, dict | None]:
+    """What the prompts of `cases` show beyond the catalogue: {case: retrieved context} and {case: candidate
+    notes} (None when neither candidate votes nor CF ranks are on)."""
+    inputs, cfg = ranker.inputs, ranker.inputs.cfg.rank
+    contexts = retrieved_contexts(inputs.index, split, ranker.catalog, cfg.max_context_keywords) \
         if cfg.use_retrieval and inputs.index is not None else {}
     notes = None
     if ranker.notes is not None:
@@ -324,46 +313,30 @@ def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, meth
 
         candidates = Cases.from_frame(cases).candidates()
         notes = dict(zip(cases.index.astype(int), ranker.notes.notes(cases["history"], cases["user"], candidates, log)))
+    return contexts, notes
+
+
+def score_cases(source: Any, split: str, cases: pd.DataFrame | None = None, method: str | None = None,
+                log: Callable[[str], None] | None = None, progress: bool = True,
+                store: Path | None = None, prepared: tuple[dict, dict | None] | None = None) -> np.ndarray:
+    """[n_cases, 1 + N] ranker scores of each case's stored candidates, the target first, then its
+    negatives (the column order of cf.base.Cases.candidates()).
+
+    source: a LoadedRanker (load_ranker), or what load_ranker takes (then the model is loaded for this
+    call only). cases: rows of the prepare stage's <split> table (default: all of it); their index is
+    the case number, which keys the retrieved context. method: rank.scoring unless given.
+    store: a folder to score into resumably, shared by the processes of a torchrun / accelerate job,
+    each scoring its share of the cases (rank/sharded.py); every process returns all the scores.
+    prepared: case_inputs(...) of these cases, when the caller already has them."""
+    ranker = source if isinstance(source, LoadedRanker) else load_ranker(source)
+    inputs, catalog, scorer = ranker.inputs, ranker.catalog, ranker.scorer
+    cfg = inputs.cfg.rank
+    cases = ranker.data[split] if cases is None else cases
+    if "negatives" not in cases:
+        raise DataError(f"the {split} cases carry no stored negatives to rank", path=str(inputs.prepare))
+    contexts, notes = prepared if prepared is not None else case_inputs(ranker, split, cases, log)
     if store is not None:
-        from .sharded import score_frame_sharded
         return score_frame_sharded(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, store, log=log,
                                    progress=progress, notes=notes)
     return score_frame(scorer, catalog, cases, contexts, cfg, method or cfg.scoring, log=log, progress=progress,
                        notes=notes)
-
-
-def users_per_forward(cfg: RankConfig, n_candidates: int) -> int:
-    """Users scored together so that a suffix forward holds up to rank.score_batch_size candidate rows
-    (1 when one user's candidates already fill it, as with the CPU defaults)."""
-    return max(1, cfg.score_batch_size // max(n_candidates, 1))
-
-
-def score_frame(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,
-                method: str, log: Callable[[str], None] | None = None, progress: bool = True,
-                notes: dict | None = None) -> np.ndarray:
-    """Scores of every case of `cases` (columns history, target, negatives) with a loaded scorer; with
-    shared_prefix, several users per forward pass where rank.score_batch_size leaves room (score_many).
-    contexts / notes: case number -> retrieved keywords / candidate notes (prompts.CandidateNotes)."""
-    from tqdm.auto import tqdm
-
-    from ..data.images import load_image
-    from .prompts import rank_prompt
-
-    if log is not None and cfg.candidate_image and method == "shared_prefix":
-        log("candidate images make every suffix multimodal: scoring batched full prompts instead of a shared prefix")
-    processor = scorer.processor
-    prompts = []
-    for case, history, target, negatives in zip(cases.index, cases["history"], cases["target"], cases["negatives"]):
-        candidates = [int(target), *(int(n) for n in negatives)]
-        prompts.append(rank_prompt(processor, catalog, [int(h) for h in history], contexts.get(int(case), ""),
-                                   candidates, cfg.history_len, scorer.is_vlm, cfg.history_image,
-                                   cfg.candidate_image, load_image,
-                                   None if notes is None else notes[int(case)]))
-    group = users_per_forward(cfg, len(prompts[0])) if prompts else 1
-    rows: list[np.ndarray] = []
-    with tqdm(total=len(prompts), desc="rank", unit="case", disable=not progress) as bar:
-        for start in range(0, len(prompts), group):
-            rows += score_many(scorer, prompts[start:start + group], method)
-            bar.update(len(prompts[start:start + group]))
-    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
-

@@ -1,0 +1,86 @@
+"""Per-case results, the one format every scoring stage writes and the evaluate stage reads.
+
+A scoring stage (score-cf, score-ranker, rerank-ranker, score-mllmmsr) writes, for each method, protocol
+and split it scored, `<protocol>/<method>_<split>.parquet` with one row per case: the user, and the target's
+standing among the items it competed with, `greater` (scored higher), `ties` (scored the same) and `n` (how
+many competed). Every metric of evaluate/metrics.py is a function of those three numbers. Files of the
+stored candidate lists also keep `candidates` (target first) and `scores`, so any number can be traced
+and blended; an LLM's keep what its prompts showed (`context`, `notes`). Beside them, `methods.json` holds
+each method's facts per protocol (training and scoring time, calls per user, ...), which become leaderboard
+columns. Nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..artifacts import read_json, write_json, write_parquet
+from ..errors import ArtifactError
+from .metrics import count_ranks
+
+METHODS_FILE = "methods.json"
+
+
+def counts_of_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(greater, ties, n) of a [n_cases, 1 + N] score matrix whose column 0 is the target."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size and not np.isfinite(scores).all():
+        bad = np.argwhere(~np.isfinite(scores))[0]
+        raise ValueError(f"a scorer returned a non-finite score (case {bad[0]}, candidate {bad[1]})")
+    if scores.ndim != 2 or not len(scores):
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    s = torch.from_numpy(scores)
+    return count_ranks(s[:, 0], s[:, 1:])
+
+
+def case_path(folder: Path, method: str, protocol: str, split: str) -> Path:
+    return Path(folder) / protocol / f"{method}_{split}.parquet"
+
+
+def write_cases(folder: Path, method: str, protocol: str, split: str, users, greater, ties, n,
+                **columns) -> Path:
+    """One row per case: user, greater, ties, n, and any extra per-case columns (lists or scalars)."""
+    frame = pd.DataFrame({"user": np.asarray(users, dtype=np.int64), "greater": np.asarray(greater, np.int64),
+                          "ties": np.asarray(ties, np.int64), "n": np.asarray(n, np.int64)})
+    for name, values in columns.items():
+        frame[name] = [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+    path = case_path(folder, method, protocol, split)
+    write_parquet(path, frame)
+    return path
+
+
+def write_scored_lists(folder: Path, method: str, split: str, users, candidates: np.ndarray, scores: np.ndarray,
+                       **columns) -> Path:
+    """A method's scores of the stored 1 + N lists (sampled protocol): the counts and the scores themselves."""
+    greater, ties, n = counts_of_scores(scores)
+    return write_cases(folder, method, "sampled", split, users, greater, ties, n,
+                       candidates=list(np.asarray(candidates)), scores=list(np.asarray(scores, np.float64)),
+                       **columns)
+
+
+def read_cases(folder: Path, method: str, protocol: str, split: str) -> pd.DataFrame:
+    path = case_path(folder, method, protocol, split)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: the scoring stage in {folder} did not score {method} ({protocol}, "
+                            f"{split}); rerun it with --force")
+    return pd.read_parquet(path)
+
+
+def score_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """The [n_cases, 1 + N] scores of a sampled case file (target first)."""
+    return np.array(frame["scores"].tolist(), dtype=np.float64)
+
+
+def write_methods(folder: Path, facts: dict[str, dict[str, dict]]) -> None:
+    """methods.json: {method: {protocol: {"splits": [...], fact: value, ...}}}."""
+    write_json(Path(folder) / METHODS_FILE, facts)
+
+
+def read_methods(folder: Path) -> dict[str, dict[str, dict]]:
+    path = Path(folder) / METHODS_FILE
+    return read_json(path) if path.is_file() else {}

@@ -1,0 +1,170 @@
+"""The composition root: every stage of mmsrarec declared once, with what it reads and what keys it.
+
+A stage's `needs` name every stage whose folder it reads (StageContext.input refuses any other), and its
+`section` holds every config field it reads (tests/test_stage_keys.py records the reads of a whole run
+and checks that each one changes the key). Data flows one way:
+
+    prepare -> train-cf / summarize -> index -> train -> score -> evaluate
+
+GPU work is exactly the training and scoring stages; evaluate only reads per-case scores.
+This is the only module that knows every domain; the engine (pipeline.py) knows none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import pipeline
+from .config import RunConfig
+from .configtools import key_dict
+from .errors import ConfigError
+from .evaluate.outside import check_score_files, score_file_digests
+from .mllmmsr import config as msr
+from .pipeline import Stage
+from .rank.config import keyword_stage, ranker_needs
+from .summarize.vllm_backend import check_grpo_vllm, check_summarize_backend
+
+
+def _check_index(cfg: RunConfig) -> None:
+    if cfg.index.cf_model not in cfg.cf.models:
+        raise ConfigError(f"index.cf_model is {cfg.index.cf_model!r}, which cf.models does not train "
+                          f"(cf.models = {cfg.cf.models}); add it there or pick one of those")
+
+
+def _index_own(cfg: RunConfig) -> tuple[str, ...]:
+    """The later stages read the neighbours tables; the index itself only with rank.candidate_votes,
+    which searches it again."""
+    return () if cfg.rank.candidate_votes else ("index.faiss", "index.npy")
+
+
+def ranks(cfg: RunConfig) -> bool:
+    """Whether the MMSRARec ranker is on the leaderboard."""
+    return cfg.rank.name in cfg.evaluate.methods
+
+
+def cf_methods(cfg: RunConfig) -> list[str]:
+    """The CF models on the leaderboard, in evaluate.methods' order."""
+    return [m for m in cfg.evaluate.methods if m in cfg.cf.models]
+
+
+def _prepare_section(cfg: RunConfig) -> dict:
+    """data.* with the effective seed: data.seed -1 under run seed 5 is the same split as data.seed 5."""
+    data = {k: v for k, v in key_dict(cfg.data).items() if k != "seed"}
+    return {"data": data, "seed": cfg.data_seed}
+
+
+def _notes_section(cfg: RunConfig) -> dict:
+    """What the ranker's prompts read beyond rank.*: the CF models behind candidate notes, the index's
+    settings behind candidate votes (the index searched again)."""
+    rank = cfg.rank
+    return {**({"cf": cfg.cf} if rank.candidate_votes or rank.candidate_cf_rank else {}),
+            **({"index": cfg.index} if rank.candidate_votes else {})}
+
+
+def _train_ranker_section(cfg: RunConfig) -> dict:
+    return {"rank": cfg.rank, "seed": cfg.seed, **_notes_section(cfg)}
+
+
+def _score_ranker_section(cfg: RunConfig) -> dict:
+    return {"rank": cfg.rank, "seed": cfg.seed, "llm_splits": cfg.evaluate.llm_splits, **_notes_section(cfg)}
+
+
+def _rerank_ranker_section(cfg: RunConfig) -> dict:
+    ev = cfg.evaluate
+    return {"rank": cfg.rank, "seed": cfg.seed, **_notes_section(cfg), "cf": cfg.cf, "rerank_cf": ev.rerank_cf,
+            "rerank_top": ev.rerank_top, "full_exclude_history": ev.full_exclude_history}
+
+
+def _score_ranker_needs(cfg: RunConfig) -> list[str]:
+    return [*ranker_needs(cfg), "train-ranker"]
+
+
+def _rerank_ranker_needs(cfg: RunConfig) -> list[str]:
+    needs = _score_ranker_needs(cfg)
+    return needs if "train-cf" in needs else [*needs, "train-cf"]
+
+
+def _score_cf_section(cfg: RunConfig) -> dict:
+    ev = cfg.evaluate
+    return {"cf": cfg.cf, "seed": cfg.seed, "methods": cf_methods(cfg), "protocols": ev.protocols,
+            "batch_size": ev.batch_size, "full_exclude_history": ev.full_exclude_history}
+
+
+def _report_needs(cfg: RunConfig) -> list[str]:
+    """The report shows the ranker's keywords and, when they come from the tuned policy, its reward curves."""
+    if not (ranks(cfg) and cfg.rank.use_keywords):
+        return []
+    stage = keyword_stage(cfg)
+    return [stage, *(["train-summarizer"] if stage == "summarize-tuned" else [])]
+
+
+def _evaluate_needs(cfg: RunConfig) -> list[str]:
+    protocols = cfg.evaluate.protocols
+    return ["prepare", *(["score-cf"] if cf_methods(cfg) and set(protocols) - {"rerank"} else []),
+            *(["score-ranker"] if ranks(cfg) and "sampled" in protocols else []),
+            *(["rerank-ranker"] if ranks(cfg) and "rerank" in protocols else []),
+            *(["score-mllmmsr"] if msr.evaluated(cfg) and "sampled" in protocols else []),
+            *_report_needs(cfg)]
+
+
+def _evaluate_section(cfg: RunConfig) -> dict:
+    return {"evaluate": cfg.evaluate, "seed": cfg.seed, "cf_models": cfg.cf.models, "rank_name": cfg.rank.name,
+            "mllm_msr_name": cfg.mllm_msr.name, "images": cfg.data.images, "split": cfg.data.split,
+            **({"rank": cfg.rank} if ranks(cfg) else {}),  # the report shows what the ranker's prompts showed
+            **score_file_digests(cfg)}  # an outside score file's content is an input too
+
+
+def _stages() -> dict[str, Stage]:
+    return {s.name: s for s in [
+        Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], _prepare_section,
+              "read the dataset, filter, remap IDs, split, draw candidate lists"),
+        Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
+              lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
+        Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
+              lambda c: {"index": c.index, "cf": c.cf, "seed": c.seed},
+              "build the FAISS index over training users and retrieve neighbours for every case", _check_index,
+              own=_index_own),
+        Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
+              lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
+              check_summarize_backend, distributed=True),
+        Stage("train-summarizer", "mmsrarec.summarize.train_stage:run", lambda c: ["prepare"],
+              lambda c: {"train_summarizer": c.train_summarizer, "summarize": c.summarize, "seed": c.seed},
+              "tune the keyword policy with GRPO", check_grpo_vllm, distributed=True),
+        Stage("summarize-tuned", "mmsrarec.summarize.stage:run_tuned", lambda c: ["prepare", "train-summarizer"],
+              lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy",
+              check_summarize_backend, distributed=True),
+        Stage("train-ranker", "mmsrarec.rank.stage:run", ranker_needs, _train_ranker_section,
+              "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)", distributed=True),
+        Stage("describe-items", "mmsrarec.mllmmsr.stage:describe_items", lambda c: ["prepare"], msr.describe_section,
+              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph"),
+        Stage("summarize-users", "mmsrarec.mllmmsr.stage:summarize_users", lambda c: ["prepare", "describe-items"],
+              msr.users_section, "MLLM-MSR: recurrent user-preference summaries, one LLM call per block of 3 items"),
+        Stage("train-mllmmsr", "mmsrarec.mllmmsr.stage:train", lambda c: ["prepare", "describe-items",
+              "summarize-users"], msr.train_section, "MLLM-MSR: LoRA SFT of the Yes/No recommender on user summaries",
+              msr.check_names),
+        Stage("score-cf", "mmsrarec.cf.score_stage:run", lambda c: ["prepare", "train-cf"], _score_cf_section,
+              "score the stored lists (sampled) and rank every item (full) with each CF model of evaluate.methods"),
+        Stage("score-ranker", "mmsrarec.rank.score_stage:run", _score_ranker_needs, _score_ranker_section,
+              "score the stored candidate lists of evaluate.llm_splits with the trained ranker",
+              distributed=True),  # under a launcher every process scores a share of the cases
+        Stage("rerank-ranker", "mmsrarec.rank.score_stage:run_rerank", _rerank_ranker_needs, _rerank_ranker_section,
+              "rerank protocol: the ranker reorders evaluate.rerank_cf's top evaluate.rerank_top items (test)",
+              distributed=True),
+        Stage("score-mllmmsr", "mmsrarec.mllmmsr.score_stage:run",
+              lambda c: ["prepare", "describe-items", "summarize-users", "train-mllmmsr"],
+              lambda c: {"mllm_msr": c.mllm_msr, "seed": c.seed, "llm_splits": c.evaluate.llm_splits},
+              "MLLM-MSR: score the stored candidate lists of evaluate.llm_splits", msr.check_names),
+        Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs, _evaluate_section,
+              "read every method's per-case scores, write the leaderboard and report (no model code)",
+              check_score_files),
+    ]}
+
+
+STAGES = _stages()
+
+
+class Runner(pipeline.Runner):
+    """The engine's Runner over mmsrarec's stages (STAGES unless others are given)."""
+
+    def __init__(self, cfg: RunConfig, stages: dict[str, Stage] | None = None, reuse: list[Path] = ()):
+        super().__init__(cfg, stages or STAGES, reuse)
