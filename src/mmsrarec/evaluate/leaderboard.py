@@ -39,7 +39,31 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
             cells.append("" if pd.isna(r.get("peak_rss_mb")) else f"{r['peak_rss_mb']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += sureness(ranked)
     return "\n".join(lines)
+
+
+def sureness(part: pd.DataFrame) -> list[str]:
+    """How sure a protocol's table is: each row's 95% bootstrap interval over the test cases, and its paired
+    difference to the best CF model (by valid) with that difference's interval (evaluate/stage.py)."""
+    metrics = [c[len("test_"):-len("_lo")] for c in part.columns if c.startswith("test_") and c.endswith("_lo")
+               and not c.endswith("_diff_lo") and part[c].notna().any()]
+    if not metrics:
+        return []
+    against = part["vs_cf"].dropna().iloc[0] if "vs_cf" in part and part["vs_cf"].notna().any() else None
+    diffs = [m for m in metrics if f"test_{m}_diff" in part and part[f"test_{m}_diff"].notna().any()]
+    header = ["method", *(f"{m} (95%)" for m in metrics), *(f"{m} minus {against} (95%)" for m in diffs)]
+    lines = [f"95% bootstrap intervals over the {int(part['test_cases'].iloc[0])} test cases"
+             + (f"; differences paired case by case with {against}, the best CF model by valid" if diffs else "")
+             + ".", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in part.iterrows():
+        cells = [method_cell(r)]
+        cells += [f"{r[f'test_{m}']:.4f} [{r[f'test_{m}_lo']:.4f}, {r[f'test_{m}_hi']:.4f}]"
+                  if pd.notna(r.get(f"test_{m}_lo")) else "" for m in metrics]
+        cells += [f"{r[f'test_{m}_diff']:+.4f} [{r[f'test_{m}_diff_lo']:+.4f}, {r[f'test_{m}_diff_hi']:+.4f}]"
+                  if pd.notna(r.get(f"test_{m}_diff")) else "" for m in diffs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def method_cell(row) -> str:
