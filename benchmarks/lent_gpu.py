@@ -27,8 +27,8 @@ GGUF). Parts are 60 MB (--chunk), since a call carries the part and the reposito
 `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the config (only
 the stages not done here run), merges whatever runs finished within --budget seconds, and writes the
 train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
-ranker is trained but whose evaluation was cut off comes back whole (its adapter and evaluate.partial,
-up to RESUME_BYTES), so that the next loan only evaluates it. `unpack` puts them into the local run,
+ranker is trained but whose scoring was cut off comes back whole (its adapter and score-ranker.partial,
+up to RESUME_BYTES), so that the next loan only scores it. `unpack` puts them into the local run,
 where finished runs stay finished without their weights (pipeline.Runner.finished), and their rows go
 into the ledger (experiment.ledger, kept in git), which outlives the local run folder. So an experiment
 larger than one loan (e.g. 3 seeds x 7 runs) finishes over several: each loan packs the local run,
@@ -54,11 +54,11 @@ SITE = Path("/tmp/mmsrarec-site")
 # what comes back: the folders of the stages that run on the GPU, without the weights (evaluate needs
 # none of them once it is done: pipeline.Runner.finished), in parts of RESULT_CHUNK bytes, because a file
 # that comes back may have 16 MB and all of them 64 MB
-DEVICE_STAGES = ("train-ranker", "evaluate")
+DEVICE_STAGES = ("train-ranker", "score-ranker", "rerank-ranker", "evaluate")
 WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.jsonl", "tokenizer.json")
 RESULT_CHUNK = 15_000_000
 RESUME_BYTES = 40_000_000  # of whole half-done runs (a SmolLM2-135M LoRA r=16 adapter is 19.6 MB)
-RESUMED = "evaluate.partial"
+RESUMED = "score-ranker.partial"
 PACKED = "runs.txt"  # in the payload: the labels of the runs it was packed for
 KEY_LINES = ("test hr@", "] done in", "SFT on", "SFT examples", "train_runtime", "[experiment]")
 
@@ -337,8 +337,8 @@ def finish(args: argparse.Namespace) -> None:
 def results(run: Path, tgz: Path, chunk: int = RESULT_CHUNK, resume_bytes: int = RESUME_BYTES) -> list[Path]:
     """The DEVICE_STAGES folders of every run under `run` (finished ones; a linked one as its link), the
     leaderboard and the run logs, without WEIGHTS, as tgz.00, tgz.01, ... of <= chunk bytes. A run whose
-    ranker is trained but whose evaluation was cut off comes back whole (the ranker's weights and
-    evaluate.partial), as many of them as fit in `resume_bytes`: the next loan only evaluates it."""
+    ranker is trained but whose scoring was cut off comes back whole (the ranker's weights and
+    score-ranker.partial), as many of them as fit in `resume_bytes`: the next loan only scores it."""
     tgz.parent.mkdir(parents=True, exist_ok=True)
     whole, used = set(), 0
     for partial in sorted(run.rglob(RESUMED)):
@@ -349,7 +349,7 @@ def results(run: Path, tgz: Path, chunk: int = RESULT_CHUNK, resume_bytes: int =
                 whole |= {ranker, partial}
                 used += size
                 print(f"[lent_gpu] {partial.parent.name}: ranker trained, evaluation cut off; its ranker "
-                      f"({size / 1e6:.1f} MB) and evaluate.partial come back", flush=True)
+                      f"({size / 1e6:.1f} MB) and score-ranker.partial come back", flush=True)
     with tarfile.open(tgz, "w:gz") as tar:
         for folder, dirs, files in os.walk(run):  # links to folders are listed, not followed
             here = Path(folder)

@@ -50,6 +50,7 @@ from mmsrarec.cf.base import Cases
 from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
+from mmsrarec.evaluate.casefiles import case_path
 from mmsrarec.evaluate.intervals import case_bootstrap
 from mmsrarec.evaluate.protocols import sampled_metrics
 from mmsrarec.evaluate.stage import read_scores
@@ -262,7 +263,7 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
         levels = np.array([[-LEVEL_WORDS.index(rank_level(int(r), n_items)) for r in row] for row in ranks], float)
         rows.append({"variant": f"{model_name} level reader (no LLM)", "cases": len(cases), **metrics(levels)})
     for method in methods:
-        path = base_dir / "evaluate" / "scores" / f"{method}_test.parquet"
+        path = case_path(base_dir / "score-cf", method, "sampled", "test")
         if not path.is_file():
             print(f"[ab] {path} is missing: no {method} row", file=sys.stderr)
             continue
@@ -273,12 +274,12 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
 
 
 def stored_cf_scores(base, method: str, split: str, cases: pd.DataFrame) -> np.ndarray:
-    """The base run's evaluate scores of `method` for these cases, checked to rank their stored lists."""
-    evaluated = base.run_dir / "evaluate"
-    path = evaluated / "scores" / f"{method}_{split}.parquet"
+    """The base run's score-cf scores of `method` for these cases, checked to rank their stored lists."""
+    scored = base.run_dir / "score-cf"
+    path = case_path(scored, method, "sampled", split)
     if not path.is_file():
-        sys.exit(f"{path} is missing: run the base run's evaluate stage for {method} first")
-    frame, scores = read_scores(evaluated, method, split)
+        sys.exit(f"{path} is missing: run the base run's score-cf stage for {method} first")
+    frame, scores = read_scores(scored, method, split)
     rows = cases.index.to_numpy()
     if [list(c) for c in frame["candidates"].iloc[rows]] != Cases.from_frame(cases).candidates().tolist():
         sys.exit(f"{path}: its candidate lists are not the run's stored {split} lists")

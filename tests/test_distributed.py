@@ -148,18 +148,19 @@ def test_evaluate_under_ddp_shares_the_llm_scoring_and_equals_one_process(run_co
             "evaluate.report_users=0"]
     launch("ddp.yaml", ["-m", "mmsrarec", "evaluate", "--config", str(run_config),
                         *[a for s in sets for a in ("--set", s)]])
-    out = run_config.parent / "runs" / "ddp" / "evaluate"
+    run = run_config.parent / "runs" / "ddp"
+    scored = run / "score-ranker"
 
     def writers() -> set[str]:
-        return {p.name.split("-")[1] for p in (out / "llm_scores" / "mmsrarec_test").glob("chunk-*.parquet")}
+        return {p.name.split("-")[1] for p in (scored / "llm_scores" / "mmsrarec_test").glob("chunk-*.parquet")}
 
     assert writers() == {"r000", "r001"}
-    rows = {r["method"] for r in json.loads((out / "metrics.json").read_text())}
+    rows = {r["method"] for r in json.loads((run / "evaluate" / "metrics.json").read_text())}
     assert rows == {"pop", "mmsrarec"}
-    shared = pd.read_parquet(out / "scores" / "mmsrarec_test.parquet")
-    Runner(load_config(run_config, sets)).run("evaluate", force=True)
+    shared = pd.read_parquet(scored / "sampled" / "mmsrarec_test.parquet")
+    Runner(load_config(run_config, sets)).run("score-ranker", force=True)
     assert writers() == {"r000"}
-    alone = pd.read_parquet(out / "scores" / "mmsrarec_test.parquet")
+    alone = pd.read_parquet(scored / "sampled" / "mmsrarec_test.parquet")
     assert np.allclose(np.stack(shared["scores"]), np.stack(alone["scores"]), atol=1e-5)
 
 

@@ -178,9 +178,9 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
     second = main / "experiment" / "6-main"
     assert (second / "prepare").is_symlink()            # data.seed pinned: the same candidate lists
     assert not (second / "train-cf").is_symlink()       # the run seed changes training
-    scores = main / "evaluate" / "scores"
-    assert (scores / "mmsrarec_test.parquet").is_file() and not (scores / "mmsrarec_valid.parquet").exists()
-    assert (scores / "sasrec_valid.parquet").is_file()  # llm_splits limits the LLM rows only
+    llm, cf = main / "score-ranker" / "sampled", main / "score-cf" / "sampled"
+    assert (llm / "mmsrarec_test.parquet").is_file() and not (llm / "mmsrarec_valid.parquet").exists()
+    assert (cf / "sasrec_valid.parquet").is_file()  # llm_splits limits the LLM rows only
     zero = main / "experiment" / "5-zero-shot" / "train-ranker"
     assert not (zero / "adapter").exists()
     runs = pd.read_csv(out / "runs.csv")

@@ -162,8 +162,8 @@ def test_mllm_msr_end_to_end_beside_a_baseline(toy_overrides, tiny_lm, capsys):
             "mllm_msr.items.max_new_tokens=6", "mllm_msr.users.max_new_tokens=6", "mllm_msr.users.max_train_states=12",
             "mllm_msr.sft.max_steps=2", "mllm_msr.scoring.batch_size=8"]
     runner = Runner(load_config(None, over))
-    assert runner.plan("evaluate") == ["prepare", "train-cf", "describe-items", "summarize-users", "train-mllmmsr",
-                                       "evaluate"]
+    assert runner.plan("evaluate") == ["prepare", "train-cf", "score-cf", "describe-items", "summarize-users",
+                                       "train-mllmmsr", "score-mllmmsr", "evaluate"]
     runner.run("evaluate")
     out = runner.run_dir / "evaluate"
     rows = {(r["method"], r["protocol"]): r for r in json.loads((out / "leaderboard.json").read_text())["rows"]}
@@ -172,8 +172,8 @@ def test_mllm_msr_end_to_end_beside_a_baseline(toy_overrides, tiny_lm, capsys):
     assert 0 <= row["test_hr@5"] <= 1 and 0 <= row["test_auc"] <= 1
     assert row["llm_calls_per_user"] == 4  # 3 summary blocks (histories of 10-11 items) + 1 scoring pass
     assert row["test_s_per_user"] >= row["test_score_s_per_user"] > 0 and row["test_summary_s_per_user"] > 0
-    ours = pd.read_parquet(out / "scores" / "mllm-msr_test.parquet")
-    pop = pd.read_parquet(out / "scores" / "pop_test.parquet")
+    ours = pd.read_parquet(runner.run_dir / "score-mllmmsr" / "sampled" / "mllm-msr_test.parquet")
+    pop = pd.read_parquet(runner.run_dir / "score-cf" / "sampled" / "pop_test.parquet")
     assert ours["candidates"].map(list).tolist() == pop["candidates"].map(list).tolist()  # the same lists
     # SFT examples: 1:1, negatives never among the user's training items
     train = pd.read_parquet(runner.run_dir / "prepare" / "train.parquet")
@@ -188,7 +188,7 @@ def test_mllm_msr_end_to_end_beside_a_baseline(toy_overrides, tiny_lm, capsys):
     assert described["generations"] == described["items"] and described["generation_s"] > 0
     capsys.readouterr()
     Runner(load_config(None, over)).run("evaluate")
-    assert capsys.readouterr().err.count("up to date, skipped") == 6
+    assert capsys.readouterr().err.count("up to date, skipped") == 8
 
 
 def test_a_vlm_describes_items_with_their_images_and_the_recommender_sees_them(tmp_path):

@@ -55,7 +55,7 @@ def pop_rows(run_dir: Path, splits=SPLITS) -> pd.DataFrame:
     users, items = original_ids(run_dir)
     frames = []
     for split in splits:
-        s = pd.read_parquet(run_dir / "evaluate" / "scores" / f"pop_{split}.parquet")
+        s = pd.read_parquet(run_dir / "score-cf" / "sampled" / f"pop_{split}.parquet")
         s = s.explode(["candidates", "scores"])
         frames.append(pd.DataFrame({"split": split, "user": s["user"].map(users).to_numpy(),
                                     "item": s["candidates"].astype(int).map(items).to_numpy(),
@@ -77,8 +77,8 @@ def test_a_file_with_pops_scores_gets_exactly_pops_metrics(run, tmp_path):
     assert len(metrics) > 10 and all(copy[k] == pop[k] for k in metrics)  # exact, ties included (Pop has ties)
     assert all(again[k] == pop[k] for k in metrics if k.startswith("test_"))
     assert again["valid_cases"] == 0 and pd.isna(again.get("valid_hr@5"))
-    scores = run["run_dir"] / "evaluate" / "scores"
-    assert pd.read_parquet(scores / "pop_copy_test.parquet").equals(pd.read_parquet(scores / "pop_test.parquet"))
+    mine, pops = run["run_dir"] / "evaluate" / "sampled", run["run_dir"] / "score-cf" / "sampled"
+    assert pd.read_parquet(mine / "pop_copy_test.parquet").equals(pd.read_parquet(pops / "pop_test.parquet"))
 
 
 def test_the_stage_key_follows_the_score_files_content(run, tmp_path):

@@ -218,7 +218,8 @@ def outside_scores(ctx, data: dict, cases: dict[str, "Cases"]) -> dict[str, dict
         for split, c in cases.items():
             scores = matrices[sf.name].get(split)
             if scores is None:
-                continue  # the file has no rows of this split (valid is optional)
+                facts[f"{split}_cases"] = 0  # the file has no rows of this split (valid is optional)
+                continue
             write_scored_lists(ctx.out, sf.name, split, c.users, c.candidates(), scores)
             facts["splits"].append(split)
         ctx.log(f"{sf.name}: {', '.join(facts['splits'])} scores read from {sf.path}")
