@@ -15,7 +15,7 @@ from .. import ledger
 from ..artifacts import read_json, write_json, write_text
 from ..config import RunConfig
 from ..errors import ArtifactError
-from ..evaluate.leaderboard import method_cell
+from ..evaluate.leaderboard import method_cell, sureness
 from .members import Member, members
 
 
@@ -116,6 +116,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (method, protocol), group in rows.groupby(["method", "protocol"], sort=False):
         row = {"method": method, "protocol": protocol, "seeds": int(group["seed"].nunique())}
+        if "vs_cf" in group and group["vs_cf"].notna().any():
+            row["vs_cf"] = group["vs_cf"].dropna().iloc[0]
         for col in numeric:
             values = group[col].dropna().to_numpy(dtype=float)
             if len(values):
@@ -144,6 +146,11 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
             cells = [_cell(r, f"test_{m}") for m in metrics]
             lines.append(f"| {method_cell(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+        sure = sureness(group)
+        if sure and n_seeds > 1:
+            sure[0] = (f"Each seed's own {sure[0][0].lower()}{sure[0][1:-1]}, averaged over the seeds (bounds too; "
+                       "the spread over seeds is in the table above).")
+        lines += sure
     deltas = paired_deltas(rows, cfg.rank.name, [v.name for v in cfg.experiment.variants])
     if len(deltas):
         deltas.to_csv(out / "ablations.csv", index=False)
