@@ -183,7 +183,7 @@ def _extract(parts: list[Path], dest: Path) -> list[str]:
 
 # what the GPU image lacks (trl, datasets and its dill and multiprocess, gguf for the embedded GGUF, faiss for
 # rank.candidate_votes), and what it has at older versions than this environment (transformers 5.17 there, device
-# tool KINDS.md; checked in a venv with the image's versions: rank/train.py's SFTConfig(activation_checkpointing=...)
+# tool KINDS.md; checked in a venv with the image's versions: llm/train.py's SFTConfig(activation_checkpointing=...)
 # fails under it, and so does shared-prefix scoring's cache), with the libraries those versions go with
 DEVICE_WHEELS = ("transformers", "trl", "peft", "accelerate", "datasets", "dill", "multiprocess", "fsspec",
                  "tokenizers", "huggingface-hub", "gguf", "faiss-cpu")
@@ -266,7 +266,7 @@ def stash(args: argparse.Namespace) -> None:
         from trl import SFTTrainer  # noqa: F401  (the imports the ranker stages need)
 
         import mmsrarec.evaluate.stage  # noqa: F401
-        import mmsrarec.rank.train  # noqa: F401
+        import mmsrarec.llm.train  # noqa: F401
         print("keys:", "all match" if _check_keys(args.config, args.set, args.runs, dest / "manifests")
               else "SOME DIFFER")
         shutil.rmtree(dest)

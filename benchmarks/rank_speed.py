@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from mmsrarec.rank.prompts import Catalog, RankPrompt, rank_prompt, tokenizer_of
-from mmsrarec.rank.score import Scorer, score_batched, score_naive, score_shared_prefix, score_shared_prefix_many
+from mmsrarec.llm.score import Scorer, score_batched, score_naive, score_shared_prefix, score_shared_prefix_many
 
 METHODS = {"naive": score_naive, "batched": score_batched, "shared_prefix": score_shared_prefix}
 WORDS = ("acoustic adventure animated baby bamboo blanket bottle bright classic comedy compact console cotton "

@@ -2,7 +2,7 @@
 for the ranker's SFT and the summarizer's GRPO, on CPU (gloo, 1 thread per process).
 
 Each run is one launch of this file in --worker mode, which trains with the project's own trainer
-set-up (rank.train.train_ranker; summarize.grpo.make_trainer) on synthetic items and times every
+set-up (llm.train.train_ranker; summarize.grpo.make_trainer) on synthetic items and times every
 optimizer step; the first step (warm-up) is left out. Per-process batches are fixed, so 2 processes
 handle twice the examples per step (data parallel). GRPO uses the length reward only, to time the
 trainer rather than the reward models; its examples are sampled completions.
@@ -70,7 +70,7 @@ def train_sft(model: str, batch: int, steps: int, folder: Path, timer: StepTimer
     from mmsrarec.rank.config import RankConfig, SFTSettings
     from mmsrarec.rank.prompts import Catalog
     from mmsrarec.rank.tasks import build_examples
-    from mmsrarec.rank.train import train_ranker
+    from mmsrarec.llm.train import train_ranker
 
     items = synthetic_items()
     words = items["text"].str.split().map(lambda w: w[1:4])

@@ -1,7 +1,7 @@
 """Ranker SFT speed on the CPU: float32 vs bfloat16 (`rank.model.dtype`), or random vs length-grouped
 batches (`rank.sft.sampling`), one process.
 
-Trains the real ranker (rank/train.py: TRL SFTTrainer + LoRA) on SFT examples for --steps optimizer
+Trains the real ranker (llm/train.py: TRL SFTTrainer + LoRA) on SFT examples for --steps optimizer
 steps per setting, one setting after the other, and reports the seconds per step after the first two
 (median), the seconds of all steps (for a whole pass over the examples: --steps x --batch x --accum =
 --examples, the fair measure for sampling), the tokens the batches held (real and padded) and the
@@ -38,7 +38,7 @@ def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: 
     import transformers
 
     from mmsrarec.rank.config import RankConfig
-    from mmsrarec.rank.train import train_ranker
+    from mmsrarec.llm.train import train_ranker
 
     cfg = RankConfig()
     cfg.model.dtype = setting["dtype"]
@@ -92,7 +92,7 @@ def count_tokens(examples, batch: int, seed: int = 0) -> dict:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from mmsrarec.models.loading import embedded_smollm2_dir
-    from mmsrarec.rank.train import example_lengths
+    from mmsrarec.llm.train import example_lengths
 
     lengths = example_lengths(examples, AutoTokenizer.from_pretrained(embedded_smollm2_dir()))
     generator = torch.Generator().manual_seed(seed)

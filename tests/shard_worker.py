@@ -19,7 +19,7 @@ import torch
 from mmsrarec.models.config import ModelConfig
 from mmsrarec.rank.config import RankConfig
 from mmsrarec.rank.prompts import Catalog
-from mmsrarec.rank.score import Scorer, load_model
+from mmsrarec.llm.score import Scorer, load_model
 from mmsrarec.sharding import Shard, current_shard, wait_until_stored
 from mmsrarec.summarize.config import SummarizeConfig
 from mmsrarec.summarize.stage import summarize_items

@@ -19,7 +19,7 @@ from mmsrarec.rank import score as scoring
 from mmsrarec.rank.config import LoraSettings, RankConfig, SFTSettings, TaskWeights
 from mmsrarec.rank.prompts import (Catalog, PromptError, answer_token_ids, main_messages, main_prefix_text, render,
                                    rank_prompt, tokenizer_of)
-from mmsrarec.rank.score import Scorer, score, score_batched, score_naive, score_shared_prefix
+from mmsrarec.llm.score import Scorer, score, score_batched, score_naive, score_shared_prefix
 from mmsrarec.rank.tasks import build_examples, example_counts, interacted_items
 
 torch.set_num_threads(1)
@@ -210,7 +210,7 @@ def test_several_users_scored_together_equal_each_user_alone(kind, tiny_lm, fold
     """score_shared_prefix_many: prefixes of different lengths in one padded batch, candidate chunks that
     cross users; every user's scores equal that user scored alone (and naive) in float32."""
     from mmsrarec.models.tiny import tiny_qwen2_5_vl
-    from mmsrarec.rank.score import score_many, score_shared_prefix_many
+    from mmsrarec.llm.score import score_many, score_shared_prefix_many
 
     if kind == "lm":
         model, proc = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu", dtype="float32"))
@@ -244,7 +244,7 @@ def test_a_suffix_forward_reads_the_prefix_cache_and_keeps_no_copy_of_it(tiny_lm
     """The rows' [prefix | suffix] keys and values live only while their layer runs: the suffix cache holds
     the prefix cache's own tensors before and after the forward (a DynamicCache holding per-row copies of
     every layer took 11 GB for 256 rows of SmolLM2-135M), and the prefix cache does not grow."""
-    from mmsrarec.rank.score import encode, new_cache, right_padded, select_cache, suffix_yes
+    from mmsrarec.llm.score import encode, new_cache, right_padded, select_cache, suffix_yes
 
     model, tok = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu", dtype="float32"))
     sharpen(model)
@@ -456,7 +456,7 @@ def _cfg(model: Path, out_kind: str = "causal", **sft) -> RankConfig:
 
 
 def test_sft_loss_decreases_and_the_adapter_loads_back(tiny_lm, items, tmp_path):
-    from mmsrarec.rank.train import read_log, train_ranker
+    from mmsrarec.llm.train import read_log, train_ranker
 
     data, catalog = _train_data(items)
     cfg = _cfg(tiny_lm, max_steps=10, lr=2e-2)
@@ -477,7 +477,7 @@ def test_sft_loss_decreases_and_the_adapter_loads_back(tiny_lm, items, tmp_path)
 def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm, items, tmp_path):
     import transformers
 
-    from mmsrarec.rank.train import train_ranker
+    from mmsrarec.llm.train import train_ranker
 
     data, catalog = _train_data(items)
     examples = build_examples(data, catalog, _cfg(tiny_lm), seed=0)
@@ -502,7 +502,7 @@ def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm
 
 
 def test_example_mean_nll_weighs_every_example_the_same():
-    from mmsrarec.rank.train import example_mean_nll
+    from mmsrarec.llm.train import example_mean_nll
 
     # vocabulary of 2; row 0 has one answer token (nll log 2), row 1 three (nll ~ 0.0067 each), row 2 none
     logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
@@ -520,7 +520,7 @@ def test_example_mean_nll_weighs_every_example_the_same():
 def test_example_loss_on_a_real_batch_equals_each_example_scored_alone_and_trains(tiny_lm, items, tmp_path):
     """rank.sft.loss=example through TRL's own collator: the answer-only logits (logits_to_keep) over a
     right-padded batch give the mean of each example's mean answer NLL, scored alone without padding."""
-    from mmsrarec.rank.train import answer_logits, example_mean_nll, read_log, train_ranker, trainer_class
+    from mmsrarec.llm.train import answer_logits, example_mean_nll, read_log, train_ranker, trainer_class
 
     data, catalog = _train_data(items)
     cfg = _cfg(tiny_lm, loss="example", batch_size=8)
@@ -568,7 +568,7 @@ def test_example_loss_weighs_every_example_of_a_step_alike_with_a_short_last_mic
     from transformers import TrainerCallback
     from trl import SFTConfig
 
-    from mmsrarec.rank.train import trainer_class
+    from mmsrarec.llm.train import trainer_class
 
     data, catalog = _train_data(items)
     examples = build_examples(data, catalog, _cfg(tiny_lm), seed=0).select(range(5))
@@ -618,7 +618,7 @@ def test_example_loss_weighs_every_example_of_a_step_alike_with_a_short_last_mic
 
 
 def test_vlm_sft_with_images_runs(tiny_vlm, items, tmp_path):
-    from mmsrarec.rank.train import read_log, train_ranker
+    from mmsrarec.llm.train import read_log, train_ranker
 
     data, catalog = _train_data(items)
     cfg = _cfg(tiny_vlm, "vlm", max_steps=3)
@@ -640,7 +640,7 @@ def test_vlm_sft_with_images_runs(tiny_vlm, items, tmp_path):
 def test_resume_from_checkpoint(tiny_lm, items, tmp_path):
     from transformers import TrainerCallback
 
-    from mmsrarec.rank.train import read_log, train_ranker
+    from mmsrarec.llm.train import read_log, train_ranker
 
     data, catalog = _train_data(items)
     examples = build_examples(data, catalog, _cfg(tiny_lm), seed=0)
@@ -715,7 +715,7 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     # user per forward (6) gives the same scores, and so do pairs (12) scored resumably into a store
     from dataclasses import replace
 
-    from mmsrarec.rank.stage import users_per_forward
+    from mmsrarec.rank.sharded import users_per_forward
 
     def with_rows(n: int) -> RankerInputs:
         return replace(inputs, cfg=load_config(None, [*over, "rank.keywords_from=summarize",

@@ -84,7 +84,7 @@ def test_two_processes_killed_midway_and_rerun_equal_one_process(tmp_path, tiny_
     rank 0 runs throughout. Items and cases are each stored exactly once, and keywords and scores equal
     a single process's (greedy decoding at batch 1, per-case scoring: the same computation)."""
     from mmsrarec.rank.config import RankConfig
-    from mmsrarec.rank.stage import score_frame
+    from mmsrarec.rank.sharded import score_frame
     from mmsrarec.summarize.stage import summarize_items
 
     rng = np.random.default_rng(0)

@@ -265,7 +265,7 @@ def users_section(inputs: ReportInputs, data: dict, methods: list[str], notes: l
     if n == 0:
         return ""
     from ..index.context import read_keyword_table
-    from ..rank.prompts import Catalog
+    from ..llm.prompts import Catalog
 
     keywords = optional("keywords", lambda: read_keyword_table(inputs.keywords), notes) if inputs.keywords else None
     rank = cfg.rank

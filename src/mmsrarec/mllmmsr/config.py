@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..configtools import InvalidValue, field
 from ..models.config import ModelConfig
-from ..rank.config import LoraSettings, SFTSettings
+from ..llm.config import LoraSettings, SFTSettings
 
 if TYPE_CHECKING:
     from ..config import RunConfig

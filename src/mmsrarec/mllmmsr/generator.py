@@ -19,7 +19,7 @@ class Generator(Protocol):
 
 class ChatGenerator:
     def __init__(self, model_cfg: ModelConfig):
-        from ..rank.score import load_model
+        from ..llm.score import load_model
 
         self.model, self.processor, self.is_vlm = load_model(model_cfg)
 

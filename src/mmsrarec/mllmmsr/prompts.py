@@ -6,8 +6,8 @@ The recommender's user turn is
     "The user's preferences, ...:\\n<summary>\\n" <question> "Candidate:\\n" | <title: description>
 
 so everything up to the candidate label depends on the user only: it is the shared prefix that
-rank.prompts.factored_prompt splits off and rank.score scores once per case. Generated text (item
-descriptions, summaries) goes through rank.prompts.clean_text before it enters a prompt, so it can
+llm.prompts.factored_prompt splits off and llm.score scores once per case. Generated text (item
+descriptions, summaries) goes through llm.prompts.clean_text before it enters a prompt, so it can
 neither end a chat turn nor move that split.
 """
 
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ..rank.prompts import CANDIDATE_LABEL, QUESTION, Catalog, clean_text
+from ..llm.prompts import CANDIDATE_LABEL, QUESTION, Catalog, clean_text
 from .config import UserSettings
 
 SUMMARY_LABEL = "The user's preferences, summarized from their history:\n"

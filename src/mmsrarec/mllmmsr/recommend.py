@@ -1,5 +1,5 @@
 """The MLLM-MSR recommender: Yes/No SFT examples from training user states, and scoring of stored
-candidate lists. Training goes through rank.train.train_ranker and scoring through rank.score, so both
+candidate lists. Training goes through llm.train.train_ranker and scoring through llm.score, so both
 methods share one SFT loop and one scorer (p(Yes) / (p(Yes) + p(No)), shared user prefix).
 """
 
@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ArtifactError
-from ..rank.config import RankConfig
-from ..rank.prompts import NO, YES, Catalog, assistant, factored_prompt, main_messages
-from ..rank.tasks import sample_negatives, to_dataset
+from ..llm.prompts import NO, YES, Catalog, assistant, factored_prompt, main_messages
+from ..llm.examples import sample_negatives, to_dataset
+from ..llm.train import SFTJob
 from .config import MllmMsrConfig
 from .prompts import recommender_prefix
 
 
-def ranker_config(cfg: MllmMsrConfig) -> RankConfig:
-    """What rank.train.train_ranker reads (model, LoRA, SFT settings), as the RankConfig it takes."""
-    return RankConfig(model=cfg.recommender, lora=cfg.lora, sft=cfg.sft, neg_per_pos=cfg.neg_per_pos)
+def ranker_config(cfg: MllmMsrConfig) -> SFTJob:
+    """What llm.train.train_ranker trains: the recommender, its LoRA and SFT settings."""
+    return SFTJob(model=cfg.recommender, lora=cfg.lora, sft=cfg.sft)
 
 
 def shows_images(cfg: MllmMsrConfig) -> bool:
@@ -66,7 +66,7 @@ def score_cases(scorer, catalog: Catalog, cases: pd.DataFrame, summaries: list[s
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
-    from ..rank.score import score
+    from ..llm.score import score
 
     images = shows_images(cfg)
     if log is not None and images and cfg.scoring.method == "shared_prefix":

@@ -15,8 +15,8 @@ from ..artifacts import read_json
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError
 from ..evaluate.casefiles import write_methods, write_scored_lists
-from ..rank.score import Scorer, load_model
-from ..rank.train import ADAPTER
+from ..llm.score import Scorer, load_model
+from ..llm.train import ADAPTER
 from .describe import read_descriptions
 from .prompts import catalog
 from .recommend import score_cases

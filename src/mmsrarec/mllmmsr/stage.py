@@ -14,7 +14,7 @@ import shutil
 
 import pandas as pd
 
-from ..artifacts import read_json, write_json, write_parquet
+from ..artifacts import write_json, write_parquet
 from ..data.prepare import load_prepared
 from ..summarize.store import ChunkStore
 from .describe import describe_items as describe
@@ -81,8 +81,8 @@ def read_states(folder, split: str) -> pd.DataFrame:
 
 
 def train(ctx) -> None:
-    from ..rank.stage import write_examples
-    from ..rank.train import CHECKPOINTS, train_ranker
+    from ..llm.examples import write_examples
+    from ..llm.train import CHECKPOINTS, train_ranker
     from .recommend import ranker_config, training_examples
 
     cfg, seed = ctx.cfg.mllm_msr, ctx.cfg.seed

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..rank.tasks import training_positions
+from ..llm.examples import training_positions
 from ..summarize.store import ChunkStore
 from .config import UserSettings
 from .generator import Generator, timed

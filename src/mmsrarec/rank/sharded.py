@@ -20,7 +20,7 @@ from ..sharding import Shard, current_shard, wait_until_stored
 from ..summarize.store import ChunkStore
 from .config import RankConfig
 from .prompts import Catalog
-from .score import Scorer, score_many
+from ..llm.score import Scorer, score_many
 
 
 def score_frame_sharded(scorer: Scorer, catalog: Catalog, cases: pd.DataFrame, contexts: dict, cfg: RankConfig,

@@ -10,7 +10,6 @@ checkpoints/ holds the resumable state; it is removed when training finishes.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -22,16 +21,17 @@ import numpy as np
 import pandas as pd
 
 from .. import distributed
-from ..artifacts import write_json, write_text
+from ..artifacts import write_json
 from ..config import RunConfig
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError, DataError
+from ..llm.examples import write_examples
+from ..llm.score import Scorer, load_model
+from ..llm.train import ADAPTER, CHECKPOINTS, train_ranker
 from .config import RankConfig, keyword_stage, ranker_needs
 from .prompts import CandidateNotes, Catalog
-from .score import Scorer, load_model
-from .sharded import score_frame, score_frame_sharded, users_per_forward  # noqa: F401 (users_per_forward: re-exported)
+from .sharded import score_frame, score_frame_sharded
 from .tasks import build_examples, example_counts, training_positions
-from .train import ADAPTER, CHECKPOINTS, train_ranker
 
 def keyword_table(ctx: Any) -> Path:
     """The keywords.parquet (columns item, keywords) the ranker uses; see keyword_stage."""
@@ -239,18 +239,6 @@ def sft_examples(ctx) -> tuple[Any, Path | None]:
     notes = maker.for_training(positions, ctx.log, teacher) if maker is not None else None
     return build_examples(data, catalog, cfg, ctx.cfg.seed, context, cfg.model.kind == "vlm", notes,
                           positions), keywords_path
-
-
-def write_examples(examples, path: Path) -> None:
-    columns = [c for c in examples.column_names if c != "images"]
-    rows = examples.select_columns(columns).to_list()
-    if "images" in examples.column_names:  # paths, not pixels
-        from datasets import Image, List
-
-        paths = examples.cast_column("images", List(Image(decode=False)))["images"]
-        for row, imgs in zip(rows, paths):
-            row["images"] = [img["path"] for img in imgs]
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------- scoring (score_stage.py)

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..llm.examples import sample_negatives, to_dataset, training_positions  # noqa: F401
 from .config import RankConfig
 from .prompts import (LETTERS, NO, YES, CandidateNotes, Catalog, assistant, candidate_line, choice_text, main_messages,
                       main_prefix_text, next_keywords_text, title_text, user_message)
@@ -33,18 +34,6 @@ from .prompts import (LETTERS, NO, YES, CandidateNotes, Catalog, assistant, cand
 Context = Callable[[int, int], str]  # (user, t) -> retrieved keywords for training case (user, t)
 NoteSource = Callable[[int, int], CandidateNotes]  # (user, t) -> candidate notes for training case (user, t)
 TASKS = ("main", "aux_choice", "aux_title", "aux_next_keywords")
-
-
-def training_positions(train: pd.DataFrame, per_user: int, seed: int) -> list[tuple[int, int, np.ndarray]]:
-    """(user, t, sequence) for the sampled training cases: at most `per_user` per user (0 = all)."""
-    out = []
-    for user, seq in zip(train["user"].to_numpy(np.int64), train["items"]):
-        s = np.asarray(seq, dtype=np.int64)
-        ts = np.arange(1, len(s))
-        if per_user and len(ts) > per_user:
-            ts = np.sort(np.random.default_rng([seed, int(user), 0]).choice(ts, per_user, replace=False))
-        out.extend((int(user), int(t), s) for t in ts)
-    return out
 
 
 def interacted_items(data: dict[str, pd.DataFrame]) -> dict[int, set[int]]:
@@ -59,20 +48,6 @@ def interacted_items(data: dict[str, pd.DataFrame]) -> dict[int, set[int]]:
         for user, hist, target in zip(frame["user"], frame["history"], frame["target"]):
             seen.setdefault(int(user), set()).update([*(int(i) for i in hist), int(target)])
     return seen
-
-
-def sample_negatives(pool: np.ndarray, exclude: set[int], n: int, rng: np.random.Generator) -> list[int]:
-    """n distinct items of `pool` (sorted, unique) not in `exclude` (fewer if the pool runs out)."""
-    excluded_in_pool = int(np.isin(np.fromiter(exclude, dtype=np.int64, count=len(exclude)), pool).sum())
-    n = min(n, len(pool) - excluded_in_pool)
-    picked: list[int] = []
-    while len(picked) < n:
-        for item in pool[rng.integers(0, len(pool), size=2 * n + 4)].tolist():
-            if item not in exclude and item not in picked:
-                picked.append(item)
-                if len(picked) == n:
-                    break
-    return picked
 
 
 def task_counts(cfg: RankConfig, n_positions: int, n_items: int) -> dict[str, int]:
@@ -182,15 +157,6 @@ class _Builder:
     def title(self, item: int) -> dict:
         return self._row("aux_title", -1, -1, item, [user_message([title_text(self.catalog, item)], self.is_vlm)],
                          self.catalog.titles[item])
-
-
-def to_dataset(rows: list[dict], is_vlm: bool):
-    from datasets import Dataset, Image, List
-
-    dataset = Dataset.from_list(rows)
-    if is_vlm:
-        dataset = dataset.cast_column("images", List(Image()))
-    return dataset
 
 
 def example_counts(dataset) -> dict[str, int]:

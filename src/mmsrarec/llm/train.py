@@ -1,6 +1,7 @@
-"""Multitask SFT of the ranker: TRL SFTTrainer + a PEFT LoRA adapter, loss on the answer tokens only.
+"""LoRA SFT of a Yes/No ranker (both LLM methods): TRL SFTTrainer + a PEFT LoRA adapter, loss on the answer
+tokens only. What it trains is an SFTJob: the model, its LoRA and the SFT settings (rank.* or mllm_msr.*).
 
-rank.sft.loss says how the answer tokens are averaged: 'token' is TRL's loss (every answer token of an
+sft.loss says how the answer tokens are averaged: 'token' is TRL's loss (every answer token of an
 optimizer step weighs the same); 'example' (ExampleMeanSFTTrainer) averages each example's tokens first, so
 a long aux answer (the next item's keywords, a title) weighs no more than a one-token Yes/No.
 
@@ -15,12 +16,25 @@ from __future__ import annotations
 import csv
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import distributed
-from .config import RankConfig
+from ..models.config import ModelConfig
+from .config import LoraSettings, SFTSettings
 from .prompts import answer_token_ids, assistant, render, tokenizer_of
+
+
+
+@dataclass
+class SFTJob:
+    """What train_ranker reads: the (M)LLM, its LoRA and the SFT settings. A RankConfig has all three."""
+
+    model: ModelConfig
+    lora: LoraSettings
+    sft: SFTSettings
+
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -140,7 +154,7 @@ def trainer_class(loss: str):
     return ExampleMeanSFTTrainer
 
 
-def train_ranker(examples, cfg: RankConfig, out: Path, seed: int, log: Callable[[str], None] = print,
+def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str], None] = print,
                  callbacks: list | None = None) -> dict:
     """Fine-tune cfg.model with LoRA on `examples` (tasks.build_examples); returns facts for the manifest.
     `callbacks`: extra transformers TrainerCallbacks (tests use one to stop a run as a kill would)."""

@@ -1,0 +1,205 @@
+"""The merged leaderboard of an experiment (runs/<name>/leaderboard/): one row per method and protocol with
+the mean and the spread (sample standard deviation) over seeds, from the runs finished here and, with
+experiment.ledger, the ledger's rows of the others (ledger.py); each variant paired with the main ranker.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import ledger
+from ..artifacts import read_json, write_json, write_text
+from ..config import RunConfig
+from ..errors import ArtifactError
+from ..evaluate.leaderboard import method_cell, sureness
+from .members import Member, members
+
+
+def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> Path:
+    """The merged leaderboard over the runs that are finished now (evaluate up to date for the config,
+    see pipeline.Runner.finished) and, with experiment.ledger, the ledger's rows of the others, running
+    nothing; it names the runs left out."""
+    from ..stages import Runner
+
+    everything = members(cfg, config_path, overrides)
+    done = []
+    for member in everything:
+        runner = Runner(member.cfg)
+        if runner.finished(runner.plan("evaluate")) is not None:
+            done.append((member, runner.run_dir))
+    return board(cfg, everything, done)
+
+
+def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Path]]) -> Path:
+    """The merged leaderboard in runs/<name>/leaderboard/ of the runs finished here (`done`) and, with
+    experiment.ledger, of the ledger's rows of the other runs under their present config (ledger.py); the
+    ledger then gets the rows of the runs finished here."""
+    here = merge(done) if done else pd.DataFrame(columns=ledger.HEAD)
+    rows, from_ledger = here, []
+    if cfg.experiment.ledger:
+        path = cfg.experiment.ledger
+        book = ledger.read(path)
+        finished = {m.label for m, _ in done}
+        wanted = {m.label: ledger.fingerprint(m.cfg) for m in everything if m.label not in finished}
+        taken = ledger.current(book, wanted)
+        from_ledger = sorted(set(taken["label"]))
+        stale = sorted(set(book.loc[book["label"].isin(wanted), "label"]) - set(from_ledger))
+        if stale:
+            print(f"[experiment] ledger {path}: its rows of {', '.join(stale)} are for another config "
+                  "(fingerprint; ledger.py), left out", file=sys.stderr)
+        if len(taken):
+            print(f"[experiment] ledger {path}: rows of {taken['label'].nunique()} runs not finished here",
+                  file=sys.stderr)
+            rows = pd.concat([here, taken], ignore_index=True) if len(here) else taken.reset_index(drop=True)
+        _same_data(rows, f"the runs finished here and those of the ledger {path}")
+        if len(here):
+            ledger.write(path, ledger.update(book, here))
+            print(f"[experiment] ledger {path}: rows of the {here['label'].nunique()} runs finished here "
+                  "written", file=sys.stderr)
+    order = {m.label: i for i, m in enumerate(everything)}  # the experiment's order, wherever a row came from
+    rows = rows.sort_values("label", key=lambda labels: labels.map(order), kind="stable").reset_index(drop=True)
+    for line in ledger.disagreements(rows):
+        print(f"[experiment] WARNING: runs on this board read the same stage with other output bytes, {line}: "
+              "from machines that disagree or from other package versions; their rows may differ by more than "
+              "their config", file=sys.stderr)
+    on_board = set(rows["label"])
+    missing = [m.label for m in everything if m.label not in on_board]
+    print(f"[experiment] {len(on_board)} of {len(everything)} runs finished ({len(done)} here)"
+          + (f"; not finished: {', '.join(missing)}" if missing else ""), file=sys.stderr)
+    if rows.empty:
+        raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
+    out = cfg.run_dir / "leaderboard"
+    write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing, from_ledger)
+    print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
+    return out
+
+
+def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
+    """Rows of every run's evaluate stage: all of a main run's rows, only its own ranker's rows (and their
+    evaluate.fuse blends, '<ranker>+<cf>') from a variant run; each with the run's label, its config's
+    fingerprint, its data digest and its source (the keys of ledger.py). Refuses runs whose candidate lists
+    differ."""
+    from ..stages import Runner
+
+    rows = []
+    for member, run_dir in runs:
+        started = read_json(run_dir / "evaluate" / "manifest.json").get("started_at", "?")
+        read = Runner(member.cfg).plan("evaluate")[:-1]
+        keys = {"label": member.label, "fingerprint": ledger.fingerprint(member.cfg),
+                "data": ledger.data_digest(run_dir / "prepare"), "source": f"run folder, evaluate of {started}",
+                "stages": ledger.stages(run_dir, read)}
+        for row in read_json(run_dir / "evaluate" / "metrics.json"):
+            if member.variant is None or row["method"] in member.own_rows:
+                rows.append({**keys, **row, "seed": member.seed})
+    frame = pd.DataFrame(rows)
+    _same_data(frame, "the runs of this experiment")
+    return frame
+
+
+def _same_data(rows: pd.DataFrame, what: str) -> None:
+    if len(rows) and rows["data"].nunique() > 1:
+        firsts = rows.drop_duplicates("label")
+        raise ArtifactError(f"{what} ranked different candidate lists (their prepare stages differ): " +
+                            ", ".join(f"{r.label}: {r.data}" for r in firsts.itertuples()) +
+                            "; keep data.* identical across variants and seeds")
+
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of every numeric column, per method and protocol
+    (the deviation is NaN, and shown as no spread, for a single seed)."""
+    numeric = [c for c in rows.columns if c not in ("method", "protocol", "seed")
+               and pd.api.types.is_numeric_dtype(rows[c])]
+    out = []
+    for (method, protocol), group in rows.groupby(["method", "protocol"], sort=False):
+        row = {"method": method, "protocol": protocol, "seeds": int(group["seed"].nunique())}
+        if "vs_cf" in group and group["vs_cf"].notna().any():
+            row["vs_cf"] = group["vs_cf"].dropna().iloc[0]
+        for col in numeric:
+            values = group[col].dropna().to_numpy(dtype=float)
+            if len(values):
+                row[col] = float(values.mean())
+                row[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")  # no spread of 1
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc"], "full": ["hr@10", "ndcg@10"], "rerank": ["hr@10", "ndcg@10"]}
+
+
+def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = (),
+                from_ledger: list[str] = ()) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    board = aggregate(rows)
+    rows.to_csv(out / "runs.csv", index=False)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    write_json(out / "leaderboard.json", board.to_dict(orient="records"))
+    lines = [f"# {cfg.name}: mean ± std over {n_seeds} seed(s), test split", ""]
+    for protocol, group in board.groupby("protocol", sort=False):
+        metrics = [m for m in METRIC_COLUMNS.get(protocol, []) if f"test_{m}" in group]
+        lines += [f"## {protocol}", "", "| method | seeds | " + " | ".join(metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        for _, r in group.iterrows():
+            cells = [_cell(r, f"test_{m}") for m in metrics]
+            lines.append(f"| {method_cell(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+        sure = sureness(group)
+        if sure and n_seeds > 1:
+            sure[0] = (f"Each seed's own {sure[0][0].lower()}{sure[0][1:-1]}, averaged over the seeds (bounds too; "
+                       "the spread over seeds is in the table above).")
+        lines += sure
+    deltas = paired_deltas(rows, cfg.rank.name, [v.name for v in cfg.experiment.variants])
+    if len(deltas):
+        deltas.to_csv(out / "ablations.csv", index=False)
+        cols = [c for c in deltas.columns if c.startswith(("sampled ", "rerank ")) and not c.endswith(" std")]
+        lines += [f"## Variants against {cfg.rank.name}, paired by seed", "",
+                  f"Variant minus {cfg.rank.name} on the same seed (and the same lists), mean ± std over the seeds "
+                  "that have both; negative: the variant is worse.", "",
+                  "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+        for _, r in deltas.iterrows():
+            cells = ["–" if pd.isna(r[c]) else f"{r[c]:+.4f}"
+                     + ("" if pd.isna(r[f"{c} std"]) else f" ± {r[f'{c} std']:.4f}") for c in cols]
+            lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if missing:
+        lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
+    if from_ledger:
+        lines += [f"From the ledger {cfg.experiment.ledger} (finished on another machine or in an earlier checkout; "
+                  f"each row's source is in runs.csv): {', '.join(from_ledger)}.", ""]
+    write_text(out / "leaderboard.md", "\n".join(lines))
+
+
+def paired_deltas(rows: pd.DataFrame, main: str, variants: list[str]) -> pd.DataFrame:
+    """Per variant: (variant - main) on each seed that has both rows, per protocol and metric of METRIC_COLUMNS
+    (sampled and rerank, the LLM rankers' protocols), as mean and sample std over those seeds. A paired difference
+    leaves out what the seed changes for both (the CF models, the GRPO policy), which the board's spread has."""
+    out = []
+    for variant in variants:
+        row, seeds = {"variant": variant}, set()
+        for protocol in ("sampled", "rerank"):
+            for metric in METRIC_COLUMNS[protocol]:
+                col = f"test_{metric}"
+                if col not in rows:
+                    continue
+                part = rows[rows["protocol"] == protocol]
+                a = part[part["method"] == variant].groupby("seed")[col].mean()
+                b = part[part["method"] == main].groupby("seed")[col].mean()
+                diff = (a - b).dropna()
+                if len(diff):
+                    seeds |= set(diff.index)
+                    row[f"{protocol} {metric}"] = float(diff.mean())
+                    row[f"{protocol} {metric} std"] = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+        if seeds:
+            out.append({**row, "seeds": len(seeds)})
+    return pd.DataFrame(out)
+
+
+def _cell(row: pd.Series, col: str) -> str:
+    value = row.get(col)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    std = row.get(f"{col}_std")
+    return f"{value:.4f} ± {std:.4f}" if std is not None and not np.isnan(std) else f"{value:.4f}"
