@@ -151,15 +151,15 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
             "experiment.variants=[{name: zero-shot, set: [rank.zero_shot=true]}, "
             "{name: no-retrieval, set: [rank.use_retrieval=false]}]"]
     cfg = load_config(None, over)
-    import mmsrarec.evaluate.stage as evaluate_stage
-    loads = []  # (model, device) of every CF model the evaluate stage loads
+    import mmsrarec.rank.score_stage as score_stage
+    loads = []  # (model, device) of every CF model the ranker's scoring stages load
 
     def load_trained(folder, name, cfg, n_items, device=None):
         loads.append((name, device or cfg.cf.train.device))
         return real_load(folder, name, cfg, n_items, device)
 
-    real_load = evaluate_stage.load_trained
-    monkeypatch.setattr(evaluate_stage, "load_trained", load_trained)
+    real_load = score_stage.load_trained
+    monkeypatch.setattr(score_stage, "load_trained", load_trained)
     out = run_experiment(cfg, None, over)
     # the rerank lists (an input of every LLM row) come from the CPU, whatever device the CF models use
     assert loads.count(("sasrec", "cpu")) == 6  # one per LLM rerank row: 2 seeds x 3 rankers
@@ -252,31 +252,31 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert lent_gpu.not_packed([f"{cfg.seed}-main", f"{cfg.seed}-no-retrieval"], marker) == [f"{cfg.seed}-main"]
     marker.write_text("")  # a payload from before the list: nothing to check against
     assert lent_gpu.not_packed([f"{cfg.seed}-main"], marker) == []
-    # a ranker trained, its evaluation cut off: it comes back whole, and here only its evaluation runs
-    key = json.loads((variant / "evaluate" / "manifest.json").read_text())["key"]
-    (variant / "evaluate" / "manifest.json").unlink()
-    (variant / "evaluate").rename(variant / "evaluate.partial")
-    (variant / "evaluate.partial" / ".key").write_text(key)  # as pipeline.Runner leaves a stage it runs
+    # a ranker trained, its scoring cut off: it comes back whole, and here only its scoring and evaluation run
+    key = json.loads((variant / "score-ranker" / "manifest.json").read_text())["key"]
+    (variant / "score-ranker" / "manifest.json").unlink()
+    (variant / "score-ranker").rename(variant / "score-ranker.partial")
+    (variant / "score-ranker.partial" / ".key").write_text(key)  # as pipeline.Runner leaves a stage it runs
     back = lent_gpu.results(main_dir, Path(cfg.runs_dir).parent / "back2" / "results.tgz")
     names = _names(back)
     assert f"{cfg.name}/{rel}/train-ranker/adapter/adapter_model.safetensors" in names
-    assert f"{cfg.name}/{rel}/evaluate.partial/.key" in names
+    assert f"{cfg.name}/{rel}/score-ranker.partial/.key" in names
     assert f"{cfg.name}/train-ranker/adapter/adapter_model.safetensors" not in names  # finished: no weights
     assert not [n for n in _names(lent_gpu.results(main_dir, back[0].parent / "none.tgz", resume_bytes=1000))
                 if n.endswith(".safetensors")]  # over the budget: back without weights, as before
     here_variant = here / cfg.name / rel
-    shutil.rmtree(here_variant / "evaluate")  # as if it had never finished here either
+    shutil.rmtree(here_variant / "score-ranker")  # as if it had never finished here either
     lent_gpu.unpack(argparse.Namespace(folder=str(back[0].parent), config=None, set=here_over))
-    assert (here_variant / "evaluate.partial" / ".key").is_file()
+    assert (here_variant / "score-ranker.partial" / ".key").is_file()
     trained_here = (here_variant / "train-ranker" / "manifest.json").read_text()
     run_experiment(load_config(None, here_over), None, here_over, only=[f"{cfg.seed}-no-retrieval"])
     assert (here_variant / "train-ranker" / "manifest.json").read_text() == trained_here  # not retrained
-    assert "[evaluate] resuming" in (here_variant / "run.log").read_text()
+    assert "[score-ranker] resuming" in (here_variant / "run.log").read_text()
     assert (here_variant / "evaluate" / "manifest.json").is_file()
     metrics = ["method", "protocol", "test_hr@5", "test_ndcg@5", "test_auc"]  # the timings differ
     assert pd.read_csv(here / cfg.name / "leaderboard" / "leaderboard.csv")[metrics].equals(board[metrics])
-    (variant / "evaluate.partial" / ".key").unlink()
-    (variant / "evaluate.partial").rename(variant / "evaluate")  # as it was, for what follows
+    (variant / "score-ranker.partial" / ".key").unlink()
+    (variant / "score-ranker.partial").rename(variant / "score-ranker")  # as it was, for what follows
     run_experiment(cfg, None, over)
     # the rankers' weights pruned (as results come back from a GPU machine): the finished runs stay finished
     trained = (variant / "train-ranker" / "manifest.json").read_text()

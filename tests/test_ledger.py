@@ -185,3 +185,13 @@ def test_a_neutral_option_added_later_keeps_stage_keys_and_fingerprints(tmp_path
     assert train_ranker_key(set_) != train_ranker_key(cfg)
     assert "hard_negatives" in to_dict(neutral.rank) and "hard_negatives" not in key_dict(neutral.rank)
     assert key_dict(set_.rank)["hard_negatives"] == "sasrec"
+
+
+def test_migrate_carries_rows_to_a_new_layout_and_drops_none():
+    book = pd.DataFrame({"label": ["1-main", "1-main", "2-main", "3-old"], "fingerprint": ["a1", "a1", "b1", "zz"],
+                         "method": ["pop", "sasrec", "pop", "pop"], "test_hr@5": [0.5, 0.6, 0.7, 0.1]})
+    moved = ledger.migrate(book, {"1-main": "a1", "2-main": "b0", "3-old": "c1"}, {"1-main": "A", "2-main": "B"})
+    assert moved["fingerprint"].tolist() == ["A", "A", "b1", "zz"]  # 2-main: recorded under another config
+    assert moved["migrated_from"].tolist()[:2] == ["a1", "a1"] and moved["migrated_from"].isna().tolist()[2:] == [
+        True, True]
+    assert moved.drop(columns=["fingerprint", "migrated_from"]).equals(book.drop(columns="fingerprint"))

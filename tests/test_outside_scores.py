@@ -73,8 +73,13 @@ def test_a_file_with_pops_scores_gets_exactly_pops_metrics(run, tmp_path):
     Runner(load_config(None, [*run["over"], f"evaluate.score_files=[{both}, again={test_only}]"])).run("evaluate")
     rows = board(run["run_dir"])
     pop, copy, again = rows[("pop", "sampled")], rows[("pop_copy", "sampled")], rows[("again", "sampled")]
-    metrics = [k for k in pop if k.startswith(("test_", "valid_")) and not k.endswith(("_time_s", "_s_per_user"))]
+    metrics = [k for k in pop if k.startswith(("test_", "valid_")) and not k.endswith(("_time_s", "_s_per_user"))
+               and "_diff" not in k]
     assert len(metrics) > 10 and all(copy[k] == pop[k] for k in metrics)  # exact, ties included (Pop has ties)
+    assert copy["test_ndcg@5_lo"] < copy["test_ndcg@5"] < copy["test_ndcg@5_hi"]  # its bootstrap interval
+    assert copy["vs_cf"] == "pop" and pd.isna(pop.get("vs_cf"))  # the best (only) CF model is not paired with itself
+    # paired with pop case by case: no difference, however the cases are drawn
+    assert [copy[f"test_ndcg@5_diff{e}"] for e in ("", "_lo", "_hi")] == [0.0, 0.0, 0.0]
     assert all(again[k] == pop[k] for k in metrics if k.startswith("test_"))
     assert again["valid_cases"] == 0 and pd.isna(again.get("valid_hr@5"))
     mine, pops = run["run_dir"] / "evaluate" / "sampled", run["run_dir"] / "score-cf" / "sampled"

@@ -60,8 +60,8 @@ def test_paper_config_builds_its_pipeline_on_stand_ins(name: str, tmp_path: Path
                  f"train_summarizer.reference={json.dumps(model)}", "train_summarizer.embedder.device=cpu"]
     cfg = load_config(PAPER / name, stand_ins)
     runner = Runner(cfg)
-    assert runner.plan("evaluate") == ["prepare", "train-cf", "train-summarizer", "summarize-tuned", "index",
-                                       "train-ranker", "evaluate"]
+    assert runner.plan("evaluate") == ["prepare", "train-cf", "score-cf", "train-summarizer", "summarize-tuned", "index",
+                                       "train-ranker", "score-ranker", "rerank-ranker", "evaluate"]
     runs = members(cfg, str(PAPER / name), stand_ins)
     assert len(runs) == 3 * 7
     for member in runs:  # every variant builds its own plan

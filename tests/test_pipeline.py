@@ -6,7 +6,9 @@ import pytest
 
 from mmsrarec.artifacts import write_json
 from mmsrarec.config import load_config
-from mmsrarec.pipeline import Runner, Stage
+from mmsrarec.errors import ArtifactError
+from mmsrarec.pipeline import Stage
+from mmsrarec.stages import Runner
 
 
 def test_second_run_is_a_skip_and_force_redoes(toy_overrides, capsys):
@@ -63,6 +65,26 @@ def test_killed_stage_resumes_without_redoing_work(toy_overrides, monkeypatch):
     assert sorted(manifest["outputs"]) == ["part0", "part1", "part2"]
     assert json.loads((runner.run_dir / "fake" / "part0").read_text()) == {"i": 0}
     assert not (runner.run_dir / "fake.partial").exists()
+
+
+def test_a_stage_reads_only_the_stages_it_declares(toy_overrides, monkeypatch):
+    """What a stage reads is in its key only through its needs: reading any other stage's folder is refused."""
+    import sys
+    import types
+
+    module = types.ModuleType("peeking_stage")
+    module.nothing = lambda ctx: None
+    module.reads_a = lambda ctx: ctx.input("a")
+    monkeypatch.setitem(sys.modules, "peeking_stage", module)
+    section = lambda c: {"seed": c.seed}  # noqa: E731
+    stages = {"a": Stage("a", "peeking_stage:nothing", lambda c: [], section),
+              "declared": Stage("declared", "peeking_stage:reads_a", lambda c: ["a"], section),
+              "peeking": Stage("peeking", "peeking_stage:reads_a", lambda c: [], section)}
+    runner = Runner(load_config(None, toy_overrides), stages)
+    runner.run("declared")
+    with pytest.raises(ArtifactError, match="stage 'peeking' reads stage 'a', which it does not declare in its needs"):
+        runner.run("peeking")
+    assert not (runner.run_dir / "peeking").exists()
 
 
 def test_cli_prepare_prints_statistics_and_errors_are_clean(toy_overrides, capsys):

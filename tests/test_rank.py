@@ -15,7 +15,7 @@ from PIL import Image
 from mmsrarec.configtools import from_dict
 from mmsrarec.errors import ArtifactError, ConfigError
 from mmsrarec.models import ModelConfig, load_causal_lm, load_vlm
-from mmsrarec.rank import score as scoring
+from mmsrarec.llm import score as scoring
 from mmsrarec.rank.config import LoraSettings, RankConfig, SFTSettings, TaskWeights
 from mmsrarec.rank.prompts import (Catalog, PromptError, answer_token_ids, main_messages, main_prefix_text, render,
                                    rank_prompt, tokenizer_of)
@@ -875,7 +875,7 @@ def test_item_text_cannot_inject_chat_control_tokens(tiny_lm, items):
 def test_per_user_scoring_time_comes_from_the_stored_times_not_the_resumed_wall(tmp_path):
     import pandas as pd
 
-    from mmsrarec.evaluate.stage import scoring_times
+    from mmsrarec.rank.score_stage import scoring_times
     from mmsrarec.summarize.store import ChunkStore
 
     store = ChunkStore(tmp_path / "s", key="case", writer="r000")

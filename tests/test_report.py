@@ -115,8 +115,12 @@ def test_report_is_self_contained_and_escapes_item_text(full_run):
     assert 'class="noimg"' in page                  # and an empty box for the items without an image
     assert "data:image/png;base64," in page         # leaderboard.png and reward_curves.png
     assert "Retrieved context" in page and 'class="neighbours"' in page
-    assert 'id="curves"' in page and "information" in page
     assert "keywords from summarize" in page
+    assert 'id="curves"' not in page  # the ranker's keywords are the zero-shot policy's: no GRPO curves to show
+    run = full_run.run_dir
+    curves = render_report(ReportInputs(full_run.cfg, run / "prepare", run / "evaluate",
+                                        summarizer=run / "train-summarizer"))
+    assert 'id="curves"' in curves and "information" in curves
     for method in ("pop", "sasrec", "mmsrarec"):
         assert f'data-method="{method}"' in page
     assert page.count("class=target") == 5 * 3     # the true item marked once per user and method
@@ -127,8 +131,17 @@ def html_escaped(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+def scored(run: Path) -> dict[str, Path]:
+    """method -> its sampled test case file, from the run's scoring stages."""
+    from mmsrarec.evaluate.casefiles import case_path, read_methods
+
+    return {m: case_path(run / stage, m, "sampled", "test") for stage in ("score-cf", "score-ranker")
+            for m in read_methods(run / stage)}
+
+
 def test_keywords_and_retrieved_context_are_shown_escaped(full_run, tmp_path):
-    """The tiny summarizer writes no usable keywords, so a keyword table is given here."""
+    """The tiny summarizer writes no usable keywords, so a keyword table is given here; the retrieved context
+    is the one the ranker's prompts showed, read from score-ranker's case file."""
     import pandas as pd
 
     run = full_run.run_dir
@@ -136,17 +149,20 @@ def test_keywords_and_retrieved_context_are_shown_escaped(full_run, tmp_path):
     table = tmp_path / "keywords.parquet"
     pd.DataFrame({"item": items, "keywords": [[f"kw{i}", "<img src=x onerror=alert(2)>"] for i in items]}
                  ).to_parquet(table)
-    page = render_report(ReportInputs(full_run.cfg, run / "prepare", run / "evaluate", table, run / "index"))
+    page = render_report(ReportInputs(full_run.cfg, run / "prepare", run / "evaluate", table, cases=scored(run)))
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
     history_keywords = re.findall(r'<div class="kw">kw\d+ · ', page)
     assert len(history_keywords) >= 5 * 5  # every history card of the 5 users
     context = re.findall(r'<p class="context">([^<]*)</p>', page)
-    assert len(context) == 5 and all(re.search(r"kw\d+", c) for c in context)
+    shown = pd.read_parquet(run / "score-ranker" / "sampled" / "mmsrarec_test.parquet")["context"]
+    picked = [int(c) for c in re.findall(r'data-case="(\d+)"', page)]
+    assert len(context) == 5 and context == [html_escaped(shown[c]) or "<i>(empty)</i>" for c in picked]
 
 
 def test_the_rankers_table_shows_the_candidate_notes_its_prompts_show(full_run):
     """With rank.candidate_votes / candidate_cf_rank, each candidate in the ranker's table carries the
-    note its prompt showed (the votes of the index searched again, the CF model's rank); other tables don't."""
+    note its prompt showed (the votes of the index searched again, the CF model's rank), as score-ranker
+    stored it; other tables don't."""
     import copy
 
     import pandas as pd
@@ -154,11 +170,13 @@ def test_the_rankers_table_shows_the_candidate_notes_its_prompts_show(full_run):
     from mmsrarec.cf.stage import load_trained
     from mmsrarec.rank.stage import cf_ranks
 
-    run = full_run.run_dir
     cfg = copy.deepcopy(full_run.cfg)
+    cfg.name = "notes"
     cfg.rank.candidate_votes, cfg.rank.candidate_cf_rank = 3, "sasrec"
-    inputs = ReportInputs(cfg, run / "prepare", run / "evaluate", None, run / "index", None, run / "train-cf")
-    page = render_report(inputs)
+    runner = Runner(cfg, reuse=[full_run.run_dir])  # the data, CF models, keywords and index are linked
+    runner.run("evaluate")
+    run = runner.run_dir
+    page = (run / "evaluate" / "report.html").read_text(encoding="utf-8")
     tables = re.findall(r'<table class="ranking" data-method="(\w+)">(.*?)</table>', page, re.S)
     shown = [body for method, body in tables if method == "mmsrarec"]
     assert len(shown) == 5 and all(body.count("of 3 similar users; SASRec ranks it") == 6 for body in shown)
@@ -170,8 +188,6 @@ def test_the_rankers_table_shows_the_candidate_notes_its_prompts_show(full_run):
     target = int(test["target"].iloc[case])
     assert re.search(rf"✓ [^<]*<span class=\"muted small\">\(chosen next by \d of 3 similar users; SASRec ranks it "
                      rf"{ranks[target]}\)", shown[0])
-    page = render_report(ReportInputs(cfg, run / "prepare", run / "evaluate", None, run / "index"))  # no train-cf
-    assert "candidate notes not shown" in page and page.count('class="user"') == 5
 
 
 def test_baselines_only_report_renders_without_optional_parts(baselines_run):
@@ -188,7 +204,7 @@ def test_a_catalogue_without_images_shows_no_empty_image_boxes():
 
     def card(images):
         view = UserView(Catalog({1: "Heat", 2: "Up"}, {1: "", 2: ""}, {1: ["crime"]}, images), {1: "i1", 2: "i2"},
-                        {}, load_config(None, []).data.images, None, 3)
+                        {}, load_config(None, []).data.images)
         return view.item_card(1)
 
     assert "noimg" not in card({1: "", 2: ""}) and "Heat" in card({1: "", 2: ""})  # ML-100K: no item has one

@@ -129,3 +129,17 @@ def write(path: str | Path, book: pd.DataFrame) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     book.reindex(columns=cols).sort_values(["label", "fingerprint"], kind="stable").to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+def migrate(book: pd.DataFrame, old: dict[str, str], new: dict[str, str]) -> pd.DataFrame:
+    """`book` after a change of stage layout that moved every fingerprint but no result (e.g. scoring moved out
+    of evaluate into stages of its own): each row recorded under its run's fingerprint in the older layout
+    (old[label]) gets the one the present code gives the same config (new[label]); `migrated_from` keeps the
+    older one. Rows of other configs are kept as they are; none is dropped."""
+    book = book.copy()
+    if "migrated_from" not in book:
+        book["migrated_from"] = pd.Series([None] * len(book), dtype=object)
+    moved = [old.get(label) == fp and label in new for label, fp in zip(book["label"], book["fingerprint"])]
+    book.loc[moved, "migrated_from"] = book.loc[moved, "fingerprint"]
+    book.loc[moved, "fingerprint"] = [new[label] for label in book.loc[moved, "label"]]
+    return book

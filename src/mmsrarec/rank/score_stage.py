@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import distributed
 from ..artifacts import read_json
+from ..cf.stage import load_trained
 from ..evaluate.casefiles import counts_of_scores, write_cases, write_methods, write_scored_lists
 from .sharded import stored_seconds
 from .stage import case_inputs, load_ranker, score_cases
@@ -88,7 +89,6 @@ def run(ctx) -> None:
 
 
 def run_rerank(ctx) -> None:
-    from ..cf.stage import load_trained
     from ..evaluate.rerank import rerank_scores
 
     cfg, ev = ctx.cfg, ctx.cfg.evaluate
