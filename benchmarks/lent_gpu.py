@@ -26,8 +26,8 @@ e.g. the FAISS index, unless a picked run has rank.candidate_votes). ML-100K, on
 GGUF). Parts are 60 MB (--chunk), since a call carries the part and the repository (~6 MB) within 64 MiB.
 `finish` joins the parts, installs the GGUF where models/loading.py looks for it, runs the config (only
 the stages not done here run), merges whatever runs finished within --budget seconds, and writes the
-train-ranker and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
-ranker is trained but whose scoring was cut off comes back whole (its adapter and score-ranker.partial,
+train-ranker, scoring and evaluate folders of every run, without weights, to $OUT/results.tgz.NN; a run whose
+ranker is trained but whose scoring was cut off comes back whole (its adapter and <scoring stage>.partial,
 up to RESUME_BYTES), so that the next loan only scores it. `unpack` puts them into the local run,
 where finished runs stay finished without their weights (pipeline.Runner.finished), and their rows go
 into the ledger (experiment.ledger, kept in git), which outlives the local run folder. So an experiment
@@ -58,7 +58,7 @@ DEVICE_STAGES = ("train-ranker", "score-ranker", "rerank-ranker", "evaluate")
 WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.jsonl", "tokenizer.json")
 RESULT_CHUNK = 15_000_000
 RESUME_BYTES = 40_000_000  # of whole half-done runs (a SmolLM2-135M LoRA r=16 adapter is 19.6 MB)
-RESUMED = "score-ranker.partial"
+RESUMED = ("score-ranker.partial", "rerank-ranker.partial")  # a scoring stage cut off on the GPU
 PACKED = "runs.txt"  # in the payload: the labels of the runs it was packed for
 KEY_LINES = ("test hr@", "] done in", "SFT on", "SFT examples", "train_runtime", "[experiment]")
 
@@ -337,19 +337,19 @@ def finish(args: argparse.Namespace) -> None:
 def results(run: Path, tgz: Path, chunk: int = RESULT_CHUNK, resume_bytes: int = RESUME_BYTES) -> list[Path]:
     """The DEVICE_STAGES folders of every run under `run` (finished ones; a linked one as its link), the
     leaderboard and the run logs, without WEIGHTS, as tgz.00, tgz.01, ... of <= chunk bytes. A run whose
-    ranker is trained but whose scoring was cut off comes back whole (the ranker's weights and
-    score-ranker.partial), as many of them as fit in `resume_bytes`: the next loan only scores it."""
+    ranker is trained but whose scoring was cut off comes back whole (the ranker's weights and its
+    score-ranker.partial or rerank-ranker.partial), as many of them as fit in `resume_bytes`: the next loan only scores it."""
     tgz.parent.mkdir(parents=True, exist_ok=True)
     whole, used = set(), 0
-    for partial in sorted(run.rglob(RESUMED)):
+    for partial in sorted(p for name in RESUMED for p in run.rglob(name)):
         ranker = partial.parent / "train-ranker"
         if (ranker / "manifest.json").is_file() and not ranker.is_symlink():
             size = sum(f.stat().st_size for d in (ranker, partial) for f in d.rglob("*") if f.is_file())
             if used + size <= resume_bytes:
                 whole |= {ranker, partial}
                 used += size
-                print(f"[lent_gpu] {partial.parent.name}: ranker trained, evaluation cut off; its ranker "
-                      f"({size / 1e6:.1f} MB) and score-ranker.partial come back", flush=True)
+                print(f"[lent_gpu] {partial.parent.name}: ranker trained, scoring cut off; its ranker "
+                      f"({size / 1e6:.1f} MB) and {partial.name} come back", flush=True)
     with tarfile.open(tgz, "w:gz") as tar:
         for folder, dirs, files in os.walk(run):  # links to folders are listed, not followed
             here = Path(folder)
@@ -396,7 +396,7 @@ def unpack(args: argparse.Namespace) -> None:
     for folder, dirs, files in os.walk(came):
         here = Path(folder)
         for d in list(dirs):
-            if d in (*DEVICE_STAGES, RESUMED):
+            if d in (*DEVICE_STAGES, *RESUMED):
                 source, target = here / d, run / (here / d).relative_to(came)
                 remove_stage(target)
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ stages before train-ranker are linked from the config's finished run (same keys:
 only its SFT runs. Every variant then scores the same seeded subsample of the stored 1 + N test
 lists (the paper's protocol). Beside them, on the same cases: the LLM-free vote reader of each
 rank.candidate_votes k used (how many of the k most similar training users chose the candidate:
-the number such a prompt shows) and the base run's CF scores (evaluate/scores/<method>_test.parquet).
+the number such a prompt shows) and the base run's CF scores (score-cf/sampled/<method>_test.parquet).
 
     python benchmarks/ranker_ab.py --config configs/ml100k_gpu.yaml --cases 150 \
         --set rank.max_examples=400 --variant plain --variant votes=rank.candidate_votes=500 \

@@ -69,6 +69,12 @@ def test_cross_section_checks(tmp_path):
         load_config(None, ["evaluate.methods=[pop, sasrec]", "evaluate.fuse=[sasrec]"])
     with pytest.raises(ConfigError, match="fuse.*valid"):  # the weight is picked on valid
         load_config(None, [*fuse, "evaluate.llm_splits=[test]"])
+    with pytest.raises(ConfigError, match="fuse.*'test'"):  # and reported on test
+        load_config(None, [*fuse, "evaluate.llm_splits=[valid]"])
+    with pytest.raises(ConfigError, match="rank.name.*also names a CF model"):  # two stages would score 'sasrec'
+        load_config(None, ["rank.name=sasrec"])
+    with pytest.raises(ConfigError, match=r"score_files.*mmsrarec\+sasrec"):  # a blend's name
+        load_config(None, [*fuse, "evaluate.score_files=[mmsrarec+sasrec=x.csv]"])
     with pytest.raises(ConfigError, match="fuse_metric.*hr@7"):
         load_config(None, [*fuse, "evaluate.fuse_metric=hr@7"])
 

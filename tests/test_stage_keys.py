@@ -145,6 +145,28 @@ def recorded(tmp_path_factory, tiny_lm):
     return cfg, dict(reads.by_stage), runner
 
 
+@pytest.fixture(scope="module")
+def recorded_baselines(tmp_path_factory):
+    """A run without any LLM: what evaluate and its report read then (no ranker settings in its key)."""
+    from conftest import write_atomic
+
+    tmp = tmp_path_factory.mktemp("keys-baselines")
+    over = [f"runs_dir={tmp / 'runs'}", "name=base", "data.source=atomic", f"data.path={write_atomic(tmp / 'toy')}",
+            "data.name=toy", "data.num_negatives=5", "cf.models=[pop, itemknn]", "evaluate.methods=[pop, itemknn]",
+            "evaluate.report_users=2"]
+    cfg = load_config(None, over)
+    with pytest.MonkeyPatch.context() as mp:
+        reads = Reads(cfg, mp)
+        Runner(cfg).run("evaluate")
+    return cfg, dict(reads.by_stage)
+
+
+def test_a_run_without_llm_reads_only_what_its_keys_hold(recorded_baselines):
+    cfg, reads = recorded_baselines
+    assert set(reads) == {"prepare", "train-cf", "score-cf", "evaluate"}
+    assert unkeyed_reads(STAGES, cfg, reads) == {}
+
+
 def test_every_stage_ran_and_read_its_config(recorded):
     cfg, reads, runner = recorded
     assert set(runner.plan("evaluate")) == set(STAGES) - {"summarize"}  # the tuned policy's keywords only

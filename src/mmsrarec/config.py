@@ -102,6 +102,15 @@ class RunConfig:
             raise InvalidValue("evaluate.fuse", f"blends the LLM ranker ({self.rank.name!r}) with CF models; both must "
                                f"be in evaluate.methods (= {self.evaluate.methods}) and the CF models in cf.models "
                                f"(= {self.cf.models}); not: {fuse_off or [self.rank.name]}")
+        if self.rank.name in self.cf.models:
+            raise InvalidValue("rank.name", f"is {self.rank.name!r}, which also names a CF model of cf.models "
+                               f"(= {self.cf.models}); pick another name for the ranker's rows")
+        blends = [f"{self.rank.name}+{m}" for m in self.evaluate.fuse]
+        from .evaluate.outside import parse_entries
+        taken = [f.name for f in parse_entries(self.evaluate.score_files) if f.name in blends]
+        if taken:
+            raise InvalidValue("evaluate.score_files", f"name(s) {taken}, which evaluate.fuse gives its blends; name "
+                               "the files otherwise with 'name=path'")
         llms = (self.rank.name, self.mllm_msr.name)
         missing = [m for m in self.evaluate.methods if m not in self.cf.models and m not in llms]
         if missing:

@@ -33,8 +33,8 @@ Config = Any  # the run config (mmsrarec.config.RunConfig); the engine reads onl
 class Stage:
     name: str
     entry: str  # "module:function"; the function takes a StageContext
-    needs: Callable[[Config], list[str]]
-    section: Callable[[Config], Any]  # the part of the config this stage's output depends on
+    needs: Callable[[Config], list[str]]  # the stages whose folders it reads (StageContext.input refuses others)
+    section: Callable[[Config], Any]  # every config field it reads: what its key holds
     help: str = ""
     check: Callable[[Config], None] | None = None  # cross-section checks, run before any stage of a plan
     distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
@@ -45,8 +45,6 @@ class Stage:
         """Whether `output` (a path inside the stage's folder) is one that no other stage reads under cfg."""
         own = self.own(cfg) if callable(self.own) else self.own
         return any(fnmatch.fnmatchcase(output, pattern) for pattern in own)
-
-
 
 
 @dataclass

@@ -59,9 +59,9 @@ class EvaluateConfig:
             if self.fuse_metric not in metric_names(self.ks, "sampled"):
                 raise InvalidValue("fuse_metric", f"is {self.fuse_metric!r}, not a sampled metric of ks={self.ks} "
                                    f"(one of {metric_names(self.ks, 'sampled')})")
-            if "sampled" not in self.protocols or "valid" not in self.llm_splits:
-                raise InvalidValue("fuse", "blends scores of the stored lists and picks its weight on valid: needs "
-                                   "'sampled' in protocols and 'valid' in llm_splits")
+            if "sampled" not in self.protocols or set(self.llm_splits) != {"valid", "test"}:
+                raise InvalidValue("fuse", "blends scores of the stored lists, picks its weight on valid and reports "
+                                   "test: needs 'sampled' in protocols and both 'valid' and 'test' in llm_splits")
             if len(set(self.fuse)) != len(self.fuse):
                 raise InvalidValue("fuse", f"has duplicates: {self.fuse}")
         from .outside import parse_entries  # names, formats and clashes of the outside score files

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 DRAWS = 10_000
+CHUNK = 500  # draws resampled at a time: 10,000 x n case indices at once would be GBs for 50k test cases
 
 
 def case_bootstrap(per_case: dict[str, np.ndarray], rng: np.random.Generator,
@@ -18,13 +19,17 @@ def case_bootstrap(per_case: dict[str, np.ndarray], rng: np.random.Generator,
     n = len(next(iter(per_case.values()))) if per_case else 0
     if n == 0:
         return {metric: [float("nan")] * 3 for metric in per_case}
-    picks = rng.integers(0, n, size=(draws, n))
+    values = {metric: np.asarray(v, dtype=np.float64) for metric, v in per_case.items()}
+    boot = {metric: [] for metric in values}
+    for start in range(0, draws, CHUNK):  # the same draws as one (draws, n) call, in less memory
+        picks = rng.integers(0, n, size=(min(CHUNK, draws - start), n))
+        for metric, v in values.items():
+            boot[metric].append(v[picks].mean(1))
     out = {}
-    for metric, values in per_case.items():
-        values = np.asarray(values, dtype=np.float64)
-        boot = values[picks].mean(1)
-        out[metric] = [round(float(values.mean()), 4), round(float(np.quantile(boot, 0.025)), 4),
-                       round(float(np.quantile(boot, 0.975)), 4)]
+    for metric, v in values.items():
+        means = np.concatenate(boot[metric])
+        out[metric] = [round(float(v.mean()), 4), round(float(np.quantile(means, 0.025)), 4),
+                       round(float(np.quantile(means, 0.975)), 4)]
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,11 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
     for protocol, part in board.groupby("protocol", sort=False):
         metrics = [m for m in KEY_METRICS.get(protocol, [])
                    if f"test_{m}" in part and part[f"test_{m}"].notna().any()]
+        if not metrics:  # e.g. a rerank of 5 items reports only @1: whatever metrics the rows have
+            metrics = [c[len("test_"):] for c in part.columns if re.fullmatch(r"test_(hr|ndcg|mrr)(@\d+)?|test_auc", c)
+                       and part[c].notna().any()]
+        if not metrics:
+            continue
         lines.append(f"## {protocol} ({int(part['test_cases'].iloc[0])} test cases)")
         lines.append("")
         header = ["method"] + [f"test {m}" for m in metrics] + ["valid " + metrics[min(3, len(metrics) - 1)],
@@ -45,21 +51,24 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
 
 def sureness(part: pd.DataFrame) -> list[str]:
     """How sure a protocol's table is: each row's 95% bootstrap interval over the test cases, and its paired
-    difference to the best CF model (by valid) with that difference's interval (evaluate/stage.py)."""
+    difference to the best CF model by valid among those its run scored (evaluate/stage.py), named per row."""
     metrics = [c[len("test_"):-len("_lo")] for c in part.columns if c.startswith("test_") and c.endswith("_lo")
                and not c.endswith("_diff_lo") and part[c].notna().any()]
     if not metrics:
         return []
-    against = part["vs_cf"].dropna().iloc[0] if "vs_cf" in part and part["vs_cf"].notna().any() else None
     diffs = [m for m in metrics if f"test_{m}_diff" in part and part[f"test_{m}_diff"].notna().any()]
-    header = ["method", *(f"{m} (95%)" for m in metrics), *(f"{m} minus {against} (95%)" for m in diffs)]
+    header = ["method", *(f"{m} (95%)" for m in metrics), *(["paired with"] if diffs else []),
+              *(f"{m} minus it (95%)" for m in diffs)]
     lines = [f"95% bootstrap intervals over the {int(part['test_cases'].iloc[0])} test cases"
-             + (f"; differences paired case by case with {against}, the best CF model by valid" if diffs else "")
-             + ".", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             + ("; differences paired case by case with the best CF model by valid" if diffs else "") + ".", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in part.iterrows():
         cells = [method_cell(r)]
         cells += [f"{r[f'test_{m}']:.4f} [{r[f'test_{m}_lo']:.4f}, {r[f'test_{m}_hi']:.4f}]"
                   if pd.notna(r.get(f"test_{m}_lo")) else "" for m in metrics]
+        if diffs:
+            paired = r.get("vs_cf")
+            cells.append("" if paired is None or pd.isna(paired) else str(paired))
         cells += [f"{r[f'test_{m}_diff']:+.4f} [{r[f'test_{m}_diff_lo']:+.4f}, {r[f'test_{m}_diff_hi']:+.4f}]"
                   if pd.notna(r.get(f"test_{m}_diff")) else "" for m in diffs]
         lines.append("| " + " | ".join(cells) + " |")

@@ -4,7 +4,7 @@ A score file (CSV or parquet) has the columns user, item, score and optionally s
 without it every row is a test row), with the ids that `mmsrarec export-candidates` writes (the
 dataset's original user and item ids). For every split it covers (test always) it must score each
 (user, item) pair of the stored 1 + N lists exactly once and name nothing else; its scores then go
-through the same metric code as every other method (protocols.sampled_metrics), so its row is
+through the same per-case files and metric code as every other method (casefiles.py), so its row is
 comparable with theirs. Anything else is a ScoreFileError naming the file, how many rows are
 affected and up to five of them.
 """
@@ -31,7 +31,7 @@ SPLITS = ("valid", "test")
 REQUIRED = ("user", "item", "score")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_EXAMPLES = 5
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # it becomes part of scores/<name>_<split>.parquet
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # it becomes part of sampled/<name>_<split>.parquet
 
 
 class ScoreFileError(DataError):

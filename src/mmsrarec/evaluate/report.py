@@ -268,13 +268,16 @@ def users_section(inputs: ReportInputs, data: dict, methods: list[str], notes: l
     from ..llm.prompts import Catalog
 
     keywords = optional("keywords", lambda: read_keyword_table(inputs.keywords), notes) if inputs.keywords else None
-    rank = cfg.rank
+    from ..rank.config import RankConfig
+
+    # items as the ranker's prompts show them; without the ranker on the board, as the defaults would
+    rank = cfg.rank if cfg.rank.name in cfg.evaluate.methods else RankConfig()
     catalog = Catalog.build(data["items"], keywords, keywords is not None, rank.max_keywords, rank.raw_text_words,
                             rank.history_keywords)
     items, users = data["items"], data["users"]
     view = UserView(catalog, dict(zip(items["item"].astype(int), items["item_id"].astype(str))),
                     dict(zip(users["user"].astype(int), users["user_id"].astype(str))), cfg.data.images,
-                    ranker=rank.name)
+                    ranker=cfg.rank.name)
     for method in methods:
         path = inputs.cases.get(method)
         if path is not None and path.is_file():

@@ -90,11 +90,3 @@ def rerank_scores(score_frame: Callable[[pd.DataFrame], np.ndarray], model, fram
     facts = {"retrieval_hit_rate": float(hit.mean()) if len(hit) else 0.0, "reranked_cases": int(hit.sum()),
              "rerank_width": int(top)}
     return rerank_matrix(hit, hit_scores, top), items, facts
-
-
-def evaluate_rerank(score_frame: Callable[[pd.DataFrame], np.ndarray], model, frame: pd.DataFrame, n_items: int,
-                    top: int, ks: list[int], exclude_history: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """Per-case metrics of CF-top-`top` + LLM rerank, and facts (hit rate, prompts scored)."""
-    scores, _, facts = rerank_scores(score_frame, model, frame, n_items, top, exclude_history)
-    per = sampled_metrics(scores, rerank_names(ks, facts["rerank_width"]))
-    return per, {k: facts[k] for k in ("retrieval_hit_rate", "reranked_cases")}

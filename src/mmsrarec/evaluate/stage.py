@@ -69,7 +69,12 @@ def scored_methods(ctx) -> dict[str, dict[str, tuple[Path, dict]]]:
     for stage in ctx.needs or ():
         folder = ctx.input(stage)
         for method, facts in read_methods(folder).items():
-            out.setdefault(method, {}).update({protocol: (folder, f) for protocol, f in facts.items()})
+            for protocol, f in facts.items():
+                held = out.setdefault(method, {})
+                if protocol in held:
+                    raise ArtifactError(f"{method!r} ({protocol}) is scored by two stages, {held[protocol][0]} and "
+                                        f"{folder}: give each method its own name (rank.name, mllm_msr.name, cf.models)")
+                held[protocol] = (folder, f)
     return out
 
 
@@ -94,11 +99,11 @@ def add_intervals(rows: list[dict], per: dict, cf_models: list[str], seed: int) 
     difference to the protocol's best CF model by valid (vs_cf, test_<m>_diff, _diff_lo, _diff_hi); a rerank
     row is paired with the full protocol's (the same leave-one-out cases)."""
     best = {}
-    for protocol, metric in (("sampled", "ndcg@5"), ("full", "ndcg@10")):
-        scored = [(per[(m, protocol)].get("valid", {}).get(metric, np.zeros(0)).mean(), m) for m in cf_models
-                  if (m, protocol) in per and "valid" in per[(m, protocol)]]
-        if scored:
-            best[protocol] = max(scored)[1]
+    for protocol, preferred in (("sampled", "ndcg@5"), ("full", "ndcg@10")):
+        valid = {m: per[(m, protocol)]["valid"] for m in cf_models if "valid" in per.get((m, protocol), {})}
+        metric = selection_metric(next(iter(valid.values()), {}), preferred)
+        if metric is not None:
+            best[protocol] = max((float(v[metric].mean()), m) for m, v in valid.items())[1]
     best["rerank"] = best.get("full")
     for row in rows:
         protocol, test = row["protocol"], per[(row["method"], row["protocol"])].get("test")
@@ -119,6 +124,14 @@ def add_intervals(rows: list[dict], per: dict, cf_models: list[str], seed: int) 
         for m, (diff, lo, hi) in paired_bootstrap({m: test[m] for m in both}, {m: ref[m] for m in both},
                                                   np.random.default_rng([seed, 1013])).items():
             row[f"test_{m}_diff"], row[f"test_{m}_diff_lo"], row[f"test_{m}_diff_hi"] = diff, lo, hi
+
+
+def selection_metric(names, preferred: str) -> str | None:
+    """`preferred` when the rows have it, else their NDCG at the smallest cut-off (evaluate.ks may lack 5 or 10)."""
+    if preferred in names:
+        return preferred
+    cuts = sorted((int(n.split("@")[1]), n) for n in names if n.startswith("ndcg@"))
+    return cuts[0][1] if cuts else None
 
 
 def fusion(ctx, sources: dict, cf_name: str) -> tuple[str, dict]:

@@ -116,8 +116,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (method, protocol), group in rows.groupby(["method", "protocol"], sort=False):
         row = {"method": method, "protocol": protocol, "seeds": int(group["seed"].nunique())}
-        if "vs_cf" in group and group["vs_cf"].notna().any():
-            row["vs_cf"] = group["vs_cf"].dropna().iloc[0]
+        if "vs_cf" in group and group["vs_cf"].notna().any():  # the seeds may pair with different CF models
+            row["vs_cf"] = " / ".join(sorted(set(group["vs_cf"].dropna().astype(str))))
         for col in numeric:
             values = group[col].dropna().to_numpy(dtype=float)
             if len(values):

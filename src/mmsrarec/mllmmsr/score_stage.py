@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from ..artifacts import read_json
+from ..cf.base import Cases
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError
 from ..evaluate.casefiles import write_methods, write_scored_lists
@@ -46,9 +45,7 @@ def run(ctx) -> None:
         t0 = time.perf_counter()
         scores, seconds = score_cases(scorer, items, cases, states["summary"].tolist(), cfg, log=ctx.log)
         wall = time.perf_counter() - t0
-        candidates = np.concatenate([cases["target"].to_numpy(np.int64)[:, None],
-                                     np.array(cases["negatives"].tolist(), np.int64)], axis=1)
-        write_scored_lists(ctx.out, cfg.name, split, cases["user"], candidates, scores,
+        write_scored_lists(ctx.out, cfg.name, split, cases["user"], Cases.from_frame(cases).candidates(), scores,
                            summary=states["summary"].tolist())
         per_user = states["summary_s"].to_numpy() + seconds
         row[f"{split}_llm_calls_per_user"] = round(float((states["blocks"] + 1).mean()), 3)
@@ -57,6 +54,6 @@ def run(ctx) -> None:
         row[f"{split}_s_per_user"] = round(float(per_user.mean()), 4)
         row[f"{split}_eval_time_s"] = round(wall + float(states["summary_s"].sum()), 3)
         ctx.log(f"{cfg.name}: {split} {len(cases)} cases scored in {wall:.1f} s")
-    last = ctx.cfg.evaluate.llm_splits[-1]
-    row["llm_calls_per_user"] = row[f"{last}_llm_calls_per_user"]
+    shown = "test" if "test" in ctx.cfg.evaluate.llm_splits else ctx.cfg.evaluate.llm_splits[0]
+    row["llm_calls_per_user"] = row[f"{shown}_llm_calls_per_user"]
     write_methods(ctx.out, {cfg.name: {"sampled": row}})

@@ -1,6 +1,7 @@
-"""The Yes/No ranker: prompts (prefix/suffix factoring), multitask SFT examples from training
-interactions, TRL SFT + LoRA training, and scoring with a shared user prefix.
+"""MMSRARec's Yes/No ranker, on the LLM toolkit of llm/ (prompt factoring, LoRA SFT, shared-prefix scoring).
 
-Modules: config (RankConfig), prompts, tasks (SFT examples), train (SFTTrainer), score (naive,
-batched, shared-prefix scoring), stage (train-ranker; score_cases for the evaluate stage).
+Modules: config (RankConfig), prompts (history, retrieved context, candidate notes), tasks (multitask SFT
+examples from training interactions), teachers (fold CF models for the SFT examples' notes), sharded
+(resumable, shared scoring of stored lists), stage (train-ranker; score_cases), score_stage (score-ranker,
+rerank-ranker).
 """

@@ -21,6 +21,7 @@ import pandas as pd
 from .. import distributed
 from ..artifacts import read_json
 from ..cf.stage import load_trained
+from ..cf.base import Cases
 from ..evaluate.casefiles import counts_of_scores, write_cases, write_methods, write_scored_lists
 from .sharded import stored_seconds
 from .stage import case_inputs, load_ranker, score_cases
@@ -77,10 +78,8 @@ def run(ctx) -> None:
         seconds = time.perf_counter() - t0
         if not distributed.is_main():
             continue  # every process scored its share into the store; the main one writes
-        candidates = np.concatenate([cases["target"].to_numpy(np.int64)[:, None],
-                                     np.array(cases["negatives"].tolist(), np.int64)], axis=1)
-        write_scored_lists(ctx.out, cfg.rank.name, split, cases["user"], candidates, scores,
-                           **shown(ranker, split, cases, *prepared))
+        write_scored_lists(ctx.out, cfg.rank.name, split, cases["user"], Cases.from_frame(cases).candidates(),
+                           scores, **shown(ranker, split, cases, *prepared))
         row[f"{split}_eval_time_s"] = round(seconds, 3)
         row.update(scoring_times(store, len(cases), split, seconds))
         ctx.log(f"{cfg.rank.name}: {split} {len(cases)} cases scored in {seconds:.1f} s")
@@ -109,7 +108,8 @@ def run_rerank(ctx) -> None:
     greater, ties, n = counts_of_scores(scores)
     write_cases(ctx.out, cfg.rank.name, "rerank", "test", data["test"]["user"], greater, ties, n,
                 candidates=list(items), scores=list(scores))
-    row = {**trained_facts(ctx), "splits": ["test"], "rerank_cf": ev.rerank_cf, "rerank_top": ev.rerank_top,
+    trained = {k: v for k, v in trained_facts(ctx).items() if k in ("train_time_s", "peak_rss_mb")}
+    row = {**trained, "splits": ["test"], "rerank_cf": ev.rerank_cf, "rerank_top": ev.rerank_top,
            "test_eval_time_s": round(seconds, 3), **scoring_times(store, len(data["test"]), "test", seconds), **facts}
     write_methods(ctx.out, {cfg.rank.name: {"rerank": row}})
     ctx.log(f"{cfg.rank.name}: rerank of {ev.rerank_cf}'s top {facts['rerank_width']}, {facts['reranked_cases']} "

@@ -33,6 +33,7 @@ from .prompts import CandidateNotes, Catalog
 from .sharded import score_frame, score_frame_sharded
 from .tasks import build_examples, example_counts, training_positions
 
+
 def keyword_table(ctx: Any) -> Path:
     """The keywords.parquet (columns item, keywords) the ranker uses; see keyword_stage."""
     path = ctx.input(keyword_stage(ctx.cfg)) / "keywords.parquet"
@@ -130,7 +131,7 @@ class NoteMaker:
             raise ArtifactError("rank.candidate_votes needs the index and train-cf folders, rank.candidate_cf_rank "
                                 "the train-cf folder (RankerInputs.index, .cf)")
         # the CF models run on the CPU, wherever the ranker trains or scores: what they put into prompts (votes,
-        # ranks) is then the same on every machine, as the rerank lists are (evaluate/stage.py)
+        # ranks) is then the same on every machine, as the rerank lists are (rank/score_stage.py)
         retriever = cf_model = None
         if rank.candidate_votes:
             from ..index.store import load_retriever  # late, as retrieved_contexts imports the index
@@ -192,7 +193,7 @@ def catalog_for(cfg: RankConfig, items: pd.DataFrame, keywords_path: Path | None
 def run(ctx) -> None:
     cfg, seed = ctx.cfg.rank, ctx.cfg.seed
     if cfg.zero_shot:
-        ctx.log("rank.zero_shot: no SFT, the evaluate stage ranks with the untrained model")
+        ctx.log("rank.zero_shot: no SFT, the scoring stages rank with the untrained model")
         write_json(ctx.out / "ranker.json", {"zero_shot": True, "model": cfg.model.name_or_path, "examples": 0,
                                              "steps": 0, "train_time_s": 0.0})
         return
