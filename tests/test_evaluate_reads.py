@@ -9,7 +9,7 @@ import sys
 from mmsrarec.config import load_config
 from mmsrarec.stages import Runner
 
-MODEL_CODE = ("transformers", "peft", "trl", "sentence_transformers", "faiss", "accelerate", "mmsrarec.llm",
+MODEL_CODE = ("transformers", "peft", "trl", "sentence_transformers", "faiss", "accelerate", "mmsrarec.llm.score", "mmsrarec.llm.train",
               "mmsrarec.rank.stage", "mmsrarec.rank.score_stage", "mmsrarec.index.store", "mmsrarec.cf.stage",
               "mmsrarec.cf.score_stage", "mmsrarec.mllmmsr.score_stage")
 

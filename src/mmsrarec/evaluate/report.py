@@ -57,8 +57,8 @@ class ReportInputs:
         from ..rank.config import keyword_stage
         from .casefiles import case_path, read_methods
 
-        needs = ctx.needs or ()
-        stage = keyword_stage(ctx.cfg)
+        needs, cfg = ctx.needs or (), ctx.cfg
+        stage = keyword_stage(cfg) if cfg.rank.name in cfg.evaluate.methods else None  # the ranker's keywords
         keywords = ctx.input(stage) / "keywords.parquet" if stage in needs else None
         cases = {}
         for folder in [ctx.input(n) for n in needs] + [Path(ctx.out)]:
