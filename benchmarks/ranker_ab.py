@@ -50,10 +50,9 @@ from mmsrarec.cf.base import Cases
 from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
-from mmsrarec.evaluate.casefiles import case_path
+from mmsrarec.evaluate.casefiles import case_path, read_scores
 from mmsrarec.evaluate.intervals import case_bootstrap
 from mmsrarec.evaluate.protocols import sampled_metrics
-from mmsrarec.evaluate.stage import read_scores
 from mmsrarec.experiment import members
 from mmsrarec.stages import Runner
 from mmsrarec.rank.prompts import LEVEL_WORDS, rank_level

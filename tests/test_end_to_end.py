@@ -44,7 +44,7 @@ def test_ranker_joins_the_leaderboard_on_the_same_lists(toy_overrides, tiny_lm, 
 
     # evaluate.fuse: the ranker blended with SASRec, the weight picked on the valid scores alone
     from mmsrarec.evaluate.fusion import fuse, pick_weight
-    from mmsrarec.evaluate.stage import read_scores
+    from mmsrarec.evaluate.casefiles import read_scores
     fused = Runner(load_config(None, [*over, "evaluate.fuse=[sasrec]"]))
     fused.run("evaluate")
     out = fused.run_dir / "evaluate"

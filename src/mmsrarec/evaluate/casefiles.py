@@ -16,26 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..artifacts import read_json, write_json, write_parquet
 from ..errors import ArtifactError
-from .metrics import count_ranks
+from .protocols import sampled_counts
 
 METHODS_FILE = "methods.json"
-
-
-def counts_of_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(greater, ties, n) of a [n_cases, 1 + N] score matrix whose column 0 is the target."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size and not np.isfinite(scores).all():
-        bad = np.argwhere(~np.isfinite(scores))[0]
-        raise ValueError(f"a scorer returned a non-finite score (case {bad[0]}, candidate {bad[1]})")
-    if scores.ndim != 2 or not len(scores):
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    s = torch.from_numpy(scores)
-    return count_ranks(s[:, 0], s[:, 1:])
 
 
 def case_path(folder: Path, method: str, protocol: str, split: str) -> Path:
@@ -57,7 +43,7 @@ def write_cases(folder: Path, method: str, protocol: str, split: str, users, gre
 def write_scored_lists(folder: Path, method: str, split: str, users, candidates: np.ndarray, scores: np.ndarray,
                        **columns) -> Path:
     """A method's scores of the stored 1 + N lists (sampled protocol): the counts and the scores themselves."""
-    greater, ties, n = counts_of_scores(scores)
+    greater, ties, n = sampled_counts(scores)
     return write_cases(folder, method, "sampled", split, users, greater, ties, n,
                        candidates=list(np.asarray(candidates)), scores=list(np.asarray(scores, np.float64)),
                        **columns)
@@ -74,6 +60,12 @@ def read_cases(folder: Path, method: str, protocol: str, split: str) -> pd.DataF
 def score_matrix(frame: pd.DataFrame) -> np.ndarray:
     """The [n_cases, 1 + N] scores of a sampled case file (target first)."""
     return np.array(frame["scores"].tolist(), dtype=np.float64)
+
+
+def read_scores(folder: Path, method: str, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A method's sampled case file in a stage folder and its [n_cases, 1 + N] score matrix."""
+    frame = read_cases(folder, method, "sampled", split)
+    return frame, score_matrix(frame)
 
 
 def write_methods(folder: Path, facts: dict[str, dict[str, dict]]) -> None:

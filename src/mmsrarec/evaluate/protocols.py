@@ -45,14 +45,22 @@ def evaluate_sampled(score: CandidateScorer, cases: Cases, names: list[str], bat
     return sampled_metrics(scores, names), scores
 
 
-def sampled_metrics(scores: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """Per-case metrics of a [n_cases, 1 + N] score matrix whose column 0 is the target."""
+def sampled_counts(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per case (greater, ties, n) of the target in a [n_cases, 1 + N] score matrix whose column 0 is the target."""
+    scores = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
         bad = np.argwhere(~np.isfinite(scores))[0]
         raise ValueError(f"a scorer returned a non-finite score (case {bad[0]}, candidate {bad[1]})")
-    s = torch.from_numpy(np.asarray(scores, dtype=np.float64))
-    greater, ties, n = count_ranks(s[:, 0], s[:, 1:])
-    return per_case(names, greater, ties, n)
+    if scores.ndim != 2 or not len(scores):
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    s = torch.from_numpy(scores)
+    return count_ranks(s[:, 0], s[:, 1:])
+
+
+def sampled_metrics(scores: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-case metrics of a [n_cases, 1 + N] score matrix whose column 0 is the target."""
+    return per_case(names, *sampled_counts(scores))
 
 
 def full_mask(histories: list[np.ndarray], targets: np.ndarray, n_items: int, device,

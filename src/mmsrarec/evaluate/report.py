@@ -52,29 +52,20 @@ class ReportInputs:
     cases: dict[str, Path] = field(default_factory=dict)  # method -> its sampled test case file
 
     @classmethod
-    def from_context(cls, ctx: Any) -> "ReportInputs":
-        """From the evaluate stage's context: its own folder, and the stages it declared it reads."""
+    def from_context(cls, ctx: Any, cases: dict[str, Path]) -> "ReportInputs":
+        """From the evaluate stage's context (its own folder, and the stages it declared it reads) and the
+        sampled test case file of each method on its leaderboard."""
         from ..rank.config import keyword_stage
-        from .casefiles import case_path, read_methods
 
         needs, cfg = ctx.needs or (), ctx.cfg
         stage = keyword_stage(cfg) if cfg.rank.name in cfg.evaluate.methods else None  # the ranker's keywords
         keywords = ctx.input(stage) / "keywords.parquet" if stage in needs else None
-        cases = {}
-        for folder in [ctx.input(n) for n in needs] + [Path(ctx.out)]:
-            for method, facts in read_methods(folder).items():
-                if "test" in facts.get("sampled", {}).get("splits", []):
-                    cases[method] = case_path(folder, method, "sampled", "test")
-        for path in (Path(ctx.out) / "sampled").glob("*_test.parquet"):  # outside files and blends, written here
-            cases.setdefault(path.name[:-len("_test.parquet")], path)
         return cls(ctx.cfg, ctx.input("prepare"), Path(ctx.out), keywords,
                    ctx.input("train-summarizer") if "train-summarizer" in needs else None, cases)
 
 
-def write_report(source: Any, out_path: str | Path) -> Path:
-    """Render report.html from a StageContext of the evaluate stage (at the end of its run) or from
-    ReportInputs, and write it atomically to out_path."""
-    inputs = source if isinstance(source, ReportInputs) else ReportInputs.from_context(source)
+def write_report(inputs: ReportInputs, out_path: str | Path) -> Path:
+    """Render report.html from `inputs` and write it atomically to out_path."""
     return write_text(out_path, render_report(inputs))
 
 

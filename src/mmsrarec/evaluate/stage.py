@@ -20,7 +20,7 @@ from ..artifacts import write_json
 from ..cf.base import Cases
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError
-from .casefiles import read_cases, read_methods, score_matrix, write_scored_lists
+from .casefiles import case_path, read_cases, read_methods, score_matrix, write_scored_lists
 from .intervals import case_bootstrap, paired_bootstrap
 from .leaderboard import write_leaderboard
 from .metrics import metric_names, per_case
@@ -47,6 +47,7 @@ def run(ctx) -> None:
             rows.append(row)
     for cf_name in ev.fuse:  # blends of the per-case scores read above
         name, facts = fusion(ctx, sources, cf_name)
+        sources[name] = {"sampled": (ctx.out, facts)}
         row, per[(name, "sampled")] = method_row(name, "sampled", ctx.out, facts, ev.ks)
         rows.append(row)
     add_intervals(rows, per, [m for m in ev.methods if m in cfg.cf.models], cfg.seed)
@@ -58,8 +59,13 @@ def run(ctx) -> None:
     write_leaderboard(board, ctx.out, title=f"{cfg.name}: {data['stats']['users']} users, "
                       f"{len(data['items'])} items, split={cfg.data.split}", stats=data["stats"])
     ctx.summary["rows"] = len(rows)
-    from .report import write_report  # after the leaderboard, which the report reads
-    write_report(ctx, ctx.out / "report.html")
+    from .report import ReportInputs, write_report  # after the leaderboard, which the report reads
+    shown = {}  # each method's sampled test cases, for its rankings in the report
+    for method, scored in sources.items():
+        folder, facts = scored.get("sampled", (None, {}))
+        if "test" in facts.get("splits", ()):
+            shown[method] = case_path(folder, method, "sampled", "test")
+    write_report(ReportInputs.from_context(ctx, shown), ctx.out / "report.html")
 
 
 def scored_methods(ctx) -> dict[str, dict[str, tuple[Path, dict]]]:
@@ -157,10 +163,3 @@ def fusion(ctx, sources: dict, cf_name: str) -> tuple[str, dict]:
             f"{cfg.rank.name} alone {curve[0.0]:.4f}, {cf_name} alone {curve[1.0]:.4f})")
     return name, {"splits": list(SPLITS), "fuse_weight": weight, "fuse_metric": ev.fuse_metric,
             "fuse_valid_curve": {f"{w:.2f}": round(v, 6) for w, v in curve.items()}}
-
-
-def read_scores(folder: Path, method: str, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """A method's sampled case file in a stage folder and its [n_cases, 1 + N] score matrix."""
-    frame = read_cases(folder, method, "sampled", split)
-    return frame, score_matrix(frame)
-

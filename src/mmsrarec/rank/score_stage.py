@@ -20,9 +20,10 @@ import pandas as pd
 
 from .. import distributed
 from ..artifacts import read_json
-from ..cf.stage import load_trained
 from ..cf.base import Cases
-from ..evaluate.casefiles import counts_of_scores, write_cases, write_methods, write_scored_lists
+from ..cf.stage import load_trained
+from ..evaluate.casefiles import write_cases, write_methods, write_scored_lists
+from ..evaluate.protocols import sampled_counts
 from .sharded import stored_seconds
 from .stage import case_inputs, load_ranker, score_cases
 
@@ -47,7 +48,8 @@ def trained_facts(ctx) -> dict:
             "epochs": info.get("epochs"), "llm_calls_per_user": 1}
 
 
-def shown(ranker, split: str, cases: pd.DataFrame, contexts: dict, notes: dict | None) -> dict[str, list]:
+def shown(ranker, split: str, cases: pd.DataFrame, candidates: np.ndarray, contexts: dict,
+          notes: dict | None) -> dict[str, list]:
     """Per case, what its prompt showed beyond the catalogue (for the report): the retrieved context, the
     similar training users behind it, and each candidate's note."""
     cfg = ranker.inputs.cfg.rank
@@ -60,8 +62,7 @@ def shown(ranker, split: str, cases: pd.DataFrame, contexts: dict, notes: dict |
         for col in ("neighbours", "similarities", "next_items"):
             cols[col] = [list(table.at[int(c), col]) if int(c) in table.index else [] for c in cases.index]
     if notes is not None:
-        candidates = [[int(t), *(int(n) for n in negs)] for t, negs in zip(cases["target"], cases["negatives"])]
-        cols["notes"] = [[notes[int(c)].about(i) for i in items] for c, items in zip(cases.index, candidates)]
+        cols["notes"] = [[notes[int(c)].about(int(i)) for i in items] for c, items in zip(cases.index, candidates)]
     return cols
 
 
@@ -78,8 +79,9 @@ def run(ctx) -> None:
         seconds = time.perf_counter() - t0
         if not distributed.is_main():
             continue  # every process scored its share into the store; the main one writes
-        write_scored_lists(ctx.out, cfg.rank.name, split, cases["user"], Cases.from_frame(cases).candidates(),
-                           scores, **shown(ranker, split, cases, *prepared))
+        candidates = Cases.from_frame(cases).candidates()
+        write_scored_lists(ctx.out, cfg.rank.name, split, cases["user"], candidates, scores,
+                           **shown(ranker, split, cases, candidates, *prepared))
         row[f"{split}_eval_time_s"] = round(seconds, 3)
         row.update(scoring_times(store, len(cases), split, seconds))
         ctx.log(f"{cfg.rank.name}: {split} {len(cases)} cases scored in {seconds:.1f} s")
@@ -105,7 +107,7 @@ def run_rerank(ctx) -> None:
     seconds = time.perf_counter() - t0
     if not distributed.is_main():
         return
-    greater, ties, n = counts_of_scores(scores)
+    greater, ties, n = sampled_counts(scores)
     write_cases(ctx.out, cfg.rank.name, "rerank", "test", data["test"]["user"], greater, ties, n,
                 candidates=list(items), scores=list(scores))
     trained = {k: v for k, v in trained_facts(ctx).items() if k in ("train_time_s", "peak_rss_mb")}
