@@ -98,6 +98,8 @@ def test_chronological_order_with_stable_tie_break(tmp_path):
     (b"user_id:token\titem_id:token\nu1\ti1\n", "missing column(s) ['timestamp']"),
     (b"user_id:token\titem_id:token\ttimestamp:float\nu1\ti\xff1\t1\n", "line 2: not valid UTF-8"),
     (b"user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\tyesterday\n", "line 2: timestamp 'yesterday'"),
+    (b"user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\tnan\n", "line 2: timestamp 'nan' is not finite"),
+    (b"user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t-inf\n", "line 2: timestamp '-inf' is not finite"),
 ])
 def test_bad_inter_lines_name_file_and_line(tmp_path, content, needle):
     folder = tmp_path / "bad"
@@ -122,6 +124,28 @@ def test_skip_policy_counts_bad_lines(tmp_path):
     skipped = json.loads((out / "skipped.json").read_text())
     assert skipped["expected 3 tab-separated fields, found 1"]["count"] == 1
     assert skipped["interaction with an unknown item"]["count"] == 1
+
+
+def test_non_finite_timestamps_never_become_targets(tmp_path):
+    """NaN and inf sort last: read as times, they would be user u0's valid and test targets."""
+    folder = write_atomic(tmp_path / "d", name="d")
+    with open(folder / "d.inter", "a") as fh:
+        fh.write("u0\ti0\tnan\nu0\ti1\tinf\n")
+    base = [f"runs_dir={tmp_path / 'r'}", "name=s", "data.source=atomic", f"data.path={folder}", "data.name=d",
+            "data.num_negatives=3"]
+    with pytest.raises(DataError, match=r"d\.inter, line 362: timestamp 'nan' is not finite"):
+        prepare(base)
+    out = prepare(base, "data.on_bad_record=skip")
+    import json
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert skipped["timestamp 'nan' is not finite"]["count"] == skipped["timestamp 'inf' is not finite"]["count"] == 1
+    t = tables(out)
+    items = pd.read_parquet(out / "items.parquet").set_index("item")["item_id"]
+    users = pd.read_parquet(out / "users.parquet").set_index("user_id")["user"]
+    for split in ("valid", "test"):
+        row = t[split].set_index("user").loc[users["u0"]]
+        assert items[row.target] not in ("i0", "i1")
+    assert np.isfinite(t["interactions"]["timestamp"]).all()
 
 
 def test_empty_after_filtering(toy_overrides):

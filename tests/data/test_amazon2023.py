@@ -18,7 +18,7 @@ from PIL import Image
 from mmsrarec.data import get_source
 from mmsrarec.data.amazon2023 import load
 from mmsrarec.data.config import DataConfig, ImagesConfig
-from mmsrarec.data.download import cache_path
+from mmsrarec.data.download import CACHE_OUTSIDE, cache_path
 from mmsrarec.data.types import Skips
 from mmsrarec.errors import DataError
 
@@ -111,6 +111,27 @@ def test_cached_images_are_used_offline(tmp_path: Path) -> None:
     assert raw.items.loc[0, "image"] == str(target.resolve())
 
 
+def test_cache_symlink_out_of_the_cache_is_not_used(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    dataset(folder)
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret, "JPEG")
+    (folder / "_images").mkdir()
+    link = cache_path(folder / "_images", "http://img.invalid/b1.jpg")
+    link.symlink_to(secret)
+    skips = Skips("error")  # counted whatever the policy, like an image not in the cache
+    raw = load(config(folder), skips)
+    assert raw.items.set_index("item_id").loc["B1", "image"] == ""
+    assert skips.counts == {"item without interactions": 1, "item without image url": 1, CACHE_OUTSIDE: 1}
+    assert skips.examples[CACHE_OUTSIDE] == [f"item B1: {link} -> {secret}"]
+    # a link to another file of the cache is used
+    link.unlink()
+    Image.new("RGB", (8, 8)).save(folder / "_images" / "real.jpg", "JPEG")
+    link.symlink_to("real.jpg")
+    raw = load(config(folder), Skips())
+    assert raw.items.set_index("item_id").loc["B1", "image"] == str((folder / "_images" / "real.jpg").resolve())
+
+
 @pytest.fixture
 def image_server(tmp_path: Path) -> Iterator[str]:
     root = tmp_path / "www"
@@ -139,6 +160,22 @@ def test_downloads_images_into_the_default_cache(tmp_path: Path, image_server: s
     assert raw.notes["images"]["downloaded"] == 1
 
 
+def test_download_refuses_a_cache_symlink_out_of_the_cache(tmp_path: Path, image_server: str) -> None:
+    folder = tmp_path / "data"
+    dataset(folder, metas=lines([meta("B1", "Blanket", f"{image_server}/b1.jpg"), meta("B2", "Bottle")]))
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret, "JPEG")
+    (folder / "_images").mkdir()
+    link = cache_path(folder / "_images", f"{image_server}/b1.jpg")
+    link.symlink_to(secret)
+    skips = Skips("error")
+    raw = load(config(folder, images=ImagesConfig(workers=2, timeout_s=5, retries=0)), skips)
+    assert raw.items.set_index("item_id").loc["B1", "image"] == ""
+    assert skips.counts == {"item without image url": 1, CACHE_OUTSIDE: 1}
+    assert raw.notes["images"]["failed"] == {CACHE_OUTSIDE: 1} and raw.notes["images"]["downloaded"] == 0
+    assert link.is_symlink() and Image.open(secret).getpixel((0, 0))[0] > 200  # neither followed nor written
+
+
 def test_kcore_limits_what_is_downloaded(tmp_path: Path) -> None:
     metas = [meta("B1", "Blanket", "http://img.invalid/b1.jpg"), meta("B2", "Bottle", "http://img.invalid/b2.jpg")]
     reviews = [review("u1", "B1", 1), review("u2", "B1", 2), review("u2", "B2", 3)]
@@ -164,6 +201,18 @@ GOOD = lines(REVIEWS)
     (json.dumps({"user_id": "u3", "parent_asin": "B1", "timestamp": "soon"}).encode(),
      r"timestamp is not a number \('soon'", "timestamp is not a number"),
     (b"[1, 2]", "not a JSON object", "not a JSON object"),
+    (b'{"user_id": "u3", "parent_asin": "B1", "timestamp": NaN}', r"timestamp is not finite \(nan;",
+     "timestamp is not finite"),
+    (b'{"user_id": "u3", "parent_asin": "B1", "timestamp": -Infinity}', r"timestamp is not finite \(-inf;",
+     "timestamp is not finite"),
+    (b'{"user_id": "u3", "parent_asin": "B1", "timestamp": 1e400}', r"timestamp is not finite \(inf;",
+     "timestamp is not finite"),
+    (b'{"user_id": "u3", "parent_asin": "B1", "timestamp": "Infinity"}', r"timestamp is not finite \('Infinity';",
+     "timestamp is not finite"),
+    (b'{"user_id": "u3", "parent_asin": "B1", "timestamp": 1' + b"0" * 400 + b"}",
+     r"timestamp is not a number \(1000", "timestamp is not a number"),  # beyond the float range
+    (b'{"user_id": "u3", "parent_asin": "B1", "timestamp": ' + b"1" * 5000 + b"}",
+     r"malformed JSON \(Exceeds the limit \(4300 digits\)", "malformed JSON"),
 ])
 def test_bad_review_lines(tmp_path: Path, gz: bool, bad_line: bytes, message: str, reason: str) -> None:
     reviews_path, _ = dataset(tmp_path, reviews=GOOD[:2] + [bad_line] + GOOD[2:], gz=gz)

@@ -150,7 +150,7 @@ def test_rerun_downloads_nothing_again_and_skips_recorded_failures(server: Serve
     assert (summary["downloaded"], summary["cached"], summary["skipped_recorded"]) == (0, 3, 5)
     assert set(server.hits) == {"/slow.jpg", "/down.jpg"}  # only the transient failures are tried again
     assert summary["failed"]["http 404"] == 1  # still reported
-    assert cached_images(urls, cache) == first  # the offline view agrees
+    assert cached_images(urls, cache) == (first, {})  # the offline view agrees
 
     server.hits.clear()
     _, summary = download_images(urls, cache, cfg(), backoff_s=0.01, progress=False, retry_failed=True)

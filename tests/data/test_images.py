@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmsrarec.data.config import ImagesConfig
-from mmsrarec.data.images import (IMAGE_CORRUPT, IMAGE_MISSING, IMAGE_MODE, IMAGE_TOO_LARGE, check_image,
+from mmsrarec.data.images import (IMAGE_CORRUPT, IMAGE_MISSING, IMAGE_MODE, IMAGE_TOO_LARGE, check_image, inside,
                                   load_image, validate_items_images)
 from mmsrarec.data.types import Skips
 
@@ -119,3 +119,18 @@ def test_validate_items_images_blanks_and_counts_each_bad_item(tmp_path: Path) -
     assert dict(skips.counts) == {IMAGE_MISSING: 1, IMAGE_CORRUPT: 2, IMAGE_TOO_LARGE: 1, IMAGE_MODE: 1}
     assert skips.examples[IMAGE_MISSING][0].startswith("item b: ")
     assert "300x300" in skips.examples[IMAGE_TOO_LARGE][0]
+
+
+def test_inside_resolves_and_refuses_paths_out_of_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    (root / "pics").mkdir(parents=True)
+    pic = save(photo(), root / "pics" / "a.png")
+    (root / "pics" / "alias.png").symlink_to("a.png")
+    (root / "pics" / "out.png").symlink_to(tmp_path / "elsewhere.png")
+    (root / "loop.png").symlink_to("loop.png")
+    assert inside("pics/a.png", root) == inside(str(pic), root) == inside("pics/alias.png", root) == pic.resolve()
+    assert inside("pics/../pics/a.png", root) == pic.resolve()
+    for path in ("../elsewhere.png", str(tmp_path / "elsewhere.png"), "/etc/passwd", "pics/out.png", "a\0b"):
+        assert inside(path, root) is None, path
+    assert inside("loop.png", root) is not None  # no error; it reads as missing later
+    assert check_image(inside("loop.png", root), MB, MB) == (False, IMAGE_MISSING)

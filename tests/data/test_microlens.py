@@ -11,7 +11,7 @@ from PIL import Image
 from mmsrarec.data import get_source
 from mmsrarec.data.config import DataConfig, ImagesConfig
 from mmsrarec.data.images import validate_items_images
-from mmsrarec.data.microlens import load
+from mmsrarec.data.microlens import COVER_OUTSIDE, load
 from mmsrarec.data.types import Skips
 from mmsrarec.errors import DataError
 
@@ -80,6 +80,9 @@ def test_no_header_no_covers_and_unquoted_commas(tmp_path: Path) -> None:
      "wrong number of fields"),
     ("pairs", "3,10,yesterday", r"timestamp is not a number \('yesterday'\)", "timestamp is not a number"),
     ("pairs", "3,,1583314849000", "empty user or item", "empty user or item"),
+    ("pairs", "3,10,nan", r"timestamp is not finite \('nan'\)", "timestamp is not finite"),
+    ("pairs", "3,10,inf", r"timestamp is not finite \('inf'\)", "timestamp is not finite"),
+    ("pairs", "3,10,-Infinity", r"timestamp is not finite \('-Infinity'\)", "timestamp is not finite"),
     ("titles", "14", r"wrong number of fields \(expected 2 \(item,title\), found 1\)", "wrong number of fields"),
     ("titles", "10,again", r"duplicate item \('10' appeared on an earlier line\)", "duplicate item"),
 ])
@@ -94,6 +97,21 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, which: str, bad: str, mess
     raw = load(config(folder), skips)
     assert len(raw.interactions) == 4
     assert skips.counts[reason] == 1 and skips.examples[reason] == [f"{path}, line 3"]
+
+
+def test_cover_symlinks_are_followed_only_inside_the_covers_folder(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "ml")
+    secret = tmp_path / "secret.jpg"  # outside the dataset
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    (folder / "covers" / "12.jpg").symlink_to(secret)
+    (folder / "covers" / "11.jpg").unlink()
+    (folder / "covers" / "11.jpg").symlink_to("10.jpg")  # to another cover: fine
+    skips = Skips("error")  # counted whatever the policy, like a missing cover
+    items = load(config(folder), skips).items.set_index("item_id")
+    cover10 = str((folder / "covers" / "10.jpg").resolve())
+    assert items.loc["12", "image"] == "" and items.loc["11", "image"] == items.loc["10", "image"] == cover10
+    assert skips.counts == {"item without interactions": 1, COVER_OUTSIDE: 1}
+    assert skips.examples[COVER_OUTSIDE] == [f"item 12: {(folder / 'covers').resolve() / '12.jpg'} -> {secret}"]
 
 
 def test_non_utf8_title(tmp_path: Path) -> None:

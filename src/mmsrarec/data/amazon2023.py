@@ -15,7 +15,8 @@ that is empty, into `<data.path>/_images` (next to the raw files, so every run o
 one cache). Only items inside the k-core of the raw interactions (data.user_k / data.item_k) are
 fetched: a category's metadata lists far more items than a 5-core keeps, and that k-core is a superset
 of the one the prepare stage computes later, so no kept item misses its image. With
-images.download=false only images already in the cache are used. The URL stays in an extra
+images.download=false only images already in the cache are used. A cache file that is a symlink out of
+the cache folder is never used (download.CACHE_OUTSIDE, counted). The URL stays in an extra
 `image_url` column. Items that no review names are dropped (counted): nothing downstream can use them.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +34,7 @@ import pandas as pd
 from ..errors import DataError
 from .atomic import item_text
 from .config import DataConfig
-from .download import cached_images, download_images
+from .download import CACHE_OUTSIDE, cached_images, download_images
 from .types import RawData, Skips
 
 DEFAULT_TEXT_FIELDS = ["title", "features", "description", "categories"]
@@ -44,10 +46,8 @@ SKIP_HINT = "fix or remove the line, or set data.on_bad_record=skip to skip and 
 
 
 def bad_record(skips: Skips, reason: str, detail: str, *, path: Path, line: int, hint: str = SKIP_HINT) -> None:
-    """skips.bad with a stable reason, so that skipped lines are counted in a few groups rather than one
-    group per distinct value; the detail (the value, the parser's message) goes into the error."""
-    skips.bad(f"{reason} ({detail})" if detail and skips.policy == "error" else reason, path=path, line=line,
-              hint=hint)
+    """skips.bad with this source's hint; the detail goes into the error only (see Skips.bad)."""
+    skips.bad(reason, path=path, line=line, detail=detail, hint=hint)
 
 
 # ----------------------------------------------------------------------------- files and lines
@@ -100,8 +100,9 @@ def _parse_line(raw: bytes, path: Path, number: int, skips: Skips) -> dict | Non
         return None
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        bad_record(skips, "malformed JSON", f"{exc.msg} at column {exc.colno}", path=path, line=number)
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        bad_record(skips, "malformed JSON", detail, path=path, line=number)
         return None
     if not isinstance(record, dict):
         bad_record(skips, "not a JSON object", f"found {type(record).__name__}", path=path, line=number)
@@ -130,14 +131,14 @@ def has_lone_surrogate(text: str) -> bool:
 # ----------------------------------------------------------------------------- reviews
 
 def _timestamp_s(value: Any) -> float | None:
-    """Milliseconds (number or numeric string) -> seconds; None when not a number."""
+    """Milliseconds (number or numeric string) -> seconds; None when not a number. May be NaN or inf:
+    JSON as Python reads it allows NaN, Infinity and 1e400."""
     if isinstance(value, bool):
         return None
     try:
-        ms = float(value)
-    except (TypeError, ValueError):
+        return float(value) / 1000.0
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond the float range
         return None
-    return ms / 1000.0 if ms == ms else None  # NaN is not a time
 
 
 def read_reviews(path: Path, skips: Skips) -> tuple[pd.DataFrame, list[int]]:
@@ -160,6 +161,10 @@ def read_reviews(path: Path, skips: Skips) -> tuple[pd.DataFrame, list[int]]:
         ts = _timestamp_s(rec["timestamp"])
         if ts is None:
             bad_record(skips, "timestamp is not a number", f"{rec['timestamp']!r}; expected milliseconds",
+                       path=path, line=number)
+            continue
+        if not math.isfinite(ts):
+            bad_record(skips, "timestamp is not finite", f"{rec['timestamp']!r}; expected milliseconds",
                        path=path, line=number)
             continue
         users.append(rec["user_id"].strip())
@@ -306,13 +311,16 @@ def attach_images(items: pd.DataFrame, wanted: set[str], cfg: DataConfig, folder
 def _download(urls: dict[str, str], cache: Path, cfg: DataConfig, skips: Skips) -> tuple[dict[str, str], dict]:
     paths, summary = download_images(urls, cache, cfg.images)
     for item_id, reason in summary.pop("item_failures").items():
-        skips.count(f"image download: {reason}", f"item {item_id}: {urls[item_id]}")
+        reason = reason if reason == CACHE_OUTSIDE else f"image download: {reason}"  # a refused link is no download
+        skips.count(reason, f"item {item_id}: {urls[item_id]}")
     return paths, summary
 
 
 def _from_cache(urls: dict[str, str], cache: Path, cfg: DataConfig, skips: Skips) -> tuple[dict[str, str], dict]:
-    paths = cached_images(urls, cache)
-    missing = [i for i in urls if i not in paths]
+    paths, refused = cached_images(urls, cache)
+    for item_id, detail in refused.items():
+        skips.count(CACHE_OUTSIDE, f"item {item_id}: {detail}")
+    missing = [i for i in urls if i not in paths and i not in refused]
     if missing:
         skips.count("image not in cache (images.download=false)", f"item {missing[0]}: {urls[missing[0]]}",
                     len(missing))

@@ -1,19 +1,27 @@
 """RecBole atomic files: `<name>.inter` (user_id:token item_id:token timestamp:float ...) and an
 optional `<name>.item` (item_id:token plus text fields, optionally image:token with paths relative
 to the dataset folder). https://recbole.io/docs/user_guide/data/atomic_files.html
+
+An image path that leads out of the dataset folder (`..`, an absolute path elsewhere, a symlink pointing
+out) is a bad record: an error naming the .item line, or with data.on_bad_record=skip counted as
+IMAGE_OUTSIDE while the item stays, without its image (the text and interactions are not at fault).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import DataError
 from .config import DataConfig
+from .images import inside
 from .types import RawData, Skips
 
 TITLE_FIELDS = ("title", "movie_title", "name", "item_name")
+IMAGE_OUTSIDE = "image path outside the dataset folder"
 
 
 def read_atomic_table(path: Path, required: list[str], skips: Skips) -> tuple[list[str], list[list[str]], list[int]]:
@@ -61,6 +69,9 @@ def interactions_from_rows(path: Path, names: list[str], rows: list[list[str]], 
         except ValueError:
             skips.bad(f"timestamp {values[it]!r} is not a number", path=path, line=number)
             continue
+        if not math.isfinite(ts):  # float() reads nan and inf; they would sort last, as targets
+            skips.bad(f"timestamp {values[it]!r} is not finite", path=path, line=number)
+            continue
         if not values[iu].strip() or not values[ii].strip():
             skips.bad("empty user_id or item_id", path=path, line=number)
             continue
@@ -103,11 +114,17 @@ def load_atomic(folder: Path, name: str, cfg: DataConfig, skips: Skips) -> RawDa
                 continue
             seen.add(item_id)
             image = fields.get("image", "").strip()
+            real = inside(image, folder) if image else None
+            if image and real is None:
+                skips.bad(IMAGE_OUTSIDE, path=item_path, line=number, record=item_id,
+                          detail=f"{image!r}, symlinks followed, is not inside {os.path.realpath(folder)}",
+                          hint="move the image into the dataset folder and give its path relative to that folder, "
+                               "or set data.on_bad_record=skip to keep such items without their image")
             records.append({
                 "item_id": item_id,
                 "title": fields.get(title_field, "").strip() if title_field else "",
                 "text": item_text(fields, text_fields, cfg.max_text_chars),
-                "image": str((folder / image).resolve()) if image else "",
+                "image": str(real) if real else "",
             })
         known = set(seen)
         unknown_mask = ~interactions["item_id"].isin(known)

@@ -16,6 +16,7 @@ always fail. This module fetches them with the standard library only (urllib), s
   from Content-Length and again while streaming; `cfg.max_pixels` from the decoded header.
 - **checked**: the Content-Type must be `image/*` (or absent / `application/octet-stream`, which some
   CDNs send for images; the decode check still applies), and the bytes must decode as an image.
+- **contained**: a cache file that is a symlink out of the cache folder is never used (CACHE_OUTSIDE).
 
 Every failure is counted by reason in the returned summary; the caller reports them per item.
 """
@@ -40,7 +41,7 @@ from urllib.parse import urlsplit
 
 from ..errors import DataError
 from .config import ImagesConfig
-from .images import IMAGE_CORRUPT, IMAGE_TOO_LARGE, check_image_bytes
+from .images import IMAGE_CORRUPT, IMAGE_TOO_LARGE, check_image_bytes, inside
 
 FAILURES_FILE = "_failures.jsonl"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
@@ -54,6 +55,7 @@ BAD_URL = "bad url"
 TIMEOUT = "timeout"
 NETWORK = "network error"
 WRONG_TYPE = "wrong content-type"
+CACHE_OUTSIDE = "cached image outside the cache folder"
 TRANSIENT_HTTP = frozenset({408, 429})
 
 
@@ -84,14 +86,30 @@ def cache_path(cache_dir: str | Path, url: str) -> Path:
     return Path(cache_dir) / (hashlib.sha256(url.encode("utf-8")).hexdigest() + ext)
 
 
-def cached_images(urls: Mapping[str, str], cache_dir: str | Path) -> dict[str, str]:
-    """item_id -> cache file, for the URLs already downloaded; touches no network."""
-    out = {}
+def cached(cache_dir: str | Path, url: str) -> Outcome | None:
+    """The cache's file for `url` (source "cached"), or None when there is none. Only this module writes
+    the cache, so a file there that resolves outside it is a planted symlink: refused (reason
+    CACHE_OUTSIDE, not recorded as a failure, so it is reported on every run until removed)."""
+    path = cache_path(cache_dir, url)
+    if not path.is_file():
+        return None
+    real = inside(path, cache_dir)
+    if real is None:
+        return Outcome(url, reason=CACHE_OUTSIDE, detail=f"{path} -> {os.path.realpath(path)}", source="failed")
+    return Outcome(url, path=str(real), source="cached")
+
+
+def cached_images(urls: Mapping[str, str], cache_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(item_id -> cache file, for the URLs already downloaded; item_id -> 'link -> target', for the cache
+    files refused as CACHE_OUTSIDE). Touches no network."""
+    paths, refused = {}, {}
     for item_id, url in urls.items():
-        path = cache_path(cache_dir, url) if url else None
-        if path is not None and path.is_file():
-            out[item_id] = str(path.resolve())
-    return out
+        outcome = cached(cache_dir, url) if url else None
+        if outcome is not None and outcome.path:
+            paths[item_id] = outcome.path
+        elif outcome is not None:
+            refused[item_id] = outcome.detail
+    return paths, refused
 
 
 def download_images(urls: Mapping[str, str], cache_dir: str | Path, cfg: ImagesConfig, *,
@@ -126,9 +144,9 @@ def _plan(urls: set[str], cache: Path, recorded: dict[str, dict]) -> dict[str, O
     """Outcome for URLs that need no request (cached, recorded failure, bad URL); None for the rest."""
     plan: dict[str, Outcome | None] = {}
     for url in sorted(urls):
-        path = cache_path(cache, url)
-        if path.is_file():
-            plan[url] = Outcome(url, path=str(path.resolve()), source="cached")
+        found = cached(cache, url)
+        if found is not None:
+            plan[url] = found
         elif url in recorded:
             rec = recorded[url]
             plan[url] = Outcome(url, reason=str(rec.get("reason", "recorded failure")),

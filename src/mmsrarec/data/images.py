@@ -5,6 +5,7 @@ saved as `.jpg`, 16-bit scans, decompression bombs. Every reader of images goes 
 
 - `check_image(path, max_bytes, max_pixels)` says whether a file is usable, and why not;
 - `load_image(path, ...)` returns it as an RGB `PIL.Image`, or None;
+- `inside(path, root)` resolves a path a dataset names and refuses one that leads out of its folder;
 - `validate_items_images(items, cfg, skips)` blanks the `image` field of every item whose file is
   unusable and counts each by reason ("image missing", "image corrupt", "image too large",
   "image mode unsupported"), with the item and path as examples.
@@ -116,6 +117,20 @@ def _probe_file(path: str | Path, max_bytes: int, max_pixels: int, *, decode: bo
     if size == 0:
         return Probe(None, IMAGE_CORRUPT, "empty file")
     return probe_image(path, max_pixels, decode=decode, keep=keep)
+
+
+def inside(path: str | Path, root: str | Path) -> Path | None:
+    """`path` (relative to `root`, or absolute) with every symlink resolved, or None when that lies
+    outside `root` (resolved too).
+
+    Image paths come from the data: `../x`, `/etc/passwd` or a link planted in an images folder would
+    otherwise have the models read, and the report embed, any file the user can read. os.path.realpath
+    is Path.resolve without its error on symlink loops (a loop stays unresolved and reads as missing)."""
+    try:
+        real = Path(os.path.realpath(Path(root, path)))
+    except ValueError:  # a NUL byte: no file has such a name
+        return None
+    return real if real.is_relative_to(os.path.realpath(root)) else None
 
 
 def check_image(path: str | Path, max_bytes: int, max_pixels: int, *, decode: bool = True) -> tuple[bool, str]:

@@ -7,14 +7,17 @@ data.path is the folder holding:
 - `MicroLens-50k_titles.csv`: item,title (quoted CSV; the header `item,title` is optional). A row with
   unquoted commas in its title is read as item + the rest joined by commas.
 - `covers/<item>.jpg`, or `MicroLens-50k_covers/<item>.jpg` as the released zip unpacks: the item's
-  image. A missing cover leaves image "" and is counted ("image missing"); an unusable one is found and
-  counted by the prepare stage, which runs images.validate_items_images on every source.
+  image. A missing cover leaves image "" and is counted ("image missing"), as does a cover that is a
+  symlink pointing out of the covers folder (COVER_OUTSIDE); an unusable one is found and counted by the
+  prepare stage, which runs images.validate_items_images on every source.
 Items that no interaction names are dropped and counted.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +27,7 @@ from ..errors import DataError
 from .amazon2023 import bad_record, drop_items_without_interactions, drop_unknown_items, has_lone_surrogate
 from .atomic import item_text
 from .config import DataConfig
-from .images import IMAGE_MISSING
+from .images import IMAGE_MISSING, inside
 from .types import RawData, Skips
 
 PAIRS_FILE = "MicroLens-50k_pairs.csv"
@@ -32,6 +35,7 @@ TITLES_FILE = "MicroLens-50k_titles.csv"
 COVER_DIRS = ("covers", "MicroLens-50k_covers")
 TEXT_FIELDS = ["title"]
 ITEM_HEADERS = {"item", "item_id", "itemid", "video", "video_id", "videoid"}
+COVER_OUTSIDE = "cover outside the covers folder"
 
 
 def read_csv_rows(path: Path, skips: Skips) -> Iterator[tuple[int, list[str]]]:
@@ -60,19 +64,18 @@ def read_csv_rows(path: Path, skips: Skips) -> Iterator[tuple[int, list[str]]]:
             yield reader.line_num, row
 
 
-def _is_number(text: str) -> bool:
+def _number(text: str) -> float | None:
     try:
-        float(text)
-        return True
+        return float(text)
     except ValueError:
-        return False
+        return None
 
 
 def read_pairs(path: Path, skips: Skips) -> tuple[pd.DataFrame, list[int]]:
     """Interactions in file order, and the line number of each."""
     users, items, times, lines = [], [], [], []
     for index, (number, row) in enumerate(read_csv_rows(path, skips)):
-        if index == 0 and len(row) == 3 and not _is_number(row[2]):
+        if index == 0 and len(row) == 3 and _number(row[2]) is None:
             continue  # the header
         if len(row) != 3:
             bad_record(skips, "wrong number of fields", f"expected 3 (user,item,timestamp), found {len(row)}",
@@ -82,12 +85,16 @@ def read_pairs(path: Path, skips: Skips) -> tuple[pd.DataFrame, list[int]]:
         if not user or not item:
             bad_record(skips, "empty user or item", "", path=path, line=number)
             continue
-        if not _is_number(stamp):
+        ts = _number(stamp)
+        if ts is None:
             bad_record(skips, "timestamp is not a number", repr(stamp), path=path, line=number)
+            continue
+        if not math.isfinite(ts):  # float() reads nan and inf; they would sort last, as targets
+            bad_record(skips, "timestamp is not finite", repr(stamp), path=path, line=number)
             continue
         users.append(user)
         items.append(item)
-        times.append(float(stamp))
+        times.append(ts)
         lines.append(number)
     frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": pd.Series(times, dtype="float64")})
     return frame, lines
@@ -118,7 +125,8 @@ def cover_dir(folder: Path) -> Path | None:
 
 
 def attach_covers(items: pd.DataFrame, folder: Path, skips: Skips) -> pd.DataFrame:
-    """image = the item's cover when the file exists; every item without one is counted as IMAGE_MISSING.
+    """image = the item's cover when the file exists; every item without one is counted as IMAGE_MISSING,
+    and a cover that is a symlink out of the covers folder as COVER_OUTSIDE (not followed: see images.inside).
 
     Only existence is checked here: the prepare stage decodes every image of every source once
     (images.validate_items_images), and decoding 20k covers twice would double the cost."""
@@ -134,9 +142,12 @@ def attach_covers(items: pd.DataFrame, folder: Path, skips: Skips) -> pd.DataFra
     images = []
     for item in out["item_id"]:
         name = f"{item}.jpg"
+        real = inside(name, root) if name in present else None
         if name not in present:
             skips.count(IMAGE_MISSING, f"item {item}: {root / name}")
-        images.append(str(root / name) if name in present else "")
+        elif real is None:
+            skips.count(COVER_OUTSIDE, f"item {item}: {root / name} -> {os.path.realpath(root / name)}")
+        images.append(str(real) if real else "")
     out["image"] = images
     return out
 

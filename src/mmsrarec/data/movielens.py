@@ -9,6 +9,7 @@ copied into this repository. With data.path set to a folder holding the raw Grou
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,9 @@ def load_grouplens(folder: Path, cfg: DataConfig, skips: Skips) -> RawData:
                 ts = float(parts[3])
             except ValueError:
                 skips.bad(f"timestamp {parts[3]!r} is not a number", path=data_path, line=number)
+                continue
+            if not math.isfinite(ts):
+                skips.bad(f"timestamp {parts[3]!r} is not finite", path=data_path, line=number)
                 continue
             users.append(parts[0])
             items.append(parts[1])

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import DataError
@@ -27,11 +28,13 @@ class Skips:
         self.max_examples = max_examples
 
     def bad(self, reason: str, *, path: str | Path, line: int | None = None, record: str | None = None,
-            hint: str | None = None) -> None:
-        """A malformed record: raise (policy 'error') or count it (policy 'skip')."""
+            detail: str = "", hint: str | None = None) -> None:
+        """A malformed record: raise (policy 'error') or count it (policy 'skip'). The detail (the value,
+        the parser's message) goes into the error only, so that skipped records are counted in a few
+        groups by reason rather than one group per distinct value."""
         if self.policy == "error":
-            raise DataError(reason, path=str(path), line=line, record=record,
-                            hint=hint or "fix the record, or set data.on_bad_record=skip to skip and count such records")
+            raise DataError(f"{reason} ({detail})" if detail else reason, path=str(path), line=line,
+                            record=record, hint=hint or "fix the record, or set data.on_bad_record=skip to skip and count such records")
         where = f"{path}" + (f", line {line}" if line is not None else "") + (f", record {record}" if record else "")
         self.count(reason, where)
 
@@ -64,3 +67,13 @@ class RawData:
             missing = [c for c in cols if c not in frame.columns]
             if missing:
                 raise DataError(f"source returned {name} without columns {missing}", path=self.origin)
+        # A NaN or infinite timestamp sorts last and would silently become a user's valid or test target.
+        # Every source refuses them line by line (Skips.bad); this catches a source that forgets to.
+        times = pd.to_numeric(self.interactions["timestamp"], errors="coerce").to_numpy(dtype="float64")
+        bad = ~np.isfinite(times)
+        if bad.any():
+            row = self.interactions.iloc[int(bad.argmax())]
+            raise DataError(f"{int(bad.sum())} interaction(s) have a timestamp that is not a finite number, e.g. "
+                            f"user {row.user_id!r}, item {row.item_id!r}, timestamp {row.timestamp!r}",
+                            path=self.origin, hint="the source's reader should have refused these lines: "
+                                                   "fix the timestamps in the data, and report the reader as a bug")
