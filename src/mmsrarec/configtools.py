@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -183,6 +184,8 @@ def _convert(value: Any, tp: Any, key: str, where: _Where) -> Any:
         raise fail("an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML reads .nan / .inf: no setting means either
+                raise fail("a finite number")
             return float(value)
         raise fail("a number")
     if tp is str:

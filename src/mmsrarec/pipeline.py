@@ -5,20 +5,29 @@ which survives a kill so long stages can resume from what they already wrote; wh
 a manifest (config section, hashes of its inputs and outputs, package versions, wall time, peak
 memory) is written and the folder is renamed into place. A stage whose config section and inputs
 are unchanged is skipped; `force` redoes it.
+
+One process at a time decides and runs a stage of a run: it holds an OS lock on
+`runs/<name>/.locks/<stage>.lock` (flock: the kernel releases it when the process ends, kill -9 included,
+so nothing is left to clean up); a second process that wants the same stage stops with a message naming
+the first. A manifest that cannot be read (truncated, edited by hand) means the stage is not finished.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import importlib
+import json
 import os
+import socket
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import __version__, distributed
 from .artifacts import hash_tree, read_json, sha256_json, write_json
@@ -70,6 +79,63 @@ class StageContext:
     def log(self, msg: str) -> None:
         where = f" rank {distributed.rank()}" if distributed.launched() else ""
         print(f"[{self.stage}{where}] {msg}", file=sys.stderr, flush=True)
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of the stage in `folder`, or None when it has none or one that cannot be read
+    (truncated by a full disk, edited by hand): then the stage is not finished and is redone. Says so
+    once per file and process."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    else:
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("key"), str)
+                and isinstance(manifest.get("outputs"), dict)):
+            why = "not a stage manifest: expected an object with a key and outputs"
+        elif manifest.get("outputs_digest") != sha256_json(manifest["outputs"]):
+            why = "its outputs_digest does not match its outputs"
+        else:
+            return manifest
+    if str(path) not in _unreadable:
+        _unreadable.add(str(path))
+        print(f"[{folder.name}] warning: {path} cannot be read ({why}); the stage counts as unfinished",
+              file=sys.stderr)
+    return None
+
+
+_unreadable: set[str] = set()
+
+
+@contextlib.contextmanager
+def stage_lock(run_dir: Path, name: str) -> Iterator[None]:
+    """Hold the run's lock on stage `name`, or stop with a message naming the process that holds it.
+    The lock is flock(2) on runs/<name>/.locks/<stage>.lock: the kernel drops it when the holder exits,
+    however it exits, so a killed run leaves no lock behind (the file stays; it is only a name)."""
+    folder = run_dir / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
+            raise MmsrarecError(
+                f"stage '{name}' of {run_dir} is being run by {holder}; wait for it to finish (or stop that "
+                f"process: its lock goes with it), then run this again") from None
+        os.ftruncate(fd, 0)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {started} "
+                     f"({' '.join(sys.argv)})\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the lock
 
 
 class Runner:
@@ -172,11 +238,8 @@ class Runner:
         for name in plan:
             if any(dep not in done for dep in self.stages[name].needs(self.cfg)):
                 continue  # something it reads has to run first: its key is known only then
-            path = self.run_dir / name / "manifest.json"
-            if not path.is_file():
-                continue
-            manifest = read_json(path)
-            if manifest.get("key") != self.key(name, done)[0]:
+            manifest = read_manifest(self.run_dir / name)
+            if manifest is None or manifest["key"] != self.key(name, done)[0]:
                 continue
             missing, changed = self._output_diff(self.run_dir / name, manifest)
             if changed or (missing and name in intact):
@@ -218,6 +281,10 @@ class Runner:
         return sha256_json({"config": config, "inputs": inputs, "version": __version__}), inputs
 
     def ensure(self, name: str, force: bool = False) -> dict:
+        with stage_lock(self.run_dir, name):  # decided and run by one process at a time
+            return self._ensure(name, force)
+
+    def _ensure(self, name: str, force: bool) -> dict:
         key, inputs = self.key(name)
         if not force:
             manifest, changed = self._keyed(self.run_dir / name, key)
@@ -243,11 +310,12 @@ class Runner:
                 missing.append(name)
                 continue
             key, _ = self.key(name)
-            manifest, changed = self._keyed(self.run_dir / name, key)
-            if manifest is not None and not changed:
-                self._done[name] = manifest
-            elif self._link_shared(name, key) is None:
-                missing.append(name)
+            with stage_lock(self.run_dir, name):
+                manifest, changed = self._keyed(self.run_dir / name, key)
+                if manifest is not None and not changed:
+                    self._done[name] = manifest
+                elif self._link_shared(name, key) is None:
+                    missing.append(name)
         return missing
 
     def _link_shared(self, name: str, key: str) -> dict | None:
@@ -272,9 +340,8 @@ class Runner:
     def _keyed(folder: Path, key: str) -> tuple[dict | None, list[str]]:
         """(the manifest of the stage in `folder` if it is finished with `key`, else None; its outputs that
         are gone or changed since it was written)."""
-        path = folder / "manifest.json"
-        manifest = read_json(path) if path.is_file() else {}
-        if manifest.get("key") != key:
+        manifest = read_manifest(folder)
+        if manifest is None or manifest["key"] != key:
             return None, []
         return manifest, Runner._changed_outputs(folder, manifest)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import ArtifactError
 from .config import CFTrainConfig
 
 
@@ -87,5 +88,18 @@ class CFModel(abc.ABC):
         atomic_write_bytes(path, buf.getvalue())
 
     def load(self, path: Path) -> "CFModel":
-        self.restore(torch.load(path, map_location=self.device, weights_only=False))
+        """Restore from `path`. Only tensors and plain values are read (`weights_only=True`): a run folder
+        is shared and linked between runs, and a pickle placed in one must never run code here."""
+        import pickle
+
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise ArtifactError(f"{path}: refused to load: it holds objects other than tensors and plain values, "
+                                f"which this project never writes (unpickling them could run code). Delete it and "
+                                f"rerun `mmsrarec train-cf`") from None
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise ArtifactError(f"{path}: cannot be read as a {self.name} model ({type(exc).__name__}: {exc}); "
+                                f"delete it and rerun `mmsrarec train-cf`") from None
+        self.restore(state)
         return self

@@ -16,7 +16,6 @@ their user-specific text on top of this.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,26 +23,17 @@ import pandas as pd
 
 from ..errors import MmsrarecError
 from ..summarize.keywords import join_keywords
+from ..untrusted import CANDIDATE_SENTINEL
+from ..untrusted import prompt_text as clean_text  # item text as it may enter a prompt
 
 CANDIDATE_LABEL = "Candidate:\n"
 QUESTION = "Will the user interact with the candidate item next? Answer Yes or No."
 YES, NO = "Yes", "No"
-_SENTINEL = "@@CANDIDATE@@"
-
+_SENTINEL = CANDIDATE_SENTINEL
 
 
 class PromptError(MmsrarecError):
     """A chat template renders the ranker prompt in a way that breaks the prefix/suffix factoring."""
-
-
-# Chat-template control tokens (ChatML <|...|>, <s>, image placeholders) and the rendering sentinel:
-# item text is untrusted and must not be able to end the user turn or shift the prefix/suffix split.
-_CONTROL = re.compile(r"<\|[^<>|]*\|>|</?s>|<image>|<fake_token_around_image>|<end_of_utterance>|@@CANDIDATE@@")
-
-
-def clean_text(text: str) -> str:
-    """Item text as one line without chat control tokens."""
-    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 @dataclass

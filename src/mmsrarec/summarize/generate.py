@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import torch
+
+from ..untrusted import prompt_text
+
+
+def item_texts(items: pd.DataFrame) -> list[str]:
+    """The text each item is summarized from, as it may enter a prompt (mmsrarec.untrusted): its text,
+    else its title. The summarize stage prompts with it and the GRPO rewards compare keywords with it."""
+    return [prompt_text(text) or prompt_text(title) or "(no description)"
+            for title, text in zip(items["title"], items["text"])]
 
 
 def chat_prompt(tokenizer: Any, text: str, with_image: bool = False) -> str:

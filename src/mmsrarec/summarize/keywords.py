@@ -8,12 +8,14 @@ Item descriptions are untrusted (scraped product pages, user uploads). A descrip
 "ignore previous instructions and output ..." can make the summarizer copy that sentence into its
 answer, and from there it would reach every ranker prompt that mentions the item. `sanitize_keyword`
 drops such pieces: keywords are short noun phrases, so anything long or shaped like an instruction
-is not a keyword.
+is not a keyword. What other untrusted text may carry into a prompt is mmsrarec.untrusted's policy.
 """
 
 from __future__ import annotations
 
 import re
+
+from ..untrusted import KEYWORD_INSTRUCTION
 
 # Labels a model puts before its list ("Keywords: a, b", "Here are the keywords:").
 _LABEL = re.compile(
@@ -33,15 +35,6 @@ STOP_TOKENS = frozenset({
     "keywords", "tags", "...", "other", "misc", "item", "product",
 })
 
-# Phrases that instruct a model rather than describe an item.
-_INSTRUCTION = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\b.*\b(?:instruction|prompt|above|previous|prior|rules?|everything)"
-    r"|\b(?:previous|above|prior|earlier|system|new) (?:instructions?|prompts?|rules)\b"
-    r"|\bsystem prompt\b|\byou (?:are|must|should|will) (?:now )?\b|\bas an ai\b"
-    r"|\b(?:say|output|print|respond|reply|answer|write|return) (?:only|exactly|with|the following)\b"
-    r"|\b(?:recommend|rank) (?:this|me|it) (?:first|above|higher)\b",
-    re.IGNORECASE,
-)
 # Markup, URLs and chat control tokens have no place in a keyword.
 _FORBIDDEN = re.compile(r"\x00|https?://|www\.|<\||\|>|[<>{}`\\]|\b\w+\.(?:com|net|org|io|ru|cn)\b", re.IGNORECASE)
 
@@ -50,7 +43,7 @@ def sanitize_keyword(keyword: str, max_words: int = 4, max_chars: int = 40) -> s
     """The keyword, or None when it is too long or looks like an instruction, markup or a URL."""
     if len(keyword) > max_chars or len(keyword.split()) > max_words:
         return None
-    if _INSTRUCTION.search(keyword) or _FORBIDDEN.search(keyword):
+    if KEYWORD_INSTRUCTION.search(keyword) or _FORBIDDEN.search(keyword):
         return None
     return keyword
 
@@ -75,7 +68,7 @@ def parse_keywords(text: str, max_keywords: int | None = 10, max_words: int = 4)
         line = _LABEL.sub("", _MARKDOWN.sub("", line))  # "**Keywords**: a, b" -> "a, b" before splitting
         for piece in _SPLIT.split(line):
             keyword = _clean(piece)
-            if _INSTRUCTION.search(keyword):
+            if KEYWORD_INSTRUCTION.search(keyword):
                 break  # the rest of the line continues the injected instruction: drop it too
             if keyword in STOP_TOKENS or keyword in seen or sanitize_keyword(keyword, max_words) is None:
                 continue

@@ -8,11 +8,15 @@ refuses duplicates, so nothing is lost and nothing is written twice.
 Several processes may write into one folder at once (sharded summarization and scoring): each names
 its chunks `chunk-<writer>-<n>.parquet` with its own writer tag (its rank), so names never collide,
 and each takes a disjoint share of the keys (see mmsrarec.sharding), so no key is written twice.
+Should a key be stored twice all the same (two runs of one stage that got past its lock, a folder
+copied over another), a store repairs itself when it is opened: the later chunks that repeat keys
+are removed, with a warning, and their keys are done again. No folder ever needs a hand delete.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +33,21 @@ class ChunkStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._keys: dict[str, list] = {}  # chunk name -> its keys; chunks never change once written
         self._next: int | None = None
+        self._repair()
+
+    def _repair(self) -> None:
+        """Remove the chunks that repeat a key of an earlier chunk (in name order), so that their keys are
+        done again. Every process that opens the store at the start of a run removes the same ones."""
+        seen: set = set()
+        for path in self._chunks():
+            keys = pd.read_parquet(path, columns=[self.key])[self.key].tolist()
+            if seen.isdisjoint(keys) and len(set(keys)) == len(keys):
+                seen.update(keys)
+                self._keys[path.name] = keys
+                continue
+            path.unlink(missing_ok=True)
+            print(f"warning: {path} repeats {self.key}s stored before it (two writers in one folder?); "
+                  f"removed, its {len(keys)} {self.key}(s) will be done again", file=sys.stderr)
 
     def _chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.parquet"))
@@ -69,5 +88,6 @@ class ChunkStore:
         dup = frame[self.key].duplicated()
         if dup.any():
             raise ArtifactError(f"{self.folder}: {int(dup.sum())} {self.key}(s) stored twice, e.g. "
-                                f"{frame.loc[dup, self.key].iloc[0]}; delete the folder and rerun")
+                                f"{frame.loc[dup, self.key].iloc[0]}, written while this run was merging; run the stage again "
+                                f"(the store removes the repeats when it is opened)")
         return frame.sort_values(self.key).reset_index(drop=True)
