@@ -36,6 +36,26 @@ def write_atomic(folder: Path, name: str = "toy", n_users: int = 30, n_items: in
     return folder
 
 
+def write_held_out_dataset(folder: Path, name: str, n_users: int, pool: int, train_len: int, pool_item,
+                           held_out_item, fields: tuple[str, ...] = ("title",), seed: int = 0) -> Path:
+    """Users walk through a shared pool of items in training (p0, p1, ...); each user's valid and test
+    targets are items of their own (valid<u>, test<u>) that nobody has in training. The .item file has
+    `fields`, whose values are pool_item(i) and held_out_item(kind, u) (tab-separated)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(n_users):
+        start = int(rng.integers(0, pool))
+        walk = [f"p{(start + j) % pool}" for j in range(train_len)] + [f"valid{u}", f"test{u}"]
+        lines += [f"u{u}\t{item}\t{1000 + 10 * j}" for j, item in enumerate(walk)]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = ["\t".join(["item_id:token", *(f"{f}:token_seq" for f in fields)])]
+    rows += [f"p{i}\t{pool_item(i)}" for i in range(pool)]
+    rows += [f"{kind}{u}\t{held_out_item(kind, u)}" for u in range(n_users) for kind in ("valid", "test")]
+    (folder / f"{name}.item").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
 def with_item_images(folder: Path, name: str, n_items: int, size, color) -> Path:
     """Rewrite <name>.item with an image column: even items get pics/<i>.png of size(i) and color(i),
     odd items none (a VLM sees both kinds)."""

@@ -101,7 +101,8 @@ def assert_pipeline_finished_once(run_dir: Path) -> None:
     """Every stage is in place with its manifest, no .partial folder is left, and what only the main
     process writes was written once."""
     stages = ["prepare", "train-summarizer", "summarize-tuned", "train-ranker"]
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(stages)
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != ".locks") == sorted(stages)
+    assert sorted(p.name for p in (run_dir / ".locks").iterdir()) == sorted(f"{s}.lock" for s in stages)
     for stage in stages:
         assert (run_dir / stage / "manifest.json").is_file()
     ranker = json.loads((run_dir / "train-ranker" / "ranker.json").read_text())

@@ -117,6 +117,7 @@ HOLD = textwrap.dedent("""
 
 
 def test_a_stage_has_one_writer_and_a_killed_writer_leaves_no_lock(toy_overrides, capsys):
+    toy_overrides = [*toy_overrides, "cf.models=[pop]", "evaluate.methods=[pop]"]
     cfg = load_config(None, toy_overrides)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(cfg.run_dir), "prepare"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

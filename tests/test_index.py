@@ -21,7 +21,7 @@ from mmsrarec.index.store import load_index, load_neighbours
 from mmsrarec.index.windows import training_windows
 from mmsrarec.stages import Runner
 
-from conftest import load_benchmark
+from conftest import load_benchmark, write_held_out_dataset
 
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)  # 2 shared cores: OpenMP threads spinning against each other only slow the tests
@@ -32,19 +32,8 @@ N_USERS, POOL, TRAIN_LEN = 24, 30, 10
 def write_leaky_dataset(folder: Path, seed: int = 0) -> Path:
     """Users walk through a shared pool of items in training; every user's valid and test items are
     unique items nobody else ever touches, each carrying a planted keyword in its title."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
-    for u in range(N_USERS):
-        start = int(rng.integers(0, POOL))
-        walk = [f"p{(start + j) % POOL}" for j in range(TRAIN_LEN)] + [f"valid{u}", f"test{u}"]
-        lines += [f"u{u}\t{item}\t{1000 + 10 * j}" for j, item in enumerate(walk)]
-    (folder / "leaky.inter").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    rows = ["item_id:token\ttitle:token_seq"]
-    rows += [f"p{i}\tshared{i % 7}" for i in range(POOL)]
-    rows += [f"{kind}{u}\tPLANTED{kind}{u}" for u in range(N_USERS) for kind in ("valid", "test")]
-    (folder / "leaky.item").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return folder
+    return write_held_out_dataset(folder, "leaky", N_USERS, POOL, TRAIN_LEN, lambda i: f"shared{i % 7}",
+                                  lambda kind, u: f"PLANTED{kind}{u}", seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -187,3 +187,20 @@ def test_the_faiss_index_is_the_index_stages_own_unless_candidate_votes_search_i
     path = Path("run/toy/index/index.faiss")
     assert left_here(path, [plain]) and not left_here(path, [plain, votes])
     assert not left_here(Path("run/toy/index/neighbours_train.parquet"), [plain])
+
+
+def test_a_raised_revision_redoes_the_stage_and_only_it(toy_overrides, capsys):
+    """A fix that changes what a stage writes raises its revision: its earlier outputs no longer stand; a
+    stage whose revision is unchanged keeps its key."""
+    import dataclasses
+
+    from mmsrarec.stages import STAGES
+
+    cfg = load_config(None, [*toy_overrides, "cf.models=[pop]", "evaluate.methods=[pop]"])
+    Runner(cfg).run("train-cf")
+    raised = {**STAGES, "prepare": dataclasses.replace(STAGES["prepare"], revision=STAGES["prepare"].revision + 1)}
+    capsys.readouterr()
+    Runner(cfg, raised).run("train-cf")
+    err = capsys.readouterr().err
+    assert "[prepare] running" in err  # redone; the same outputs, so train-cf's inputs are unchanged
+    assert "[train-cf] up to date, skipped" in err

@@ -49,6 +49,9 @@ class Stage:
     distributed: bool = False  # under `accelerate launch`, runs on every process (else on the main one only)
     # outputs (glob patterns) that no other stage reads (under a config, when a function): gone, they rerun no stage
     own: tuple[str, ...] | Callable[[Config], tuple[str, ...]] = ()
+    # raised when a fix changes what the stage writes for the same config and inputs, so that what an
+    # earlier version wrote no longer stands (part of the key when > 0; stages never raised keep theirs)
+    revision: int = 0
 
     def owns(self, output: str, cfg: Config) -> bool:
         """Whether `output` (a path inside the stage's folder) is one that no other stage reads under cfg."""
@@ -277,8 +280,10 @@ class Runner:
         stage = self.stages[name]
         done = self._done if done is None else done
         inputs = {dep: done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
-        config = key_dict(stage.section(self.cfg))
-        return sha256_json({"config": config, "inputs": inputs, "version": __version__}), inputs
+        keyed = {"config": key_dict(stage.section(self.cfg)), "inputs": inputs, "version": __version__}
+        if stage.revision:
+            keyed["revision"] = stage.revision
+        return sha256_json(keyed), inputs
 
     def ensure(self, name: str, force: bool = False) -> dict:
         with stage_lock(self.run_dir, name):  # decided and run by one process at a time

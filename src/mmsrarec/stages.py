@@ -115,9 +115,12 @@ def _evaluate_section(cfg: RunConfig) -> dict:
 
 
 def _stages() -> dict[str, Stage]:
+    # revision 1: datasets refuse image paths out of their folder and non-finite numbers (prepare); text
+    # reaches prompts only as mmsrarec.untrusted allows (every LLM stage); GRPO trains on items of training
+    # interactions only (train-summarizer). Finished stages of earlier versions are redone.
     return {s.name: s for s in [
         Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], _prepare_section,
-              "read the dataset, filter, remap IDs, split, draw candidate lists"),
+              "read the dataset, filter, remap IDs, split, draw candidate lists", revision=1),
         Stage("train-cf", "mmsrarec.cf.stage:run", lambda c: ["prepare"],
               lambda c: {"cf": c.cf, "seed": c.seed}, "train the ID-based models (Pop, ItemKNN, GRU4Rec, SASRec...)"),
         Stage("index", "mmsrarec.index.stage:run", lambda c: ["prepare", "train-cf"],
@@ -126,34 +129,34 @@ def _stages() -> dict[str, Stage]:
               own=_index_own),
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
               lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
-              check_summarize_backend, distributed=True),
+              check_summarize_backend, distributed=True, revision=1),
         Stage("train-summarizer", "mmsrarec.summarize.train_stage:run", lambda c: ["prepare"],
               lambda c: {"train_summarizer": c.train_summarizer, "summarize": c.summarize, "seed": c.seed},
-              "tune the keyword policy with GRPO", check_grpo_vllm, distributed=True),
+              "tune the keyword policy with GRPO", check_grpo_vllm, distributed=True, revision=1),
         Stage("summarize-tuned", "mmsrarec.summarize.stage:run_tuned", lambda c: ["prepare", "train-summarizer"],
               lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy",
-              check_summarize_backend, distributed=True),
+              check_summarize_backend, distributed=True, revision=1),
         Stage("train-ranker", "mmsrarec.rank.stage:run", ranker_needs, _train_ranker_section,
-              "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)", distributed=True),
+              "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)", distributed=True, revision=1),
         Stage("describe-items", "mmsrarec.mllmmsr.stage:describe_items", lambda c: ["prepare"], msr.describe_section,
-              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph"),
+              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph", revision=1),
         Stage("summarize-users", "mmsrarec.mllmmsr.stage:summarize_users", lambda c: ["prepare", "describe-items"],
-              msr.users_section, "MLLM-MSR: recurrent user-preference summaries, one LLM call per block of 3 items"),
+              msr.users_section, "MLLM-MSR: recurrent user-preference summaries, one LLM call per block of 3 items", revision=1),
         Stage("train-mllmmsr", "mmsrarec.mllmmsr.stage:train", lambda c: ["prepare", "describe-items",
               "summarize-users"], msr.train_section, "MLLM-MSR: LoRA SFT of the Yes/No recommender on user summaries",
-              msr.check_names),
+              msr.check_names, revision=1),
         Stage("score-cf", "mmsrarec.cf.score_stage:run", lambda c: ["prepare", "train-cf"], _score_cf_section,
               "score the stored lists (sampled) and rank every item (full) with each CF model of evaluate.methods"),
         Stage("score-ranker", "mmsrarec.rank.score_stage:run", _score_ranker_needs, _score_ranker_section,
               "score the stored candidate lists of evaluate.llm_splits with the trained ranker",
-              distributed=True),  # under a launcher every process scores a share of the cases
+              distributed=True, revision=1),  # under a launcher every process scores a share of the cases
         Stage("rerank-ranker", "mmsrarec.rank.score_stage:run_rerank", _rerank_ranker_needs, _rerank_ranker_section,
               "rerank protocol: the ranker reorders evaluate.rerank_cf's top evaluate.rerank_top items (test)",
-              distributed=True),
+              distributed=True, revision=1),
         Stage("score-mllmmsr", "mmsrarec.mllmmsr.score_stage:run",
               lambda c: ["prepare", "describe-items", "summarize-users", "train-mllmmsr"],
               lambda c: {"mllm_msr": c.mllm_msr, "seed": c.seed, "llm_splits": c.evaluate.llm_splits},
-              "MLLM-MSR: score the stored candidate lists of evaluate.llm_splits", msr.check_names),
+              "MLLM-MSR: score the stored candidate lists of evaluate.llm_splits", msr.check_names, revision=1),
         Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs, _evaluate_section,
               "read every method's per-case scores, write the leaderboard and report (no model code)",
               check_score_files),

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from .. import faults
 from ..artifacts import read_json, write_json
 from ..data.prepare import load_prepared
 from ..device import resolve_device
@@ -40,6 +41,7 @@ def run(ctx) -> None:
                 "train_cpu_s": round(time.process_time() - cpu0, 3),  # robust to other load on the machine
                 "peak_rss_mb": round(mem.peak_mb, 1), "device": str(device)}
         model.save(weights)
+        faults.step("train-cf")  # weights written, not yet marked done by <model>.json
         write_json(info_path, info)
         ctx.summary[name] = info
         ctx.log(f"{name}: done {info}")

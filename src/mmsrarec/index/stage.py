@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from .. import faults
 from ..artifacts import read_json
 from ..cf.stage import load_trained
 from ..data.prepare import load_prepared
@@ -48,6 +49,7 @@ def run(ctx) -> None:
                 path.unlink()
     if index is None:
         vectors, index = _build(ctx, model, windows, model_file)
+        faults.step("index")  # the index is written, no neighbours table yet
 
     todo = [s for s in ("train", "valid", "test") if not (ctx.out / f"neighbours_{s}.parquet").is_file()]
     for split in todo:
@@ -64,6 +66,7 @@ def run(ctx) -> None:
             frame = pd.DataFrame({"case": np.arange(len(cases), dtype=np.int64),
                                   "user": cases["user"].to_numpy(np.int64), **found.columns()})
         add_table(ctx.out, split, frame)
+        faults.step("index")
         took = time.perf_counter() - t0
         short = int((found.users[:, -1] < 0).sum())
         ctx.summary[f"{split}_cases"] = len(frame)

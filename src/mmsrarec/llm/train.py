@@ -6,7 +6,8 @@ optimizer step weighs the same); 'example' (ExampleMeanSFTTrainer) averages each
 a long aux answer (the next item's keywords, a title) weighs no more than a one-token Yes/No.
 
 Checkpoints go to <out>/checkpoints every `sft.save_steps` optimizer steps; a rerun resumes from the
-last complete one (trainer_state.json is written last). At the end the adapter is saved to
+last complete one (trainer_state.json is written last), except one saved at the last step (last_checkpoint),
+and ends with the adapter and log an uninterrupted run writes (tests/test_faults.py). At the end the adapter is saved to
 <out>/adapter and the loss per step to <out>/train_log.csv. Under `accelerate launch` every process
 trains (DDP, FSDP2 or DeepSpeed) and the main process writes those files.
 """
@@ -14,6 +15,7 @@ trains (DDP, FSDP2 or DeepSpeed) and the main process writes those files.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -42,12 +44,24 @@ LOG = "train_log.csv"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint-N under `folder` that was written completely, or None."""
+def last_checkpoint(folder: Path, max_steps: int = -1) -> Path | None:
+    """The newest checkpoint-N under `folder` that was written completely and that training can go on
+    from, or None (start over).
+
+    One saved at the end of training (its global_step reached max_steps, the run's total; when that is not
+    given (<= 0), the total in the checkpoint's trainer_state.json) is passed over: the run was killed after
+    it, before the stage finished, and transformers (5.25) checks max_steps only after a step, so a resume
+    from it trains a step too many whenever the total is not a whole number of epochs. Resuming from the
+    one before it (or from the start) redoes the last steps exactly. TRL's trainers name theirs the same."""
     if not folder.is_dir():
         return None
     done = [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), default=None)
+    for path in sorted(done, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True):
+        state = json.loads((path / "trainer_state.json").read_text())
+        total = max_steps if max_steps > 0 else state.get("max_steps", 0)
+        if not total or state.get("global_step", 0) < total:
+            return path
+    return None
 
 
 def example_lengths(dataset, processor: Any) -> list[int]:
@@ -191,7 +205,7 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
                       target_modules=cfg.lora.modules(), task_type="CAUSAL_LM")
     trainer = trainer_class(sft.loss)(model=model, args=args, train_dataset=examples, processing_class=processor,
                                       peft_config=lora, callbacks=callbacks)
-    resume = last_checkpoint(out / CHECKPOINTS)
+    resume = last_checkpoint(out / CHECKPOINTS, sft.max_steps)
     log(f"SFT on {len(examples):,} examples, LoRA r={cfg.lora.r}, loss per {sft.loss}, {device.type}"
         + (f"; resuming from {resume.name}" if resume else ""))
     t0 = time.perf_counter()
@@ -206,9 +220,12 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     distributed.after_training()
     distributed.barrier()
     losses = [s["loss"] for s in steps]
+    # every step's loss, restored from the checkpoint after a resume (logging_steps=1); result.training_loss
+    # is the mean over the steps of this call only, so a resumed run would report another value
+    train_loss = sum(losses) / len(losses) if losses else result.training_loss
     return {"examples": len(examples), "examples_dropped_too_long": dropped, "steps": trainer.state.global_step,
             "resumed_from": resume.name if resume else None, "train_time_s": round(wall, 2),
-            "train_loss": round(float(result.training_loss), 5), "first_loss": losses[0] if losses else None,
+            "train_loss": round(float(train_loss), 5), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "loss_per": sft.loss, "yes_token_id": yes_id,
             "no_token_id": no_id}
 

@@ -12,6 +12,7 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..summarize.store import ChunkStore
 from .config import ItemSettings
 from .generator import Generator, timed
@@ -42,6 +43,7 @@ def describe_items(items: pd.DataFrame, cfg: ItemSettings, load: Callable[[], Ge
         for start in range(0, len(group), cfg.batch_size):
             batch = group.iloc[start:start + cfg.batch_size]
             store.append(_describe_batch(batch, cfg, generator, load_image))
+            faults.step("describe-items")
             bar.update(len(batch))
     bar.close()
     return len(todo)

@@ -14,6 +14,7 @@ import shutil
 
 import pandas as pd
 
+from .. import faults
 from ..artifacts import write_json, write_parquet
 from ..data.prepare import load_prepared
 from ..summarize.store import ChunkStore
@@ -93,7 +94,9 @@ def train(ctx) -> None:
     examples = training_examples(states, data["train"], items, cfg, cfg.users.history_items, seed)
     ctx.log(f"SFT examples: {len(examples):,} from {len(states):,} training user states")
     write_examples(examples, ctx.out / "examples.jsonl")
-    facts = train_ranker(examples, ranker_config(cfg), ctx.out, seed, log=ctx.log)
+    facts = train_ranker(examples, ranker_config(cfg), ctx.out, seed, log=ctx.log,
+                         callbacks=faults.callbacks("train-mllmmsr"))
+    faults.step("train-mllmmsr")  # the adapter and log are saved, the checkpoints still there
     shutil.rmtree(ctx.out / CHECKPOINTS, ignore_errors=True)  # the adapter is saved; resuming is over
     info = {**facts, "training_states": len(states), "model": cfg.recommender.name_or_path}
     write_json(ctx.out / "mllmmsr.json", info)

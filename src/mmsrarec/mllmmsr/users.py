@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..llm.examples import training_positions
 from ..summarize.store import ChunkStore
 from .config import UserSettings
@@ -104,6 +105,7 @@ def summarize_states(states: pd.DataFrame, item_line: Callable[[int], str], cfg:
                          "previous": chains[i][2], "prompt": prompts[i], "split": split, "seconds": share}
                         for i, answer in zip(idx, answers)]
                 store.append(pd.DataFrame(rows))
+                faults.step("summarize-users")
                 summaries.update((r["chain"], r["summary"]) for r in rows)
                 generated += len(rows)
                 bar.update(len(rows))

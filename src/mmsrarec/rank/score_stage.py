@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .. import distributed
+from .. import distributed, faults
 from ..artifacts import read_json
 from ..cf.base import Cases
 from ..cf.stage import load_trained
@@ -77,6 +77,7 @@ def run(ctx) -> None:
         store = ctx.out / "llm_scores" / f"{cfg.rank.name}_{split}"
         scores = score_cases(ranker, split, log=ctx.log, store=store, prepared=prepared)
         seconds = time.perf_counter() - t0
+        faults.step("score-ranker")  # the split's scores are all stored, its case files not written
         if not distributed.is_main():
             continue  # every process scored its share into the store; the main one writes
         candidates = Cases.from_frame(cases).candidates()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import distributed
+from .. import distributed, faults
 from ..artifacts import write_json
 from ..config import RunConfig
 from ..data.prepare import load_prepared
@@ -202,7 +202,8 @@ def run(ctx) -> None:
     ctx.log("SFT examples: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     if distributed.is_main():  # under `accelerate launch`, every process trains; the main one writes
         write_examples(examples, ctx.out / "examples.jsonl")
-    facts = train_ranker(examples, cfg, ctx.out, seed, log=ctx.log)
+    facts = train_ranker(examples, cfg, ctx.out, seed, log=ctx.log, callbacks=faults.callbacks("train-ranker"))
+    faults.step("train-ranker")  # the adapter and log are saved, the checkpoints still there
     if not distributed.is_main():
         return
     shutil.rmtree(ctx.out / CHECKPOINTS, ignore_errors=True)  # the adapter is saved; resuming is over

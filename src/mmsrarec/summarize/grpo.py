@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 
 from ..reward import REWARDS, RewardFn, embed_items
+from ..untrusted import prompt_text
 from .config import SummarizeConfig, SummarizerTrainConfig
-from .generate import chat_prompt, generate, truncate_tokens
+from .generate import chat_prompt, generate, item_texts, truncate_tokens
 from .keywords import parse_keywords
 
 ITEM_TEXT = "item_text"  # the column the information and reconstruction rewards read
@@ -33,11 +34,6 @@ ITEM_INDEX = "item_index"  # row of the item in items.parquet: the discriminabil
 
 
 # ----------------------------------------------------------------------------- items and prompts
-
-def item_texts(items: pd.DataFrame) -> list[str]:
-    """The text each item is summarized from (the same fallback as the summarize stage)."""
-    return [str(text or title or "(no description)") for title, text in zip(items["title"], items["text"])]
-
 
 def held_out(item_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
     """True for held-out items: sha256(seed, original item id) < fraction. Stable when items are added,
@@ -49,12 +45,17 @@ def held_out(item_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
     return np.array([draw(i) < fraction for i in item_ids], dtype=bool)
 
 
-def split_items(items: pd.DataFrame, tcfg: SummarizerTrainConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training items, held-out items), each with ITEM_INDEX = its row in `items`. max_train_items
-    keeps a seeded random subset of the training items."""
+def split_items(items: pd.DataFrame, tcfg: SummarizerTrainConfig, seed: int,
+                trainable: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training items, held-out items), each with ITEM_INDEX = its row in `items`. trainable: when given,
+    only these items (column `item`) may train, e.g. those of training interactions, so that the text of an
+    item seen only in valid or test interactions never enters GRPO. max_train_items keeps a seeded random
+    subset of the training items."""
     items = items.reset_index(drop=True).assign(**{ITEM_INDEX: np.arange(len(items))})
     mask = held_out(items["item_id"], tcfg.held_out_fraction, seed)
     train, test = items[~mask], items[mask]
+    if trainable is not None:
+        train = train[train["item"].isin(list(trainable))]
     if tcfg.max_train_items and len(train) > tcfg.max_train_items:
         train = train.sample(tcfg.max_train_items, random_state=seed).sort_values(ITEM_INDEX)
     return train.reset_index(drop=True), test.reset_index(drop=True)
@@ -68,7 +69,8 @@ def prompt_rows(items: pd.DataFrame, cfg: SummarizeConfig, tokenizer: Any, with_
     for item, index, title, text in zip(items["item"], items[ITEM_INDEX], items["title"], texts):
         body = truncate_tokens(tokenizer, text, cfg.max_text_tokens)
         rows.append({"item": int(item), ITEM_INDEX: int(index), "kind": "text", "image": "",
-                     "prompt": cfg.text_prompt.format(text=body, title=title, max_keywords=cfg.max_keywords),
+                     "prompt": cfg.text_prompt.format(text=body, title=prompt_text(title),
+                                                      max_keywords=cfg.max_keywords),
                      ITEM_TEXT: text})
     if with_images and "image" in items:
         image_prompt = cfg.image_prompt.format(text="", title="", max_keywords=cfg.max_keywords)

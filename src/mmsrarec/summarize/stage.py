@@ -21,11 +21,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import faults
 from ..artifacts import write_json, write_parquet
 from ..errors import ArtifactError
 from ..sharding import Shard, current_shard, wait_until_stored
+from ..untrusted import prompt_text
 from .config import SummarizeConfig
-from .generate import chat_prompt, generate, truncate_tokens
+from .generate import chat_prompt, generate, item_texts, truncate_tokens
 from .keywords import parse_keywords
 from .store import ChunkStore
 
@@ -53,9 +55,9 @@ def load_policy(cfg: SummarizeConfig, adapter: str = "", model_path: str = ""):
 
 def text_prompts(cfg: SummarizeConfig, tokenizer, items: pd.DataFrame) -> list[str]:
     out = []
-    for title, text in zip(items["title"], items["text"]):
-        body = truncate_tokens(tokenizer, text or title or "(no description)", cfg.max_text_tokens)
-        out.append(cfg.text_prompt.format(text=body, title=title, max_keywords=cfg.max_keywords))
+    for title, text in zip(items["title"], item_texts(items)):
+        body = truncate_tokens(tokenizer, text, cfg.max_text_tokens)
+        out.append(cfg.text_prompt.format(text=body, title=prompt_text(title), max_keywords=cfg.max_keywords))
     return out
 
 
@@ -94,6 +96,7 @@ def summarize_items(items: pd.DataFrame, cfg: SummarizeConfig, store: ChunkStore
             rows.append({"item": int(item), "keywords": merge_keywords(tk, ik, cfg.max_keywords),
                          "text_keywords": tk, "image_keywords": ik, "raw_text": rt, "raw_image": ri})
         store.append(pd.DataFrame(rows))
+        faults.step("summarize")
         n += len(batch)
         bar.update(len(batch))
     bar.close()

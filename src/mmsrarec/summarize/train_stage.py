@@ -1,7 +1,8 @@
 """The train-summarizer stage: tune the keyword policy with GRPO and compare it with the zero-shot one.
 
 Reads prepare's items.parquet; writes under train-summarizer/:
-  split.parquet        every item's role: train (in the GRPO dataset), held_out, or unused (over max_train_items)
+  split.parquet        every item's role: train (in the GRPO dataset), held_out, or unused (over max_train_items,
+                       or in no training interaction)
   eval_zero_shot.json  the starting policy on held-out items (written before training, kept on resume)
   reward_curves.csv/png  each reward's batch mean and the combined reward at every step
   adapter/             the LoRA adapter + tokenizer/processor (model/ instead when lora is false)
@@ -22,10 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from .. import distributed
+from .. import distributed, faults
 from ..artifacts import read_json, write_json, write_parquet
 from .curves import curves_callback, write_curves
-from .grpo import (ITEM_INDEX, RewardModels, item_texts, make_rewards, make_trainer, prompt_rows, score_policy,
+from .generate import item_texts
+from .grpo import (ITEM_INDEX, RewardModels, make_rewards, make_trainer, prompt_rows, score_policy,
                    split_items, trained_rewards, train_dataset)
 from .stage import load_policy, tuned_policy_path
 
@@ -57,7 +59,9 @@ def _save_policy(trainer: Any, processor: Any, out: Path, lora: bool) -> Path:
 def run(ctx) -> None:
     cfg, tcfg, scfg = ctx.cfg, ctx.cfg.train_summarizer, ctx.cfg.summarize
     items = pd.read_parquet(ctx.input("prepare") / "items.parquet").reset_index(drop=True)
-    train_items, test_items = split_items(items, tcfg, cfg.seed)
+    sequences = pd.read_parquet(ctx.input("prepare") / "train.parquet", columns=["items"])["items"]
+    in_training = {int(i) for seq in sequences for i in seq}  # never an item seen only in valid or test
+    train_items, test_items = split_items(items, tcfg, cfg.seed, trainable=in_training)
     main = distributed.is_main()
     if main:
         write_parquet(ctx.out / "split.parquet", _split_table(items, train_items, test_items))
@@ -71,6 +75,8 @@ def run(ctx) -> None:
     if (ctx.out / "adapter").is_dir() or (ctx.out / "model").is_dir():
         adapter, tuned_model = tuned_policy_path(ctx.out)
         ctx.log("the tuned policy is already saved; not training again")
+        if main:  # a run killed after saving it left its checkpoints
+            shutil.rmtree(ctx.out / "checkpoints", ignore_errors=True)
     model, processor, is_vlm = load_policy(scfg, adapter, tuned_model)
     tokenizer = processor.tokenizer if is_vlm else processor
     with_images = is_vlm and scfg.use_images
@@ -87,14 +93,16 @@ def run(ctx) -> None:
                 f"held out), rewards {weights}, {tcfg.max_steps or f'{tcfg.epochs} epochs of'} steps")
         checkpoints = ctx.out / "checkpoints"
         trainer = make_trainer(model, processor, train_dataset(rows), {n: rewards[n] for n in weights}, tcfg,
-                               checkpoints, cfg.seed, [curves_callback(fn_names, ctx.out)])
-        last = _last_checkpoint(checkpoints)
+                               checkpoints, cfg.seed,
+                               [curves_callback(fn_names, ctx.out), *faults.callbacks("train-summarizer")])
+        last = _last_checkpoint(checkpoints, tcfg.max_steps)
         if last:
             ctx.log(f"resuming from {last}")
         trainer.train(resume_from_checkpoint=last)
         if main:
             write_curves(trainer.state.log_history, fn_names, ctx.out)
         _save_policy(trainer, processor, ctx.out, tcfg.lora)
+        faults.step("train-summarizer")  # the policy is saved, the checkpoints still there
         if main:
             shutil.rmtree(checkpoints, ignore_errors=True)  # the saved policy and curves replace them
         model = trainer.model
@@ -124,8 +132,8 @@ def run(ctx) -> None:
     ctx.summary.update({"train_items": len(train_items), "held_out_items": len(test_items)})
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    if not folder.is_dir():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
-    return get_last_checkpoint(str(folder))
+def _last_checkpoint(folder: Path, max_steps: int) -> str | None:
+    from ..llm.train import last_checkpoint  # passes over one saved at the last step (see there)
+
+    last = last_checkpoint(folder, max_steps)
+    return str(last) if last else None
