@@ -6,8 +6,9 @@ experiment (experiment.board) takes a run's rows from its folder when the run is
 the ledger when the ledger holds rows of that run
 
 - under the config the run has now: its fingerprint, every stage's config section (what the stage keys hold,
-  less the inputs, which only exist where the stages ran) and the package version; the machine, the paths,
-  threads and experiment.parallel are not in it;
+  less the inputs, which only exist where the stages ran), the package version and the stages' revisions
+  (pipeline.Stage.revision: rows made before a fix that changes a stage's outputs are not current); the
+  machine, the paths, threads and experiment.parallel are not in it;
 - on the same data: the digest of the split's content (training sequences, valid and test histories, targets
   and candidate lists), which does not depend on the parquet writer's version.
 
@@ -41,8 +42,11 @@ def fingerprint(cfg) -> str:
     from .stages import Runner
 
     runner = Runner(cfg)
-    sections = {name: key_dict(runner.stages[name].section(cfg)) for name in runner.plan("evaluate")}
-    return sha256_json({"sections": sections, "version": __version__})[:16]
+    plan = runner.plan("evaluate")
+    sections = {name: key_dict(runner.stages[name].section(cfg)) for name in plan}
+    revisions = {name: runner.stages[name].revision for name in plan if runner.stages[name].revision}
+    return sha256_json({"sections": sections, "version": __version__,
+                        **({"revisions": revisions} if revisions else {})})[:16]
 
 
 _DIGESTS: dict[Path, str] = {}

@@ -103,7 +103,7 @@ def read_manifest(folder: Path) -> dict | None:
             why = "its outputs_digest does not match its outputs"
         else:
             return manifest
-    if str(path) not in _unreadable:
+    if str(path) not in _unreadable and distributed.is_main():
         _unreadable.add(str(path))
         print(f"[{folder.name}] warning: {path} cannot be read ({why}); the stage counts as unfinished",
               file=sys.stderr)
@@ -114,30 +114,49 @@ _unreadable: set[str] = set()
 
 
 @contextlib.contextmanager
-def stage_lock(run_dir: Path, name: str) -> Iterator[None]:
-    """Hold the run's lock on stage `name`, or stop with a message naming the process that holds it.
-    The lock is flock(2) on runs/<name>/.locks/<stage>.lock: the kernel drops it when the holder exits,
-    however it exits, so a killed run leaves no lock behind (the file stays; it is only a name)."""
+def stage_lock(run_dir: Path, name: str, shared: bool = False) -> Iterator[None]:
+    """Hold the lock on stage `name` of the run in `run_dir`, or stop with a message naming who holds it.
+
+    Exclusive (to decide and run the stage) or shared (to read it while a stage that needs it runs: no
+    one may redo it meanwhile). The lock is flock(2) on <run>/.locks/<stage>.lock: the kernel drops it
+    when the holder exits, however it exits, so a killed run leaves no lock behind (the file stays; it is
+    only a name). The exclusive holder writes who it is into the file, for the message."""
     folder = run_dir / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who else may lock it
+        except PermissionError:  # a lock file another user made: flock needs no write access
+            fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise MmsrarecError(f"cannot open the lock file {path} ({exc.strerror or exc}); make {folder} writable "
+                            f"by everyone who runs this run (e.g. a shared group with g+w)") from None
+    locked = False
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
-            holder = path.read_text(encoding="utf-8", errors="replace").strip() or "another process"
-            raise MmsrarecError(
-                f"stage '{name}' of {run_dir} is being run by {holder}; wait for it to finish (or stop that "
-                f"process: its lock goes with it), then run this again") from None
-        os.ftruncate(fd, 0)
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {started} "
-                     f"({' '.join(sys.argv)})\n".encode())
+            holder = path.read_text(encoding="utf-8", errors="replace").strip()
+            who = (f"being run by {holder}" if holder else
+                   "being read by another process (running a stage that needs it)")
+            raise MmsrarecError(f"stage '{name}' of {run_dir} is {who}; wait for it to finish (or stop that "
+                                f"process: its lock goes with it), then run this again") from None
+        except OSError as exc:  # ENOLCK / ENOTSUP: a file system without flock
+            raise MmsrarecError(f"cannot lock {path} ({exc.strerror or exc}): the runs folder is on a file "
+                                f"system without flock(2) locks; put runs_dir on a local disk") from None
+        if not shared:
+            with contextlib.suppress(OSError):  # read-only (another user's file): the message says less
+                os.ftruncate(fd, 0)
+                started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {started} "
+                             f"({' '.join(sys.argv)})\n".encode())
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        if locked and not shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)  # releases the lock
 
 
@@ -368,7 +387,26 @@ class Runner:
         return StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=out,
                             needs=tuple(self.stages[name].needs(self.cfg)))
 
+    @contextlib.contextmanager
+    def _reading(self, name: str, inputs: dict) -> Iterator[None]:
+        """Hold shared locks on the stages `name` reads (in the run they are linked from too), so that no
+        process redoes one of them meanwhile, and check that they are still what its key was made of."""
+        with contextlib.ExitStack() as held:
+            for dep, digest in inputs.items():
+                source = (self.run_dir / dep).resolve()
+                for run_dir in dict.fromkeys([self.run_dir, source.parent]):
+                    held.enter_context(stage_lock(run_dir, dep, shared=True))
+                manifest = read_manifest(self.run_dir / dep)
+                if manifest is None or manifest["outputs_digest"] != digest:
+                    raise ArtifactError(f"stage '{dep}' of {self.run_dir} changed before '{name}' could read it "
+                                        f"(another process redid it); run this again")
+            yield
+
     def _execute(self, name: str, key: str, inputs: dict, force: bool) -> dict:
+        with self._reading(name, inputs):
+            return self._write(name, key, inputs, force)
+
+    def _write(self, name: str, key: str, inputs: dict, force: bool) -> dict:
         stage = self.stages[name]
         final = self.run_dir / name
         partial = self.run_dir / f"{name}.partial"
@@ -394,7 +432,8 @@ class Runner:
         marker.unlink()
         outputs = hash_tree(partial)
         manifest = {
-            "stage": name, "key": key, "config": to_dict(stage.section(self.cfg)), "inputs": inputs,
+            "stage": name, "key": key, "revision": stage.revision, "config": to_dict(stage.section(self.cfg)),
+            "inputs": inputs,
             "outputs": outputs, "outputs_digest": sha256_json(outputs), "versions": package_versions(),
             "wall_time_s": round(wall, 3), "peak_rss_mb": round(mem.peak_mb, 1),
             "started_at": started.isoformat(timespec="seconds"), "summary": ctx.summary,

@@ -93,13 +93,12 @@ class CFModel(abc.ABC):
         import pickle
 
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.restore(torch.load(path, map_location=self.device, weights_only=True))
         except pickle.UnpicklingError:
             raise ArtifactError(f"{path}: refused to load: it holds objects other than tensors and plain values, "
                                 f"which this project never writes (unpickling them could run code). Delete it and "
                                 f"rerun `mmsrarec train-cf`") from None
-        except (RuntimeError, EOFError, OSError) as exc:
+        except (RuntimeError, EOFError, OSError, KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ArtifactError(f"{path}: cannot be read as a {self.name} model ({type(exc).__name__}: {exc}); "
                                 f"delete it and rerun `mmsrarec train-cf`") from None
-        self.restore(state)
         return self

@@ -57,7 +57,10 @@ def last_checkpoint(folder: Path, max_steps: int = -1) -> Path | None:
         return None
     done = [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and (p / "trainer_state.json").is_file()]
     for path in sorted(done, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True):
-        state = json.loads((path / "trainer_state.json").read_text())
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):  # written in place: a kill can leave it half written
+            continue
         total = max_steps if max_steps > 0 else state.get("max_steps", 0)
         if not total or state.get("global_step", 0) < total:
             return path

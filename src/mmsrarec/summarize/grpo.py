@@ -47,17 +47,17 @@ def held_out(item_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
 
 def split_items(items: pd.DataFrame, tcfg: SummarizerTrainConfig, seed: int,
                 trainable: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training items, held-out items), each with ITEM_INDEX = its row in `items`. trainable: when given,
-    only these items (column `item`) may train, e.g. those of training interactions, so that the text of an
-    item seen only in valid or test interactions never enters GRPO. max_train_items keeps a seeded random
-    subset of the training items."""
+    """(training items, held-out items), each with ITEM_INDEX = its row in `items`. max_train_items keeps a
+    seeded random subset of the items not held out. trainable: when given, only these items (column `item`)
+    of that subset train, e.g. those of training interactions, so that the text of an item seen only in valid
+    or test interactions never enters GRPO (filtered after the draw, so the draw does not depend on the split)."""
     items = items.reset_index(drop=True).assign(**{ITEM_INDEX: np.arange(len(items))})
     mask = held_out(items["item_id"], tcfg.held_out_fraction, seed)
     train, test = items[~mask], items[mask]
-    if trainable is not None:
-        train = train[train["item"].isin(list(trainable))]
     if tcfg.max_train_items and len(train) > tcfg.max_train_items:
         train = train.sample(tcfg.max_train_items, random_state=seed).sort_values(ITEM_INDEX)
+    if trainable is not None:
+        train = train[train["item"].isin(list(trainable))]
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 

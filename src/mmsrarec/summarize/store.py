@@ -40,14 +40,20 @@ class ChunkStore:
         done again. Every process that opens the store at the start of a run removes the same ones."""
         seen: set = set()
         for path in self._chunks():
-            keys = pd.read_parquet(path, columns=[self.key])[self.key].tolist()
-            if seen.isdisjoint(keys) and len(set(keys)) == len(keys):
-                seen.update(keys)
-                self._keys[path.name] = keys
+            try:
+                keys = pd.read_parquet(path, columns=[self.key])[self.key].tolist()
+            except FileNotFoundError:  # another process of this run removed it just now
                 continue
+            except Exception as exc:  # noqa: BLE001 - chunks are written atomically: this one was altered
+                keys, why = [], f"cannot be read ({type(exc).__name__})"
+            else:
+                if seen.isdisjoint(keys) and len(set(keys)) == len(keys):
+                    seen.update(keys)
+                    self._keys[path.name] = keys
+                    continue
+                why = f"repeats {self.key}s stored before it (two writers in one folder?)"
             path.unlink(missing_ok=True)
-            print(f"warning: {path} repeats {self.key}s stored before it (two writers in one folder?); "
-                  f"removed, its {len(keys)} {self.key}(s) will be done again", file=sys.stderr)
+            print(f"warning: {path} {why}; removed, its {self.key}s will be done again", file=sys.stderr)
 
     def _chunks(self) -> list[Path]:
         return sorted(self.folder.glob("chunk-*.parquet"))
