@@ -33,7 +33,8 @@ from mmsrarec.profiling import package_versions  # noqa: E402
 from mmsrarec.stages import Runner  # noqa: E402
 from mmsrarec.summarize.generate import chat_prompt, generate  # noqa: E402
 from mmsrarec.summarize.grpo import split_items  # noqa: E402
-from mmsrarec.summarize.stage import load_policy, text_prompts  # noqa: E402
+from mmsrarec.summarize.generate import text_prompts  # noqa: E402
+from mmsrarec.summarize.stage import load_policy  # noqa: E402
 
 REWARD_LABELS = {"length_norm": "R_len (-|W|/max_keywords)", "length": "R_len (-|W|)",
                  "information": "R_info (cosine)", "reconstruction": "R_recon (-log PPL)",

@@ -61,7 +61,7 @@ def test_held_out_split_is_seeded_stable_and_disjoint():
 
 def test_training_prompts_are_the_summarize_prompts(tiny_lm):
     from mmsrarec.models import ModelConfig, load_causal_lm
-    from mmsrarec.summarize.stage import text_prompts
+    from mmsrarec.summarize.generate import text_prompts
 
     _, tokenizer = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu"))
     items = items_table(6).assign(**{ITEM_INDEX: range(6)})

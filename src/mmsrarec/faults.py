@@ -56,7 +56,7 @@ def _armed() -> tuple[str, int] | None:
 
 def step(point: str) -> None:
     """A save point of `point` was passed: the n-th one kills this process if MMSRAREC_KILL_AT says so."""
-    target = _target if _target is not _UNREAD else _armed()
+    target = _armed()
     if target is None or target[0] != point:
         return
     _counts[point] = done = _counts.get(point, 0) + 1

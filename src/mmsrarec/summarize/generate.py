@@ -17,6 +17,14 @@ def item_texts(items: pd.DataFrame) -> list[str]:
             for title, text in zip(items["title"], items["text"])]
 
 
+def text_prompts(cfg: Any, tokenizer: Any, items: pd.DataFrame) -> list[str]:
+    """The summarizer's text prompt (cfg: a SummarizeConfig) for each item, in order: what the summarize
+    stage sends and what GRPO trains on."""
+    return [cfg.text_prompt.format(text=truncate_tokens(tokenizer, text, cfg.max_text_tokens),
+                                   title=prompt_text(title), max_keywords=cfg.max_keywords)
+            for title, text in zip(items["title"], item_texts(items))]
+
+
 def chat_prompt(tokenizer: Any, text: str, with_image: bool = False) -> str:
     """The prompt string for one user turn, ready for generation."""
     content: Any = text

@@ -24,9 +24,8 @@ import pandas as pd
 import torch
 
 from ..reward import REWARDS, RewardFn, embed_items
-from ..untrusted import prompt_text
 from .config import SummarizeConfig, SummarizerTrainConfig
-from .generate import chat_prompt, generate, item_texts, truncate_tokens
+from .generate import chat_prompt, generate, item_texts, text_prompts
 from .keywords import parse_keywords
 
 ITEM_TEXT = "item_text"  # the column the information and reconstruction rewards read
@@ -65,13 +64,9 @@ def prompt_rows(items: pd.DataFrame, cfg: SummarizeConfig, tokenizer: Any, with_
     """One row per prompt the summarize stage would send for these items: columns item, item_index,
     kind (text | image), prompt (the user turn, before the chat template), item_text, image (path)."""
     texts = item_texts(items)
-    rows = []
-    for item, index, title, text in zip(items["item"], items[ITEM_INDEX], items["title"], texts):
-        body = truncate_tokens(tokenizer, text, cfg.max_text_tokens)
-        rows.append({"item": int(item), ITEM_INDEX: int(index), "kind": "text", "image": "",
-                     "prompt": cfg.text_prompt.format(text=body, title=prompt_text(title),
-                                                      max_keywords=cfg.max_keywords),
-                     ITEM_TEXT: text})
+    rows = [{"item": int(item), ITEM_INDEX: int(index), "kind": "text", "image": "", "prompt": prompt, ITEM_TEXT: text}
+            for item, index, prompt, text in zip(items["item"], items[ITEM_INDEX],
+                                                 text_prompts(cfg, tokenizer, items), texts)]
     if with_images and "image" in items:
         image_prompt = cfg.image_prompt.format(text="", title="", max_keywords=cfg.max_keywords)
         for item, index, path, text in zip(items["item"], items[ITEM_INDEX], items["image"], texts):

@@ -25,9 +25,8 @@ from .. import faults
 from ..artifacts import write_json, write_parquet
 from ..errors import ArtifactError
 from ..sharding import Shard, current_shard, wait_until_stored
-from ..untrusted import prompt_text
 from .config import SummarizeConfig
-from .generate import chat_prompt, generate, item_texts, truncate_tokens
+from .generate import chat_prompt, generate, text_prompts
 from .keywords import parse_keywords
 from .store import ChunkStore
 
@@ -51,14 +50,6 @@ def load_policy(cfg: SummarizeConfig, adapter: str = "", model_path: str = ""):
         return model, processor, True
     model, tokenizer = load_causal_lm(model_cfg)
     return model, tokenizer, False
-
-
-def text_prompts(cfg: SummarizeConfig, tokenizer, items: pd.DataFrame) -> list[str]:
-    out = []
-    for title, text in zip(items["title"], item_texts(items)):
-        body = truncate_tokens(tokenizer, text, cfg.max_text_tokens)
-        out.append(cfg.text_prompt.format(text=body, title=prompt_text(title), max_keywords=cfg.max_keywords))
-    return out
 
 
 def summarize_items(items: pd.DataFrame, cfg: SummarizeConfig, store: ChunkStore, adapter: str = "",
