@@ -52,7 +52,7 @@ from mmsrarec.index.store import load_neighbours, load_retriever
 from mmsrarec.rank.config import keyword_stage
 from mmsrarec.rank.stage import catalog_for
 
-METRICS = ["hr@5", "ndcg@5", "auc"]
+METRICS = ["hr@5", "ndcg@5", "gauc"]  # gauc: the mean of per-case AUCs (evaluate/metrics.py)
 
 
 def _words(items, words_by_item) -> set[str]:

@@ -32,9 +32,15 @@ LINE = re.compile(r"^\[evaluate\] (?P<method>\S+)\s+(?P<protocol>sampled|full|re
                   r"(?P<metrics>(?:\S+=\S+\s*)+)(?P<tail>.*)$")
 
 
-def _metrics(text: str) -> dict[str, float]:
-    """'hr@5=0.6417  auc=0.7944' -> {'test_hr@5': 0.6417, 'test_auc': 0.7944}."""
-    return {f"test_{k}": float(v) for k, v in (kv.split("=") for kv in text.split())}
+def _metrics(text: str, logged: bool = False) -> dict[str, float]:
+    """'hr@5=0.6417  auc=0.7944  gauc=0.7950' -> {'test_hr@5': 0.6417, 'test_auc': 0.7944, 'test_gauc': 0.795}.
+    logged: from an [evaluate] line, where one with `auc` and no `gauc` is of an evaluate stage from before the
+    pooled `auc` (stages.py: evaluate revision 1), which printed the mean of per-case AUCs as `auc`: that value
+    is the row's test_gauc, and its pooled AUC unknown."""
+    values = {k: float(v) for k, v in (kv.split("=") for kv in text.split())}
+    if logged and "auc" in values and "gauc" not in values:
+        values["gauc"] = values.pop("auc")
+    return {f"test_{k}": v for k, v in values.items()}
 
 
 def parse(log: Path, unlabeled: str | None, first: str) -> list[dict]:
@@ -52,7 +58,7 @@ def parse(log: Path, unlabeled: str | None, first: str) -> list[dict]:
                          "device call); name its run with --unlabeled LABEL")
             row = {"label": label or unlabeled, "method": m["method"], "protocol": m["protocol"],
                    "source": f"{log.relative_to(ROOT) if log.is_relative_to(ROOT) else log}, line {n} (4 decimals)"}
-            row.update(_metrics(m["metrics"]))
+            row.update(_metrics(m["metrics"], logged=True))
             if w := re.search(r"weight (\d+\.\d+)", m["rest"]):
                 row["fuse_weight"] = float(w[1])
             if h := re.search(r"hit rate (\d+\.\d+)", m["tail"]):

@@ -5,12 +5,20 @@
 
 Run `fingerprints` in a checkout of the older code (e.g. `git worktree add /tmp/old <commit>` and
 PYTHONPATH=/tmp/old/src), then `apply` here: the rows recorded under the older fingerprint of their run get the
-present one, with the older one in `migrated_from` (ledger.migrate); no row is dropped.
+present one, with the older one in `migrated_from` (ledger.migrate); no row is dropped. When the change was
+only a raised Stage.revision, `fingerprints CONFIG --revision STAGE=N` (its revision before) gives the older
+fingerprints from this checkout. `apply ... --rename OLD=NEW` also moves every row's metric OLD to the name NEW
+(ledger.rename_metric), for a change that gave OLD's name to another metric:
+
+    # evaluate revision 1: the per-case AUC is `gauc`, `auc` the pooled one (unknown for the rows before)
+    python benchmarks/migrate_ledger.py fingerprints configs/ml100k_gpu.yaml --revision evaluate=0 > /tmp/old.json
+    python benchmarks/migrate_ledger.py apply configs/ml100k_gpu.yaml /tmp/old.json --rename auc=gauc
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -19,28 +27,49 @@ from mmsrarec.config import load_config
 from mmsrarec.experiment import members
 
 
-def fingerprints(config: str) -> dict[str, str]:
+def fingerprints(config: str, revisions: dict[str, int] | None = None) -> dict[str, str]:
+    """Each run's fingerprint under this checkout, with the stages of `revisions` at those revisions."""
+    from mmsrarec import stages
+
     cfg = load_config(config, [])
-    return {m.label: ledger.fingerprint(m.cfg) for m in members(cfg, config, [])}
+    present = stages.STAGES
+    unknown = sorted(set(revisions or {}) - set(present))
+    if unknown:
+        sys.exit(f"--revision: no stage {', '.join(unknown)}")
+    stages.STAGES = {name: dataclasses.replace(s, revision=(revisions or {}).get(name, s.revision))
+                     for name, s in present.items()}
+    try:
+        return {m.label: ledger.fingerprint(m.cfg) for m in members(cfg, config, [])}
+    finally:
+        stages.STAGES = present
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fingerprints").add_argument("config")
+    prints = sub.add_parser("fingerprints")
+    prints.add_argument("config")
+    prints.add_argument("--revision", action="append", default=[], metavar="STAGE=N",
+                        help="the stage's revision before the change (when a raised revision was all of it)")
     apply = sub.add_parser("apply")
     apply.add_argument("config")
     apply.add_argument("old", help="the JSON `fingerprints` printed in the older checkout")
+    apply.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                       help="every row's metric OLD goes to the name NEW, OLD left empty (ledger.rename_metric)")
     args = parser.parse_args()
     if args.command == "fingerprints":
-        print(json.dumps(fingerprints(args.config), indent=1, sort_keys=True))
+        revisions = {k: int(v) for k, v in (r.split("=", 1) for r in args.revision)}
+        print(json.dumps(fingerprints(args.config, revisions), indent=1, sort_keys=True))
         return
     path = load_config(args.config, []).experiment.ledger
     book = ledger.read(path)
     migrated = ledger.migrate(book, json.loads(open(args.old).read()), fingerprints(args.config))
     moved = int((migrated["fingerprint"] != book["fingerprint"]).sum())
+    for old, new in (r.split("=", 1) for r in args.rename):
+        migrated = ledger.rename_metric(migrated, old, new)
     ledger.write(path, migrated)
-    print(f"{path}: {moved} of {len(book)} rows carried to the present fingerprints", file=sys.stderr)
+    print(f"{path}: {moved} of {len(book)} rows carried to the present fingerprints"
+          + "".join(f"; every row's {r.replace('=', ' now named ')}" for r in args.rename), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from mmsrarec.rank.prompts import LEVEL_WORDS, rank_level
 from mmsrarec.rank.sharded import stored_seconds
 from mmsrarec.rank.stage import RankerInputs, cf_ranks, score_cases, similar_users_votes
 
-METRICS = ["hr@1", "hr@5", "ndcg@5", "auc"]
+METRICS = ["hr@1", "hr@5", "ndcg@5", "gauc"]  # gauc: the mean of per-case AUCs (evaluate/metrics.py)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -75,6 +75,11 @@ def case_sample(n_cases: int, want: int, seed: int) -> np.ndarray:
     if not want or want >= n_cases:
         return np.arange(n_cases)
     return np.sort(np.random.default_rng([seed, 7]).choice(n_cases, want, replace=False))
+
+
+def named(rows: list[dict]) -> list[dict]:
+    """Rows of an OUT.json written before the mean of per-case AUCs was named `gauc` (it was `auc`), renamed."""
+    return [{("gauc" if key == "auc" and "gauc" not in row else key): v for key, v in row.items()} for row in rows]
 
 
 def metrics(scores: np.ndarray) -> dict[str, float]:
@@ -237,7 +242,7 @@ def earlier_rows(path: Path, cases: pd.DataFrame) -> list[dict]:
     if earlier["case_numbers"] != cases.index.tolist():
         sys.exit(f"--with {path}: it scored other cases ({earlier['cases']} from seed {earlier['seed']}); give the "
                  "same --config and --cases")
-    return [{**row, "from": str(path)} for row in earlier["rows"] if "overrides" in row]
+    return [{**row, "from": str(path)} for row in named(earlier["rows"]) if "overrides" in row]
 
 
 def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], methods: list[str],
@@ -321,6 +326,8 @@ def across_seeds(paths: list[Path]) -> dict:
     [mean, sample std] over the seeds, and each LLM variant's per-case difference to the first LLM variant,
     averaged over the seeds (paired_over_seeds), with every seed's own difference beside it."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
+    for run in runs:
+        run["rows"] = named(run["rows"])
     seeds = [run.get("run_seed", run["seed"]) for run in runs]
     for path, run in zip(paths[1:], runs[1:]):
         if run["case_numbers"] != runs[0]["case_numbers"]:
@@ -413,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.redraw:
         report = json.loads(out.with_suffix(".json").read_text())
+        report["rows"] = named(report["rows"])
         if args.pair:
             if problem := pair_problem(report["rows"], args.pair):
                 sys.exit(problem)

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mmsrarec.config import load_config
 from mmsrarec.stages import Runner
 
@@ -48,3 +50,74 @@ def test_evaluate_with_everything_scored_loads_no_model(toy_overrides, tmp_path)
     again = json.loads((runner.run_dir / "evaluate" / "leaderboard.json").read_text())["rows"]
     assert [(r["method"], r["protocol"], r["test_ndcg@5"]) for r in again] == \
         [(r["method"], r["protocol"], r["test_ndcg@5"]) for r in first]
+
+
+def test_the_leaderboard_has_the_pooled_auc_and_the_mean_per_case_gauc(toy_overrides, tmp_path):
+    """Every sampled row (CF models, the LLM ranker, its blend; an outside score file: test_outside_scores.py) gets
+    `auc`, the ROC AUC of all its rows pooled, recomputed from the scores its case files hold, and `gauc`, the mean
+    per-case AUC, each with a bootstrap interval and a paired difference to the best CF model; every file shows
+    both."""
+    import numpy as np
+    import pandas as pd
+
+    from mmsrarec.evaluate.casefiles import read_cases, score_matrix
+    from mmsrarec.evaluate.metrics import pooled_auc
+    from mmsrarec.models.tiny import tiny_causal_lm
+
+    lm = tiny_causal_lm(tmp_path / "lm")
+    over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=1", "evaluate.methods=[pop, sasrec, mmsrarec]",
+            "evaluate.protocols=[sampled, full]", "evaluate.fuse=[sasrec]", "evaluate.report_users=1",
+            f"summarize.model.name_or_path={lm}", "summarize.max_new_tokens=6", "rank.keywords_from=summarize",
+            f"rank.model.name_or_path={lm}", "rank.zero_shot=true", "rank.score_batch_size=8"]
+    runner = Runner(load_config(None, over))
+    runner.run("evaluate")
+    out = runner.run_dir / "evaluate"
+    rows = {(r["method"], r["protocol"]): r for r in json.loads((out / "metrics.json").read_text())}
+    sampled = [k for k in rows if k[1] == "sampled"]
+    assert {m for m, _ in sampled} == {"pop", "sasrec", "mmsrarec", "mmsrarec+sasrec"}
+    for method, protocol in sampled:
+        row = rows[(method, protocol)]
+        for split in ("valid", "test"):
+            folder = out if "+" in method else runner.run_dir / ("score-ranker" if method == "mmsrarec" else "score-cf")
+            frame = read_cases(folder, method, "sampled", split)
+            assert row[f"{split}_auc"] == pytest.approx(pooled_auc(score_matrix(frame)), abs=1e-12)
+            per_case = (frame["n"] - frame["greater"] - frame["ties"] + 0.5 * frame["ties"]) / frame["n"]
+            assert row[f"{split}_gauc"] == pytest.approx(float(per_case.mean()), abs=1e-12)
+        assert row["test_auc_lo"] <= round(row["test_auc"], 4) <= row["test_auc_hi"]
+        assert row["test_gauc_lo"] <= round(row["test_gauc"], 4) <= row["test_gauc_hi"]
+        if row.get("vs_cf"):  # paired with the best CF model by valid (every row but that model's)
+            assert {"test_auc_diff", "test_auc_diff_lo", "test_gauc_diff"} <= set(row), method
+            best = rows[(row["vs_cf"], "sampled")]
+            assert row["test_auc_diff"] == round(row["test_auc"] - best["test_auc"], 4)
+    assert sum(bool(rows[k].get("vs_cf")) for k in sampled) == 3
+    assert not any("auc" in k for (m, p), r in rows.items() if p == "full" for k in r)
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert {"valid_auc", "test_auc", "valid_gauc", "test_gauc", "test_auc_lo", "test_gauc_hi"} <= set(board.columns)
+    assert json.loads((out / "leaderboard.json").read_text())["rows"][0].keys() >= {"test_auc", "test_gauc"}
+    md = (out / "leaderboard.md").read_text()
+    assert "| test auc | test gauc |" in md.replace("test mrr | ", "")
+    assert "`auc` is one ROC AUC pooled over all test rows" in md and "as in the papers" in md
+    assert "`gauc` is the mean of per-case AUCs" in md and "auc (95%) | gauc (95%)" in md
+    page = (out / "report.html").read_text()
+    assert "<th>test auc</th><th>test gauc</th>" in page and "mean of per-case AUCs" in page
+    assert np.isfinite(board.loc[board.protocol == "sampled", "test_auc"]).all()
+    assert board.loc[board.protocol == "full", "test_auc"].isna().all()
+
+
+def test_a_sampled_case_file_without_scores_gets_no_pooled_auc_and_says_why(tmp_path):
+    """Every scoring stage writes the scores (casefiles.write_scored_lists); a file with only the counts (written
+    some other way) still gets every per-case metric, and NaN, not a number of something else, for `auc`."""
+    import math
+
+    from mmsrarec.evaluate.casefiles import write_cases, write_scored_lists
+    from mmsrarec.evaluate.stage import method_row
+
+    scores = [[0.2, 0.1, 0.0], [0.9, 0.8, 0.95]]
+    write_scored_lists(tmp_path, "scored", "test", [1, 2], [[5, 6, 7], [5, 6, 7]], scores)
+    write_cases(tmp_path, "counted", "sampled", "test", [1, 2], [0, 1], [0, 0], [2, 2])
+    row, per = method_row("scored", "sampled", tmp_path, {"splits": ["test"]}, [1])
+    assert row["test_auc"] == 5 / 8 and row["test_gauc"] == 0.75 and "auc_missing" not in row  # 2 + 3 of 8 pairs
+    row, per = method_row("counted", "sampled", tmp_path, {"splits": ["test"]}, [1])
+    assert math.isnan(row["test_auc"]) and row["test_gauc"] == 0.75 and "auc" not in per["test"]
+    assert "hold no scores" in row["auc_missing"]
+

@@ -102,6 +102,60 @@ def test_variant_runs_keep_the_candidate_lists_and_name_their_folders(toy_overri
     assert fused[2].cfg.evaluate.methods == ["no-rl"] and fused[2].own_rows == {"no-rl"}  # opted out
 
 
+def test_redraw_data_gives_each_seed_its_own_lists_shared_by_its_variants(toy_overrides):
+    over = [*toy_overrides, "seed=9", "experiment.seeds=[3, 4]",
+            "experiment.variants=[{name: no-retrieval, set: [rank.use_retrieval=false]}]"]
+    pinned = members(load_config(None, over), None, over)
+    assert {m.cfg.data_seed for m in pinned} == {9}  # the default: every seed ranks the main run's lists
+    redraw = [*over, "experiment.redraw_data=true"]
+    runs = members(load_config(None, redraw), None, redraw)
+    assert [(m.label, m.cfg.data_seed) for m in runs] == [("3-main", 3), ("3-no-retrieval", 3),
+                                                         ("4-main", 4), ("4-no-retrieval", 4)]
+    from mmsrarec import ledger
+    from mmsrarec.stages import Runner
+    keys = [Runner(m.cfg).key("prepare") for m in runs]
+    assert keys[0] == keys[1] != keys[2] == keys[3]  # a seed's variants share its prepare stage
+    prints = [ledger.fingerprint(m.cfg) for m in runs]
+    assert len(set(prints)) == 4 and prints[2] != ledger.fingerprint(pinned[2].cfg)  # no shared ledger rows
+    # the key is neutral: at its default the fingerprints are those of before it
+    off = [*over, "experiment.redraw_data=false"]
+    assert [ledger.fingerprint(m.cfg) for m in members(load_config(None, off), None, off)] == [
+        ledger.fingerprint(m.cfg) for m in pinned]
+    with pytest.raises(ConfigError, match=r"experiment\.redraw_data.*data\.seed pins them to 5.*data\.seed=-1"):
+        load_config(None, [*redraw, "data.seed=5"])
+
+
+def test_a_board_over_redrawn_lists_checks_them_within_each_seed(toy_overrides, capsys):
+    from pathlib import Path
+
+    from mmsrarec.errors import ArtifactError
+    from mmsrarec.experiment.board import _same_data
+
+    over = [*toy_overrides, "experiment.seeds=[3, 4]", "evaluate.methods=[pop]", "cf.models=[pop]",
+            "evaluate.protocols=[sampled]", "evaluate.report_users=0", "experiment.redraw_data=true",
+            f"experiment.ledger={Path(toy_overrides[0].split('=', 1)[1]).parent / 'ledger.csv'}"]
+    cfg = load_config(None, over)
+    out = run_experiment(cfg, None, over)
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["seed"]) == {3, 4} and runs.groupby("seed")["data"].nunique().max() == 1
+    assert runs["data"].nunique() == 2  # each seed ranked its own lists
+    assert "Candidate lists redrawn per seed" in (out / "leaderboard.md").read_text()
+    assert pd.read_csv(out / "leaderboard.csv").loc[0, "seeds"] == 2
+    board_of_finished(cfg, None, over)  # again, with the ledger's rows: still checked per seed only
+    # the check itself: per seed in redraw mode, across everything when pinned
+    rows = pd.DataFrame({"label": ["3-main", "3-v", "4-main"], "seed": [3, 3, 4], "data": ["x", "x", "y"]})
+    _same_data(rows, "these", per_seed=True)
+    with pytest.raises(ArtifactError, match="keep data.* identical across variants and seeds"):
+        _same_data(rows, "these")
+    rows.loc[1, "data"] = "z"
+    with pytest.raises(ArtifactError, match="these of seed 3 ranked different.*3-v: z.*variants of a seed"):
+        _same_data(rows, "these", per_seed=True)
+    pinned = [o for o in over if o != "experiment.redraw_data=true"]
+    # pinned, the same runs rank other lists: neither the run folders nor the ledger's rows count for them
+    with pytest.raises(MmsrarecError, match="no run of experiment 'toy' has finished"):
+        board_of_finished(load_config(None, pinned), None, pinned)
+
+
 def test_runs_pick_members_by_label_and_link_what_the_runs_before_them_finished(toy_overrides):
     from pathlib import Path
 
@@ -332,3 +386,20 @@ def test_variants_are_compared_with_the_main_ranker_paired_by_seed():
     assert got.loc["one-seed", "sampled hr@5"] == pytest.approx(0.10)
     assert np.isnan(got.loc["one-seed", "sampled hr@5 std"])  # one seed: no spread
     assert "never-ran" not in got.index
+
+
+def test_the_board_shows_the_pooled_auc_and_the_per_case_gauc_over_seeds(tmp_path):
+    from mmsrarec.experiment import write_board
+
+    rows = pd.DataFrame([{"method": "sasrec", "protocol": "sampled", "seed": s, "test_cases": 3, "test_hr@5": 0.5,
+                          "test_ndcg@5": 0.4, "test_auc": a, "test_gauc": g}
+                         for s, a, g in [(1, 0.80, 0.90), (2, 0.84, 0.92), (3, np.nan, 0.94)]])  # 3: an older row
+    write_board(rows, tmp_path, load_config(None, []), n_seeds=3)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| method | seeds | hr@5 | ndcg@5 | auc | gauc |" in md
+    assert f"| sasrec | 3 | 0.5000 ± 0.0000 | 0.4000 ± 0.0000 | 0.8200 ± {np.std([0.8, 0.84], ddof=1):.4f} | " \
+           "0.9200 ± 0.0200 |" in md
+    assert "`auc` is one ROC AUC pooled over all test rows" in md and "`gauc` is the mean of per-case AUCs" in md
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert {"test_auc", "test_auc_std", "test_gauc", "test_gauc_std"} <= set(board.columns)
+

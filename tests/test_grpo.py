@@ -92,6 +92,56 @@ def test_reward_weights_and_normalisation_reach_trl(tmp_path):
     assert plain.reward_weights == [0.5, 1.0, 0.2]  # length_norm, information, reconstruction
 
 
+def test_the_reconstruction_form_reaches_the_trainer_the_eval_and_the_curves(tmp_path, monkeypatch):
+    import math
+
+    import trl
+
+    from mmsrarec.errors import ConfigError
+    from mmsrarec.summarize.curves import curve_table
+    from mmsrarec.summarize.grpo import RewardModels, make_rewards, make_trainer, score_completions, trained_rewards
+    from test_rewards import CharTokenizer, FixedNextToken
+
+    assert SummarizerTrainConfig().reconstruction_reward == "reconstruction"  # -log PPL, as before the key
+    assert list(SummarizerTrainConfig().reward_weights()) == ["length_norm", "information", "reconstruction",
+                                                              "discriminability"]
+    assert SummarizerTrainConfig().reported_rewards() == list(SummarizerTrainConfig().reward_weights())
+    with pytest.raises(ConfigError, match=r"train_summarizer\.reconstruction_reward.*'reconstruction_ppl'"):
+        load_config(None, ["train_summarizer.reconstruction_reward=ppl"])
+
+    tcfg = load_config(None, ["train_summarizer.reconstruction_reward=reconstruction_ppl",
+                              "train_summarizer.information_weight=0", "train_summarizer.length_reward=length",
+                              "train_summarizer.length_weight=0.5", "train_summarizer.reconstruction_weight=0.2"]
+                       ).train_summarizer
+    weights = trained_rewards(tcfg)
+    assert weights == {"length": 0.5, "reconstruction_ppl": 0.2}
+    assert tcfg.reported_rewards() == ["length", "information", "reconstruction", "reconstruction_ppl",
+                                       "discriminability"]
+    # p(a, b, c, d) = 1/2, 1/4, 1/8, 1/8: "abc" has mean NLL 2 ln 2, PPL 4 (test_rewards)
+    model = FixedNextToken([math.log(p) for p in (0.5, 0.25, 0.125, 0.125)])
+    models = RewardModels(tcfg, ["abc"])
+    models._reference = (model, CharTokenizer())  # what RewardModels.reference() would load
+    rewards = make_rewards(list(weights), models, max_keywords=10)
+    captured = {}
+    monkeypatch.setattr(trl, "GRPOTrainer", lambda **kwargs: captured.update(kwargs))
+    make_trainer(model, CharTokenizer(), None, rewards, tcfg, tmp_path, seed=1)
+    funcs, args = captured["reward_funcs"], captured["args"]
+    assert [f.__name__ for f in funcs] == ["r_len", "r_recon"] and args.reward_weights == [0.5, 0.2]
+    assert funcs[1](None, ["x, y"], item_text=["abc"]) == pytest.approx([-4.0])  # -PPL, not -log PPL
+
+    # the evaluation: both reconstruction forms reported, the combined reward over the trained ones
+    both = make_rewards(["length", "reconstruction", "reconstruction_ppl"], models, max_keywords=10)
+    rows = pd.DataFrame({"prompt": ["p"], "item_text": ["abc"], ITEM_INDEX: [0]})
+    scores = score_completions(rows, ["x, y"], both, weights, max_keywords=10)
+    assert scores["rewards"] == pytest.approx({"length": -2.0, "reconstruction": -2 * math.log(2),
+                                               "reconstruction_ppl": -4.0})
+    assert scores["combined"] == pytest.approx(0.5 * -2.0 + 0.2 * -4.0)
+    # the curves: TRL logs rewards/<function name>/mean; each form gets its own column
+    names = {rewards[n].__name__: n for n in weights}
+    table = curve_table([{"step": 1, "reward": -1.8, "rewards/r_len/mean": -2.0, "rewards/r_recon/mean": -4.0}], names)
+    assert table[["length", "reconstruction_ppl"]].iloc[0].tolist() == [-2.0, -4.0]
+
+
 # ----------------------------------------------------------------------------- training runs
 
 class KilledAtStep(Exception):
@@ -144,6 +194,23 @@ def test_train_summarizer_resumes_after_a_kill_then_summarize_tuned_uses_it(
     table = pd.read_parquet(runner.run_dir / "summarize-tuned" / "keywords.parquet")
     items = pd.read_parquet(runner.run_dir / "prepare" / "items.parquet")
     assert table["item"].tolist() == items["item"].tolist()
+
+
+def test_the_papers_reconstruction_form_trains_and_both_forms_are_reported(toy_overrides, tiny_lm):
+    over = [*toy_overrides, *grpo_overrides(tiny_lm, tiny_lm, max_steps=1, reconstruction_reward="reconstruction_ppl")]
+    runner = Runner(load_config(None, over))
+    runner.run("train-summarizer")
+    out = runner.run_dir / "train-summarizer"
+    curves = pd.read_csv(out / "reward_curves.csv")
+    assert "reconstruction_ppl" in curves and "reconstruction" not in curves  # only the trained form
+    assert (curves["reconstruction_ppl"] <= -1).all()  # -PPL, and PPL >= 1
+    report = json.loads((out / "eval.json").read_text())
+    assert report["weights"] == {"length_norm": 0.5, "information": 1.0, "reconstruction_ppl": 0.2}
+    for policy in ("zero_shot", "tuned"):
+        rewards = report[policy]["rewards"]
+        assert set(rewards) == {"length_norm", "information", "reconstruction", "reconstruction_ppl",
+                                "discriminability"}
+        assert rewards["reconstruction_ppl"] <= -np.exp(-rewards["reconstruction"]) + 1e-6  # mean exp >= exp mean
 
 
 def test_held_out_items_never_reach_the_trainer(toy_overrides, tiny_lm, monkeypatch):

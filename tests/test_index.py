@@ -367,7 +367,7 @@ def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, t
     for row in rows:
         assert row["cases"] == N_USERS and row["candidates"] == 6
         assert row["target_in_context"] in (None, 0.0)
-        assert row["auc"] <= 0.5, row
+        assert row["gauc"] <= 0.5, row
     assert "| leaky |" not in out.with_suffix(".md").read_text()  # one run: the variant is main
     assert "| main | test | words | 10 | 1 |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit, match="no finished index stage.*--stop-before train-ranker"):

@@ -113,15 +113,19 @@ def test_rows_of_runs_whose_folders_are_gone_come_from_their_logged_key_lines(tm
 [evaluate] no-rl sampled  test hr@5=0.5  ndcg@5=0.4  auc=0.7
 #### device call 4
 [evaluate] no-aux sampled  test hr@5=0.6878  ndcg@5=0.4858  auc=0.7947
+[evaluate] new sampled  test hr@5=0.6878  ndcg@5=0.4858  auc=0.8123  gauc=0.7947
 """)
     parse = load_benchmark("ledger_from_log").parse
     rows = parse(log, "2025-no-aux", first="2025-main")
     assert [(r["label"], r["method"], r["protocol"]) for r in rows] == [
         ("2025-main", "pop", "sampled"), ("2025-main", "mmsrarec", "rerank"), ("2025-main", "mmsrarec+sasrec", "sampled"),
-        ("2026-no-rl", "no-rl", "sampled"), ("2025-no-aux", "no-aux", "sampled")]
+        ("2026-no-rl", "no-rl", "sampled"), ("2025-no-aux", "no-aux", "sampled"),
+        ("2025-no-aux", "new", "sampled")]
     assert rows[0]["test_hr@10"] == 0.8689 and rows[0]["source"].endswith("line 4 (4 decimals)")
     assert rows[1]["retrieval_hit_rate"] == 0.514 and rows[1]["test_ndcg@10"] == 0.0614
-    assert rows[2]["fuse_weight"] == 0.95 and rows[2]["test_auc"] == 0.9161
+    # an evaluate line from before the pooled auc (evaluate revision 1) printed the per-case mean as `auc`
+    assert rows[2]["fuse_weight"] == 0.95 and rows[2]["test_gauc"] == 0.9161 and "test_auc" not in rows[2]
+    assert rows[5]["test_auc"] == 0.8123 and rows[5]["test_gauc"] == 0.7947  # a line of the present code
     with pytest.raises(SystemExit, match=r"line 10: an \[evaluate\] line of no run"):
         parse(log, None, first="2025-main")
 
@@ -155,6 +159,20 @@ def test_the_committed_ledger_still_holds_its_runs_under_the_present_config():
     current = {label for label, fp in zip(book["label"], book["fingerprint"]) if fingerprints.get(label) == fp}
     assert COMMITTED_RUNS <= current, f"stale in the ledger: {sorted(COMMITTED_RUNS - current)}"
     assert book.groupby(["label", "fingerprint"])["data"].nunique().max() == 1
+    # recorded before the pooled auc: their per-case mean is test_gauc, their pooled auc unknown (never invented)
+    sampled = book[book["protocol"] == "sampled"]
+    assert sampled["test_gauc"].notna().all() and ("test_auc" not in book or book["test_auc"].isna().all())
+
+
+def test_rename_metric_moves_every_rows_values_to_the_new_name_once():
+    book = pd.DataFrame({"label": ["1-main", "0-old"], "fingerprint": ["a", "z"], "test_auc": [0.8, 0.7],
+                         "test_auc_lo": [0.7, 0.6], "valid_auc": [0.9, None], "test_hr@5": [0.5, 0.4]})
+    moved = ledger.rename_metric(book, "auc", "gauc")
+    assert moved["test_gauc"].tolist() == [0.8, 0.7] and moved["test_gauc_lo"].tolist() == [0.7, 0.6]
+    assert moved["valid_gauc"].tolist()[0] == 0.9 and moved[["test_auc", "test_auc_lo", "valid_auc"]].isna().all().all()
+    assert moved["test_hr@5"].equals(book["test_hr@5"]) and len(moved) == 2
+    with pytest.raises(ArtifactError, match="renamed 'gauc' before"):
+        ledger.rename_metric(moved.assign(test_auc=0.8), "auc", "gauc")
 
 
 def test_a_neutral_option_added_later_keeps_stage_keys_and_fingerprints(tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -87,9 +89,18 @@ def test_blocks_of_three_carry_the_previous_summary_forward(toy_overrides, fake)
     assert summary["generations"] == len(chains) and summary["test"]["mean_blocks"] == 3
 
 
-def test_no_valid_or_test_target_reaches_a_training_summary(toy_overrides, fake):
+def frequent_window(history: list[int], n: int, counts: Counter) -> list[int]:
+    """The n items of `history` with the most training interactions (ties: the later one), in time order."""
+    top = sorted(range(len(history)), key=lambda k: (-counts[history[k]], -k))[:n]
+    return [history[k] for k in sorted(top)]
+
+
+@pytest.mark.parametrize("history", ["recent", "frequent"])
+def test_no_valid_or_test_target_reaches_a_training_summary(toy_overrides, fake, history):
+    n = 9 if history == "recent" else 5
     runner = Runner(load_config(None, [*toy_overrides, "mllm_msr.users.examples_per_user=0",
-                                       "mllm_msr.users.max_train_states=0"]))
+                                       "mllm_msr.users.max_train_states=0", f"mllm_msr.users.history={history}",
+                                       f"mllm_msr.users.history_items={n}"]))
     runner.run("summarize-users")
     chains, states = _summaries(runner)
     prep = runner.run_dir / "prepare"
@@ -103,11 +114,20 @@ def test_no_valid_or_test_target_reaches_a_training_summary(toy_overrides, fake)
         for user, target in zip(frame["user"], frame["target"]):
             held_out.setdefault(int(user), set()).add(int(target))
     prompts = dict(zip(chains["chain"], chains["prompt"]))
+    counts = Counter(i for seq in train.values() for i in seq)  # training interactions only
+    expected = (lambda h: h[-n:]) if history == "recent" else (lambda h: frequent_window(h, n, counts))
     train_states = states[states["split"] == "train"]
     assert len(train_states) == sum(len(s) - 1 for s in train.values())  # every training position
+    for split in ("valid", "test"):  # the evaluation states: windows of the case's history, in time order
+        frame, part = pd.read_parquet(prep / f"{split}.parquet"), states[states["split"] == split].sort_values("key")
+        for case_history, target, window in zip(frame["history"], frame["target"], part["history"]):
+            assert list(window) == expected([int(i) for i in case_history]) and int(target) not in set(window)
+    if history == "frequent":  # the windows are not simply the last n items
+        assert any(list(w) != train[u][:t][-n:] for u, t, w in zip(train_states["user"], train_states["key"],
+                                                                   train_states["history"]))
     for user, t, window, chain in zip(train_states["user"], train_states["key"], train_states["history"],
                                       train_states["chain"]):
-        assert list(window) == train[user][:t][-9:]
+        assert list(window) == expected(train[user][:t])
         seen = {number_to_item[int(n)] for k in chain_prefixes(chain) for n in TITLE.findall(prompts[k])}
         assert seen == set(window)  # the summary's inputs name exactly the window's items
         assert not seen & held_out.get(user, set())
@@ -222,3 +242,185 @@ def test_a_vlm_describes_items_with_their_images_and_the_recommender_sees_them(t
     for item, images, prompt in zip(examples["item"], examples["images"], examples["prompt"]):
         assert len(images) == (1 if items.images[item] else 0)
         assert sum(part["type"] == "image" for part in prompt[0]["content"]) == len(images)
+
+
+# ----------------------------------------------------------------------------- the official-code variant
+
+OFFICIAL = Path(__file__).resolve().parents[1] / "configs" / "paper" / "mllm_msr_official.yaml"
+
+
+def test_frequent_history_keeps_the_most_trained_items_in_time_order():
+    from mmsrarec.mllmmsr.config import UserSettings
+    from mmsrarec.mllmmsr.users import user_states
+
+    # training counts: 12 and 14 three times, every other item once; item 11 is a valid target twice and in
+    # two test histories, which must not count (it would then outrank the others)
+    train = pd.DataFrame({"user": [1, 2, 3], "items": [[10, 11, 12, 13, 14, 15], [12, 14, 20, 21], [14, 12, 22]]})
+    valid = pd.DataFrame({"user": [1, 2, 3], "history": list(train["items"]), "target": [16, 11, 11]})
+    test = pd.DataFrame({"user": [1, 2, 3], "history": [[10, 11, 12, 13, 14, 15, 16], [12, 14, 20, 21, 11],
+                                                        [14, 12, 22, 11]], "target": [17, 30, 31]})
+    data = {"train": train, "valid": valid, "test": test}
+
+    def windows(**settings):
+        states = user_states(data, UserSettings(history_items=3, max_train_states=0, **settings), seed=0)
+        return {(s, int(u), int(k)): list(h) for s, u, k, h in zip(states["split"], states["user"], states["key"],
+                                                                   states["history"])}
+
+    frequent = windows(history="frequent", examples_per_user=0)
+    assert frequent[("test", 1, 0)] == [12, 14, 15]  # 16 has no training interaction; 15 is the latest tie
+    assert frequent[("test", 2, 1)] == [12, 14, 11]  # time order; 11 wins the tie with 20 and 21 as the latest
+    assert frequent[("valid", 1, 0)] == [12, 14, 15] and frequent[("test", 3, 2)] == [14, 12, 11]
+    assert frequent[("train", 1, 5)] == [12, 13, 14] and frequent[("train", 1, 2)] == [10, 11]
+    assert windows(history="recent", examples_per_user=0)[("test", 1, 0)] == [14, 15, 16]
+    last = windows(history="frequent", examples_per_user=1, train_positions="last")
+    assert sorted(k for k in last if k[0] == "train") == [("train", 1, 5), ("train", 2, 3), ("train", 3, 2)]
+    assert last[("train", 2, 3)] == [12, 14, 20]
+
+
+def test_sampled_summaries_reach_generate_and_a_rerun_draws_the_same(toy_overrides, tiny_lm, tmp_path, monkeypatch):
+    from mmsrarec.mllmmsr.generator import ChatGenerator
+    from mmsrarec.models.config import ModelConfig
+
+    generator = ChatGenerator(ModelConfig(name_or_path=str(tiny_lm)))
+    generator.model.generation_config.top_k = 1  # as some models ship it (Qwen2.5-VL): it would make sampling greedy
+    calls, generate = [], generator.model.generate
+
+    def recording(*args, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("do_sample", "temperature", "top_p", "top_k")})
+        return generate(*args, **kwargs)
+
+    generator.model.generate = recording
+    monkeypatch.setattr("mmsrarec.mllmmsr.stage.load_generator", lambda model_cfg: generator)
+    greedy = [*toy_overrides, "mllm_msr.items.max_new_tokens=3", "mllm_msr.users.max_new_tokens=5",
+              "mllm_msr.users.max_train_states=4", "mllm_msr.users.batch_size=32"]
+    sampled = [*greedy, "mllm_msr.users.do_sample=true", "mllm_msr.users.temperature=0.6", "mllm_msr.users.top_p=0.9"]
+
+    def summaries(overrides: list[str]) -> dict[str, str]:
+        runner = Runner(load_config(None, overrides))
+        runner.run("summarize-users")
+        chains, _ = _summaries(runner)
+        return dict(zip(chains["chain"], chains["summary"]))
+
+    first = summaries(sampled)
+    blocks = [c for c in calls if c["do_sample"] is not False]
+    assert blocks and all(c == {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 50} for c in blocks)
+    assert len(calls) > len(blocks)  # describe-items stays greedy
+    assert summaries([*sampled, f"runs_dir={tmp_path / 'again'}"]) == first  # same seed, same samples
+    assert summaries([*greedy, f"runs_dir={tmp_path / 'greedy'}"]) != first  # and sampling did change them
+    with pytest.raises(ConfigError, match="mllm_msr.users.temperature"):
+        load_config(None, [*greedy, "mllm_msr.users.temperature=0.6"])  # ignored without do_sample
+
+
+def test_exclude_vision_leaves_the_vision_tower_without_lora(tmp_path):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from mmsrarec.llm.config import LoraSettings
+    from mmsrarec.llm.score import load_model
+    from mmsrarec.llm.train import lora_targets
+    from mmsrarec.models.config import ModelConfig
+    from mmsrarec.models.tiny import LAYERS, tiny_qwen2_5_vl
+
+    model, _, is_vlm = load_model(ModelConfig(name_or_path=str(tiny_qwen2_5_vl(tmp_path / "vlm")), kind="vlm"))
+
+    def lora_modules(**settings) -> list[str]:
+        base = copy.deepcopy(model)
+        targets = lora_targets(base, LoraSettings(**settings), is_vlm)
+        peft = get_peft_model(base, LoraConfig(r=2, target_modules=targets))
+        return [n for n, _ in peft.named_modules() if n.endswith(".lora_A")]
+
+    excluded = lora_modules(exclude_vision=True)
+    assert len(excluded) == 7 * LAYERS and all(".language_model." in n for n in excluded)  # q k v o gate up down
+    assert any(".visual." in n for n in lora_modules())  # PEFT's all-linear reaches the tower
+    official_names = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # find_all_linear_names' result
+    assert any(".visual." in n for n in lora_modules(target_modules=official_names))  # so do short names
+    assert not any(".visual." in n for n in lora_modules(target_modules=official_names, exclude_vision=True))
+
+
+def test_the_official_layer_loads_and_runs_with_stand_ins(tmp_path):
+    from mmsrarec.models.tiny import tiny_qwen2_5_vl
+
+    from conftest import with_item_images, write_atomic
+
+    folder = with_item_images(write_atomic(tmp_path / "img", name="img", n_users=6, n_items=12, length=7), "img", 12,
+                              size=lambda i: (40 + i, 36), color=lambda i: (20 * i, 90, 200 - 10 * i))
+    (tmp_path / "paper.yaml").write_text(f"base: {OFFICIAL}\nname: official\ndata: {{source: atomic, path: {folder}, "
+                                         "name: img, num_negatives: 3}\n")
+    cfg = load_config(tmp_path / "paper.yaml", [f"runs_dir={tmp_path / 'runs'}"])
+    m = cfg.mllm_msr
+    assert m.model == m.recommender and (m.model.name_or_path, m.model.kind, m.model.dtype, m.model.device) == (
+        "Qwen/Qwen2.5-VL-7B-Instruct", "vlm", "bfloat16", "cuda")
+    assert m.items.image_prompt.startswith("Please describe this image") and m.items.use_images
+    assert "Provide a detailed description in one continuous paragraph" in m.items.image_prompt
+    assert m.items.max_new_tokens == 200
+    u = m.users
+    assert (u.history, u.block_size, u.history_items) == ("frequent", 3, 9)  # history_items: the dataset configs'
+    assert (u.do_sample, u.temperature, u.top_p, u.top_k, u.max_new_tokens) == (True, 0.6, 0.9, 50, 1024)
+    assert (u.train_positions, u.examples_per_user) == ("last", 1) and u.max_train_states * (1 + m.neg_per_pos) == 25000
+    answer = "The answer should start with 'The user appears to have a preference for'."
+    assert u.first_prompt.endswith(answer) and u.update_prompt.endswith(answer)
+    carried = "{items}\nWe also know this user's previous preference.\n {previous}\nBased on the content"
+    assert carried in u.update_prompt
+    assert m.recommender_prompt.startswith("Based on the previous interaction history, the user's preference can be "
+                                           "summarized as: {summary}Please predict whether this user")
+    assert "title is'{candidate}'" in m.recommender_prompt
+    assert "Please only response 'yes' or 'no'" in m.recommender_prompt
+    assert (m.candidate_description_words, m.candidate_image, m.neg_per_pos) == (0, True, 1)
+    lora = m.lora
+    assert (lora.r, lora.alpha, lora.dropout, lora.exclude_vision, lora.init) == (16, 32, 0.1, True, "gaussian")
+    assert (m.sft.epochs, m.sft.lr, m.sft.batch_size * m.sft.grad_accum, m.sft.warmup_ratio) == (4, 2e-5, 24, 0)
+
+    vlm = json.dumps({"name_or_path": str(tiny_qwen2_5_vl(tmp_path / "vlm")), "kind": "vlm", "dtype": "float32",
+                      "device": "cpu"})
+    runner = Runner(load_config(tmp_path / "paper.yaml", [
+        f"runs_dir={tmp_path / 'runs'}", f"mllm_msr.model={vlm}", f"mllm_msr.recommender={vlm}",
+        "mllm_msr.items.max_new_tokens=4", "mllm_msr.users.max_new_tokens=4", "mllm_msr.users.history_items=5",
+        "mllm_msr.sft.max_steps=1", "mllm_msr.sft.batch_size=1", "mllm_msr.sft.grad_accum=1",
+        "mllm_msr.sft.activation_checkpointing=false", "cf.models=[pop]", "evaluate.methods=[pop, mllm-msr]",
+        "evaluate.protocols=[sampled]"]))
+    runner.run("evaluate")
+    adapter = json.loads((runner.run_dir / "train-mllmmsr" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["lora_dropout"] == 0.1 and adapter["init_lora_weights"] == "gaussian"
+    assert adapter["target_modules"] and not any("visual" in n for n in adapter["target_modules"])
+    train = pd.read_parquet(runner.run_dir / "prepare" / "train.parquet")
+    _, states = _summaries(runner)
+    train_states = states[states["split"] == "train"]
+    last = {int(u): len(s) - 1 for u, s in zip(train["user"], train["items"])}
+    assert dict(zip(train_states["user"], train_states["key"])) == last  # one state per user, its last position
+    assert (states["blocks"] == 2).all()  # 5 items: blocks of 3 and 2
+    examples = [json.loads(line) for line in
+                (runner.run_dir / "train-mllmmsr" / "examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 2 * len(last)
+    for example in examples:
+        content = example["prompt"][0]["content"]
+        text = content[-1]["text"]
+        assert text.startswith("Based on the previous interaction history") and "title is'Item " in text
+        assert [part["type"] for part in content] == (["image", "text"] if example["images"] else ["text"])
+    row = [r for r in json.loads((runner.run_dir / "evaluate" / "leaderboard.json").read_text())["rows"]
+           if r["method"] == "mllm-msr"][0]
+    assert 0 <= row["test_hr@5"] <= 1
+
+
+def test_a_recommender_prompt_is_the_whole_user_turn_and_shares_a_prefix_only_after_a_newline(tiny_lm):
+    import numpy as np
+
+    from mmsrarec.llm.prompts import Catalog
+    from mmsrarec.llm.score import Scorer, load_model, score
+    from mmsrarec.mllmmsr.config import MllmMsrConfig
+    from mmsrarec.mllmmsr.recommend import case_prompt
+    from mmsrarec.models.config import ModelConfig
+
+    model, processor, _ = load_model(ModelConfig(name_or_path=str(tiny_lm)))
+    items = Catalog({1: "Apple", 2: "Kettle"}, {1: "", 2: "boils water"})
+    cfg = MllmMsrConfig(recommender_prompt="Likes: {summary}Will they take '{candidate}'? Yes or No.")
+    glued = case_prompt(processor, items, "red things.", [1, 2], False, cfg, False, None)
+    assert not glued.shared and "Likes: red things.Will they take 'Kettle: boils water'? Yes or No." in glued.full(1)
+    cfg.recommender_prompt = "Likes: {summary}\nItem:\n{candidate}\nWill they take it?"
+    split = case_prompt(processor, items, "red things.", [1, 2], False, cfg, False, None)
+    assert split.shared and split.prefix.endswith("Likes: red things.\nItem:\n")
+    assert split.suffixes[1].startswith("Kettle: boils water\nWill they take it?")
+    scorer = Scorer.from_model(model, processor, False, 8)
+    np.testing.assert_allclose(score(scorer, split, "shared_prefix"), score(scorer, split, "batched"), atol=1e-5)
+    with pytest.raises(ConfigError, match="mllm_msr.recommender_prompt"):
+        load_config(None, ["mllm_msr.recommender_prompt=The item {candidate} for {summary}"])

@@ -32,9 +32,9 @@ def test_sampled_ranks_exactly_the_stored_lists():
         seen.append(candidates.copy())
         return candidates.astype(float)
 
-    per, scores = evaluate_sampled(scorer, cases, ["hr@1", "auc"], progress=False)
+    per, scores = evaluate_sampled(scorer, cases, ["hr@1", "gauc"], progress=False)
     assert seen[0].tolist() == [[3, 2, 5]] and scores.tolist() == [[3, 2, 5]]
-    assert per["hr@1"][0] == 0 and per["auc"][0] == 0.5
+    assert per["hr@1"][0] == 0 and per["gauc"][0] == 0.5
 
 
 def test_non_finite_scores_are_an_error():

@@ -124,6 +124,9 @@ def test_report_is_self_contained_and_escapes_item_text(full_run):
     for method in ("pop", "sasrec", "mmsrarec"):
         assert f'data-method="{method}"' in page
     assert page.count("class=target") == 5 * 3     # the true item marked once per user and method
+    # both AUCs of the sampled lists, named apart and explained: pooled over all rows, and the per-case mean
+    assert "<th>test auc</th><th>test gauc</th>" in page and "<th>valid auc</th><th>valid gauc</th>" in page
+    assert "auc is one ROC AUC pooled over all test rows" in page and "gauc is the mean of per-case AUCs" in page
 
 
 def html_escaped(text: str) -> str:

@@ -79,6 +79,9 @@ def test_length_reward_prefers_fewer_keywords() -> None:
     assert r_len([None], [chat(few)]) == [-2.0]
     norm = REWARDS["length_norm"](max_keywords=4)
     assert norm([None, None], [few, many]) == [-0.5, -1.0]  # clipped to [-1, 0]
+    assert REWARDS["length"](max_keywords=4)([None], [many]) == [-6.0]  # R_len = -|W|, counted past the cap
+    assert norm([None], [""]) == [-0.0] and r_len([None], [""]) == [-0.0]
+    assert (r_len.__name__, norm.__name__) == ("r_len", "r_len_norm")  # what TRL logs them as
 
 
 # ----------------------------------------------------------------------------- R_info
@@ -120,10 +123,62 @@ def test_recon_reward_plumbing_on_a_tiny_model(tmp_path: Path) -> None:
     completions = [chat(c) for c in COPIED + ["x"]]
     texts = TEXTS + ["short"]
     log_r = REWARDS["reconstruction"](model, tokenizer, batch_size=3)(None, completions, item_text=texts)
-    ppl_r = REWARDS["reconstruction"](model, tokenizer, batch_size=1, log=False)(None, completions, item_text=texts)
+    ppl_r = REWARDS["reconstruction_ppl"](model, tokenizer, batch_size=1)(None, completions, item_text=texts)
     assert ppl_r == pytest.approx([-math.exp(-v) for v in log_r], rel=1e-4)
     assert all(v < 0 for v in log_r)
     assert math.isnan(REWARDS["reconstruction"](model, tokenizer)(None, ["a"], item_text=[""])[0])
+
+
+class CharTokenizer:
+    """a, b, c, d -> 0, 1, 2, 3; anything else -> 3. No chat template."""
+    pad_token_id = 3
+    chat_template = None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": ["abcd".index(ch) if ch in "abc" else 3 for ch in text]}
+
+
+class FixedNextToken(torch.nn.Module):
+    """A causal LM whose next-token distribution is `probs` at every position, whatever came before."""
+
+    def __init__(self, log_probs: list[float]):
+        super().__init__()
+        self.log_probs = torch.nn.Parameter(torch.tensor(log_probs), requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0):
+        rows, width = input_ids.shape
+        keep = logits_to_keep or width
+        return type("Out", (), {"logits": self.log_probs.expand(rows, keep, -1)})()
+
+
+def test_recon_reward_forms_on_a_hand_computed_example() -> None:
+    # p(a, b, c, d) = 1/2, 1/4, 1/8, 1/8: the target "abc" has NLLs ln 2, 2 ln 2, 3 ln 2, mean 2 ln 2, PPL 4.
+    model = FixedNextToken([math.log(p) for p in (0.5, 0.25, 0.125, 0.125)])
+    kw = ["apple, fruit", chat("bear")]
+    log_form = REWARDS["reconstruction"](model, CharTokenizer())(None, kw, item_text=["abc", "aa"])
+    ppl_form = REWARDS["reconstruction_ppl"](model, CharTokenizer())(None, kw, item_text=["abc", "aa"])
+    assert log_form == pytest.approx([-2 * math.log(2), -math.log(2)])  # -mean NLL = -log PPL
+    assert ppl_form == pytest.approx([-4.0, -2.0])  # -PPL = -exp(mean NLL), the paper's form
+    assert REWARDS["reconstruction"](model, CharTokenizer()).__name__ == "r_recon_log"
+    assert REWARDS["reconstruction_ppl"](model, CharTokenizer()).__name__ == "r_recon"
+    # max_text_tokens cuts the target: "abcc" scored as "ab" -> mean NLL 1.5 ln 2
+    cut = REWARDS["reconstruction_ppl"](model, CharTokenizer(), max_text_tokens=2)(None, ["x"], item_text=["abcc"])
+    assert cut == pytest.approx([-(2 ** 1.5)])
+    assert math.isnan(REWARDS["reconstruction_ppl"](model, CharTokenizer())(None, ["x"], item_text=[""])[0])
+
+
+def test_recon_ppl_is_clipped_and_stays_finite_where_trl_takes_its_spread() -> None:
+    from mmsrarec.reward import MAX_NLL
+
+    model = FixedNextToken([0.0, 0.0, 0.0, -500.0])  # "d": NLL ~ 500 nats
+    texts = ["dddd", "abc", "abcd", "dd"]
+    log_form = REWARDS["reconstruction"](model, CharTokenizer())(None, ["x"] * 4, item_text=texts)
+    ppl_form = REWARDS["reconstruction_ppl"](model, CharTokenizer())(None, ["x"] * 4, item_text=texts)
+    assert log_form[0] == pytest.approx(-500 - math.log(3), rel=1e-5)  # the log form is not clipped
+    assert ppl_form[0] == ppl_form[3] == -math.exp(MAX_NLL)
+    assert ppl_form[1] == pytest.approx(-3.0, rel=1e-5)
+    values = torch.tensor(ppl_form, dtype=torch.float32)  # as TRL holds them
+    assert torch.isfinite(values).all() and torch.isfinite(values.std()) and values.std() > 0
 
 
 # ----------------------------------------------------------------------------- R_disc

@@ -36,8 +36,9 @@ class Variant:
 @dataclass
 class ExperimentConfig:
     """`mmsrarec run` repeats the run per seed and per variant (ablation) and merges the leaderboards.
-    data.seed stays pinned, so every seed and variant ranks the same candidate lists; stages whose
-    config and inputs are identical are computed once and shared."""
+    By default data.seed stays pinned, so every seed and variant ranks the same candidate lists; with
+    redraw_data each seed draws its own (its variants share them). Stages whose config and inputs are
+    identical are computed once and shared."""
 
     seeds: list[int] = field(default_factory=list, help="run seeds to average over (empty = only `seed`)")
     variants: list[Variant] = field(default_factory=list, help="extra rankers: each is the run with its overrides")
@@ -49,6 +50,11 @@ class ExperimentConfig:
                                  "merged leaderboard writes every finished run's rows to and takes the rows of "
                                  "runs not finished here from, while their config is unchanged (ledger.py): "
                                  "results of other machines and earlier checkouts")
+    redraw_data: bool = field(False, neutral=True, help=(
+        "false: every seed ranks the main run's split and candidate lists (data.seed pinned: fixed lists for "
+        "ablations, but the spread over seeds leaves out the variance of the split, the negatives and the case "
+        "subsample); true: each seed's runs draw their own with data.seed = that seed, all variants of a seed "
+        "sharing them (needs data.seed -1)"))
 
     def validate(self) -> None:
         if len(set(self.seeds)) != len(self.seeds):
@@ -91,6 +97,11 @@ class RunConfig:
             raise InvalidValue("name", f"must be a plain folder name, got {self.name!r}")
         if self.threads < 0:
             raise InvalidValue("threads", f"must be >= 0, got {self.threads}")
+        if self.experiment.redraw_data and self.data.seed >= 0:
+            raise InvalidValue("experiment.redraw_data", f"is true, which draws each seed's lists with that seed, "
+                               f"but data.seed pins them to {self.data.seed}: set data.seed=-1 (the default), "
+                               "or experiment.redraw_data=false to keep them pinned (a variant's `set` must not "
+                               "change data.seed either)")
         if "rerank" in self.evaluate.protocols and self.evaluate.rerank_cf not in self.cf.models:
             raise InvalidValue("evaluate.rerank_cf", f"is {self.evaluate.rerank_cf!r}, which cf.models does not train "
                                f"(cf.models = {self.cf.models})")

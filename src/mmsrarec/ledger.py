@@ -24,6 +24,7 @@ The prepare stage is left out of that check: its content is compared exactly, by
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -147,3 +148,22 @@ def migrate(book: pd.DataFrame, old: dict[str, str], new: dict[str, str]) -> pd.
     book.loc[moved, "migrated_from"] = book.loc[moved, "fingerprint"]
     book.loc[moved, "fingerprint"] = [new[label] for label in book.loc[moved, "label"]]
     return book
+
+
+def rename_metric(book: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+    """`book` with every row's values of metric `old` under the name `new` (columns <split>_<old> and their
+    <split>_<old>_<suffix> intervals), the `old` columns left empty: for a change that gives a metric's name to
+    another metric, whose value the rows recorded before it do not have (evaluate revision 1: the mean of
+    per-case AUCs, recorded as `auc`, is `gauc`; `auc` is now the pooled AUC, unknown for those rows). Refuses a
+    book that already has values under `new` (renamed once already)."""
+    pattern = re.compile(rf"(valid|test)_{re.escape(old)}(_\w+)?")
+    moved = {c: c.replace(f"_{old}", f"_{new}", 1) for c in book.columns if pattern.fullmatch(c)}
+    taken = [n for n in moved.values() if n in book and book[n].notna().any()]
+    if taken:
+        raise ArtifactError(f"the ledger already has values under {taken}: its {old!r} was renamed {new!r} before")
+    book = book.copy()
+    for column, renamed in moved.items():
+        book[renamed] = book[column]
+        book[column] = float("nan")
+    return book
+

@@ -118,6 +118,8 @@ def _stages() -> dict[str, Stage]:
     # revision 1: datasets refuse image paths out of their folder and non-finite numbers (prepare); text
     # reaches prompts only as mmsrarec.untrusted allows (every LLM stage); GRPO trains on items of training
     # interactions only (train-summarizer). Finished stages of earlier versions are redone.
+    # evaluate, revision 1: the sampled protocol's `auc` is the papers' ROC AUC pooled over all test rows; the
+    # per-case AUC it was before is `gauc` (evaluate/metrics.py), so leaderboards of earlier versions are redone.
     return {s.name: s for s in [
         Stage("prepare", "mmsrarec.data.prepare:run", lambda c: [], _prepare_section,
               "read the dataset, filter, remap IDs, split, draw candidate lists", revision=1),
@@ -159,7 +161,7 @@ def _stages() -> dict[str, Stage]:
               "MLLM-MSR: score the stored candidate lists of evaluate.llm_splits", msr.check_names, revision=1),
         Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs, _evaluate_section,
               "read every method's per-case scores, write the leaderboard and report (no model code)",
-              check_score_files),
+              check_score_files, revision=1),
     ]}
 
 

@@ -3,11 +3,13 @@
 A scoring stage (score-cf, score-ranker, rerank-ranker, score-mllmmsr) writes, for each method, protocol
 and split it scored, `<protocol>/<method>_<split>.parquet` with one row per case: the user, and the target's
 standing among the items it competed with, `greater` (scored higher), `ties` (scored the same) and `n` (how
-many competed). Every metric of evaluate/metrics.py is a function of those three numbers. Files of the
-stored candidate lists also keep `candidates` (target first) and `scores`, so any number can be traced
-and blended; an LLM's keep what its prompts showed (`context`, `notes`). Beside them, `methods.json` holds
-each method's facts per protocol (training and scoring time, calls per user, ...), which become leaderboard
-columns. Nothing here loads a model.
+many competed). Every metric of evaluate/metrics.py but one is a function of those three numbers. Files of
+the stored candidate lists also keep `candidates` (target first) and `scores`, so any number can be traced
+and blended, and the sampled protocol's pooled `auc` (the one that is not) is computed from them; every
+sampled file is written by write_scored_lists, so all have them (CF models, LLM rankers, MLLM-MSR, outside
+score files, evaluate.fuse blends). An LLM's keep what its prompts showed (`context`, `notes`). Beside them,
+`methods.json` holds each method's facts per protocol (training and scoring time, calls per user, ...),
+which become leaderboard columns. Nothing here loads a model.
 """
 
 from __future__ import annotations

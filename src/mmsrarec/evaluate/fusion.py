@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import POOLED, pooled_auc
 from .protocols import sampled_metrics
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # 0, 0.05, ..., 1
@@ -41,7 +42,9 @@ def fuse(llm: np.ndarray, cf: np.ndarray, weight: float) -> np.ndarray:
 
 def weight_curve(llm: np.ndarray, cf: np.ndarray, metric: str = "ndcg@5",
                  weights: np.ndarray = WEIGHTS) -> dict[float, float]:
-    """Each weight's mean `metric` of the blend over these cases."""
+    """Each weight's mean `metric` of the blend over these cases (the pooled `auc`: of all their rows)."""
+    if metric in POOLED:
+        return {float(w): pooled_auc(fuse(llm, cf, float(w))) for w in weights}
     return {float(w): float(sampled_metrics(fuse(llm, cf, float(w)), [metric])[metric].mean()) for w in weights}
 
 

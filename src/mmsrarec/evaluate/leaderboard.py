@@ -1,4 +1,7 @@
-"""Leaderboard files: one row per method x protocol, as Markdown, CSV, JSON and a PNG chart."""
+"""Leaderboard files: one row per method x protocol, as Markdown, CSV, JSON and a PNG chart.
+
+The sampled protocol has two AUCs (evaluate/metrics.py): `auc`, pooled over all test rows as in the papers,
+and `gauc`, the mean of per-case AUCs; every file shows both, under those names."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pandas as pd
 
 from ..artifacts import atomic_write_bytes, write_json, write_text
 
-KEY_METRICS = {"sampled": ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "auc"],
+KEY_METRICS = {"sampled": ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "auc", "gauc"],
                "full": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"],
                "rerank": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"]}
 
@@ -21,13 +24,16 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
         "`sampled`: the stored 1 + N candidate lists; `full`: all items except the case's history;",
         "`rerank`: an LLM ranker reorders a CF model's top items from the full ranking (a target outside them is a "
         "miss).",
-        "Model selection (early stopping) used the valid split only.", ""]
+        "Model selection (early stopping) used the valid split only."]
+    if any(f"test_{m}" in board for m in ("auc", "gauc")):
+        lines += AUC_LINES
+    lines.append("")
     for protocol, part in board.groupby("protocol", sort=False):
         metrics = [m for m in KEY_METRICS.get(protocol, [])
                    if f"test_{m}" in part and part[f"test_{m}"].notna().any()]
         if not metrics:  # e.g. a rerank of 5 items reports only @1: whatever metrics the rows have
-            metrics = [c[len("test_"):] for c in part.columns if re.fullmatch(r"test_(hr|ndcg|mrr)(@\d+)?|test_auc", c)
-                       and part[c].notna().any()]
+            metrics = [c[len("test_"):] for c in part.columns
+                       if re.fullmatch(r"test_(hr|ndcg|mrr)(@\d+)?|test_g?auc", c) and part[c].notna().any()]
         if not metrics:
             continue
         lines.append(f"## {protocol} ({int(part['test_cases'].iloc[0])} test cases)")
@@ -38,15 +44,26 @@ def to_markdown(board: pd.DataFrame, title: str, stats: dict | None = None) -> s
         lines.append("|" + "---|" * len(header))
         ranked = part.sort_values(f"test_{metrics[min(3, len(metrics) - 1)]}", ascending=False)
         for _, r in ranked.iterrows():
-            cells = [method_cell(r)] + [f"{r[f'test_{m}']:.4f}" for m in metrics]
+            cells = [method_cell(r)] + ["" if pd.isna(r[f"test_{m}"]) else f"{r[f'test_{m}']:.4f}" for m in metrics]
             valid = r.get("valid_" + metrics[min(3, len(metrics) - 1)])
             cells.append("" if valid is None or pd.isna(valid) else f"{valid:.4f}")
             cells.append("" if pd.isna(r.get("train_time_s")) else f"{r['train_time_s']:.1f}")
             cells.append("" if pd.isna(r.get("peak_rss_mb")) else f"{r['peak_rss_mb']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        missing = [str(r["method"]) for _, r in ranked.iterrows() if isinstance(r.get("auc_missing"), str)]
+        if missing:
+            lines += [f"No pooled auc for {', '.join(missing)}: their case files hold no scores (rescore them).", ""]
         lines += sureness(ranked)
     return "\n".join(lines)
+
+
+AUC_LINES = [
+    "Two AUCs on the sampled lists: `auc` is one ROC AUC pooled over all test rows (every case's target labelled 1, "
+    "all its sampled negatives 0, ties 1/2), as in the papers (MMSRARec, MLLM-MSR); `gauc` is the mean of per-case "
+    "AUCs (each target against its own negatives).",
+    "`auc` compares scores across cases, so it means something only for scores on one scale (a probability, say); "
+    "for scores that are not (a CF model's dot products, a blend of per-case z-scores) `gauc` is the one to read."]
 
 
 def sureness(part: pd.DataFrame) -> list[str]:
@@ -95,22 +112,34 @@ def _chart_metric(part: pd.DataFrame, protocol: str) -> str:
     return cuts[-1][1] if cuts else preferred
 
 
+def _chart_panels(board: pd.DataFrame) -> list[tuple[str, str]]:
+    """(protocol, metric) of each panel of the chart: every protocol's NDCG (_chart_metric), and the sampled
+    protocol's two AUCs, pooled (`auc`) and per case (`gauc`), where its rows have them."""
+    panels = []
+    for protocol in dict.fromkeys(board["protocol"]):
+        part = board[board["protocol"] == protocol]
+        panels.append((protocol, _chart_metric(part, protocol)))
+        panels += [(protocol, m) for m in ("auc", "gauc") if protocol == "sampled" and f"test_{m}" in part
+                   and part[f"test_{m}"].notna().any()]
+    return panels
+
+
 def plot(board: pd.DataFrame, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import io
     import matplotlib.pyplot as plt
 
-    protocols = list(dict.fromkeys(board["protocol"]))
-    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 3.6), squeeze=False)
-    for ax, protocol in zip(axes[0], protocols):
+    panels = _chart_panels(board)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    for ax, (protocol, metric) in zip(axes[0], panels):
         part = board[board["protocol"] == protocol]
-        metric = _chart_metric(part, protocol)
         part = part.dropna(subset=[f"test_{metric}"]).sort_values(f"test_{metric}")
         ax.barh(part["method"], part[f"test_{metric}"], color="#4c72b0")
         for y, v in enumerate(part[f"test_{metric}"]):
             ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
-        ax.set_title(f"{protocol}: test {metric.upper()}")
+        named = {"auc": "AUC (pooled)", "gauc": "GAUC (mean per case)"}.get(metric, metric.upper())
+        ax.set_title(f"{protocol}: test {named}")
         ax.set_xlim(0, max(float(part[f"test_{metric}"].max()) * 1.25 if len(part) else 0.0, 1e-3))
     fig.tight_layout()
     buf = io.BytesIO()

@@ -13,7 +13,16 @@ positive" would give) nor 0 (as "ties go against it" would).
 - HR@K   = P(rank <= K)
 - NDCG@K = E[1/log2(rank + 1) if rank <= K]   (one relevant item, so IDCG = 1)
 - MRR@K  = E[1/rank if rank <= K];  MRR (no K) is MRR@(N+1)
-- AUC    = (l + t/2) / N, the positive against its N others, as MLLM-MSR computes it per case.
+- GAUC   = (l + t/2) / N, the positive against its own N others; the leaderboard's `gauc` is its mean over
+           cases (a per-case, "grouped" AUC).
+
+Those are means of per-case values. One metric is not: `auc`, the sampled protocol's ROC AUC of all test rows
+pooled (every case's positive labelled 1, all its sampled negatives 0; ties count 1/2: Mann-Whitney with
+average ranks, what sklearn's roc_auc_score gives), as the MMSRARec and MLLM-MSR papers (and MLLM-MSR's
+evaluation script) report it. It compares one case's positive with every other case's negatives too, so it
+means something only when a method's scores are on one scale across cases (a probability, say); a CF model's
+raw dot products or a blend of per-case z-scores are not calibrated across users, and their `auc` says less
+than their `gauc`. It needs the scores themselves (PooledAUC), not the per-case counts.
 """
 
 from __future__ import annotations
@@ -84,17 +93,114 @@ def mrr(greater: np.ndarray, ties: np.ndarray, n: np.ndarray, k: int | None = No
     return _expected_gain("rr", greater, ties, int(n.max(initial=0)) + 1 if k is None else k)
 
 
-@register("auc")
-def auc(greater: np.ndarray, ties: np.ndarray, n: np.ndarray, k: int | None = None) -> np.ndarray:
+@register("gauc")
+def gauc(greater: np.ndarray, ties: np.ndarray, n: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Each case's AUC of its positive against its own N others (not the pooled `auc`; see the module doc)."""
     lower = n - greater - ties
     return np.where(n > 0, (lower + 0.5 * ties) / np.maximum(n, 1), 0.5)
 
 
+# metrics of all cases' rows at once, not means of per-case values: from a score matrix (PooledAUC)
+POOLED = ("auc",)
+
+
+class PooledAUC:
+    """The ROC AUC of a sampled protocol's score matrix [n_cases, 1 + N] (target in column 0), all rows pooled:
+    the share of (positive, negative) pairs over all cases where the positive scores higher, ties 1/2.
+
+    `value` is the AUC of these cases; `resampled(counts)` the AUC of bootstrap samples of the cases, each given
+    by how often it draws every case (counts [draws, n_cases]): a case drawn k times adds its positive and its N
+    negatives k times. Both are exact (integer pair counts). The negatives are sorted once; a sample's count of
+    negatives below positive i is then sum_c counts[c] * below[c, i], where below[c, i] counts case c's negatives
+    below positive i (ties 1/2). Up to DENSE_CASES cases that [n_cases, n_cases] table is kept and a block of
+    samples is one matrix product; beyond, a sample's weights are summed cumulatively along the sorted negatives.
+    """
+
+    DENSE_CASES = 4096  # up to here the per-case table (n_cases^2 float32: 64 MB at most); beyond, cumulative sums
+    BLOCK = 1 << 22     # draws x (cases or negatives) handled at once by resampled
+
+    def __init__(self, scores: np.ndarray):
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 2:
+            if scores.size:
+                raise ValueError(f"expected a [n_cases, 1 + N] score matrix, got shape {scores.shape}")
+            scores = np.zeros((0, 2))
+        if not np.isfinite(scores).all():
+            raise ValueError("scores contain NaN or infinity; a model must give every candidate a number")
+        self.n_cases, self.n_negatives = n, m = scores.shape[0], scores.shape[1] - 1
+        negatives = scores[:, 1:].ravel()
+        order = np.argsort(negatives, kind="stable")
+        ranked = negatives[order]
+        self._case = (order // max(m, 1)).astype(np.intp)  # the case of each negative, in score order
+        # 2 x (negatives below the positive) + (negatives tied with it) = lo + hi, places in the sorted negatives
+        self._lo = np.searchsorted(ranked, scores[:, 0], side="left")
+        self._hi = np.searchsorted(ranked, scores[:, 0], side="right")
+        pairs = n * len(negatives)
+        self.value = float((self._lo + self._hi).sum() / (2 * pairs)) if pairs else float("nan")
+        self._below = None
+        if 0 < n <= self.DENSE_CASES and m:
+            place = np.empty(len(order), dtype=np.int64)
+            place[order] = np.arange(len(order))
+            # each case's negatives' places, as keys sorted by case, then place: case c's block is [c*m, c*m + m)
+            stride = len(order) + 1
+            keys = np.sort(place.reshape(n, m), axis=1) + np.arange(n)[:, None] * stride
+            keys = keys.ravel()
+            base = np.arange(n)[:, None] * stride
+            first = np.arange(n)[:, None] * m
+            below = (np.searchsorted(keys, base + self._lo[None, :], side="left") - first) + \
+                (np.searchsorted(keys, base + self._hi[None, :], side="left") - first)  # [case c, positive i]
+            self._below = below.astype(np.float32)  # integers up to 2m: exact
+
+    def __len__(self) -> int:
+        return self.n_cases
+
+    def minus(self, other: "PooledAUC") -> "PooledAUC | None":
+        """self - other of the same cases as one statistic (a paired difference at the cost of one AUC): both
+        tables are kept and the lists are as wide, so the difference is one table; else None."""
+        if self._below is None or other._below is None or (self.n_cases, self.n_negatives) != (
+                other.n_cases, other.n_negatives):
+            return None
+        joint = object.__new__(PooledAUC)
+        joint.n_cases, joint.n_negatives = self.n_cases, self.n_negatives
+        joint._case, joint._lo, joint._hi = self._case, self._lo, self._hi  # not read: the table is kept
+        joint.value = self.value - other.value
+        joint._below = self._below - other._below  # integers in [-2m, 2m]: exact in float32, as are its sums
+        return joint
+
+    def resampled(self, counts: np.ndarray) -> np.ndarray:
+        """[draws] AUCs of the samples whose cases are drawn counts[d, case] times."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if not self.n_cases or not self.n_negatives:
+            return np.full(len(counts), np.nan)
+        out = np.empty(len(counts))
+        width = self.n_cases if self._below is not None else len(self._case)
+        step = max(1, self.BLOCK // width)
+        for start in range(0, len(counts), step):
+            w = counts[start:start + step]
+            if self._below is not None:  # 2 x weighted negatives below each positive; float32 while every sum
+                exact = 2 * self.n_negatives * int(w.sum(1).max(initial=0)) < 1 << 24  # is an integer it holds
+                twice = w.astype(np.float32) @ self._below if exact else w.astype(np.float64) @ self._below
+            else:
+                small = np.int32 if int(w.sum(1).max(initial=0)) * self.n_negatives < 1 << 31 else np.int64
+                below = np.zeros((len(w), len(self._case) + 1), dtype=small)
+                np.cumsum(w.astype(small)[:, self._case], axis=1, out=below[:, 1:])  # weighted negatives up to
+                twice = below[:, self._lo].astype(np.int64) + below[:, self._hi]     # each place
+            drawn = w.sum(1)
+            out[start:start + step] = (w * twice.astype(np.float64)).sum(1) / (2.0 * drawn * drawn * self.n_negatives)
+        return out
+
+
+def pooled_auc(scores: np.ndarray) -> float:
+    """The ROC AUC of all rows of a [n_cases, 1 + N] score matrix pooled (see PooledAUC; NaN with no rows)."""
+    return PooledAUC(scores).value
+
+
 def parse_metric(name: str) -> tuple[str, int | None]:
-    """'ndcg@10' -> ('ndcg', 10); 'auc' -> ('auc', None)."""
+    """'ndcg@10' -> ('ndcg', 10); 'gauc' -> ('gauc', None); 'auc' (pooled) -> ('auc', None)."""
     base, _, k = name.lower().partition("@")
-    if base not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; metrics are {', '.join(METRICS)} (with @K for hr/ndcg/mrr)")
+    if base not in METRICS and base not in POOLED:
+        raise ValueError(f"unknown metric {name!r}; metrics are {', '.join([*METRICS, *POOLED])} (with @K for "
+                         "hr/ndcg/mrr)")
     return base, (int(k) if k else None)
 
 
@@ -102,11 +208,15 @@ def per_case(names: list[str], greater: np.ndarray, ties: np.ndarray, n: np.ndar
     out = {}
     for name in names:
         base, k = parse_metric(name)
-        out[name] = METRICS[base](greater, ties, n, k) if k is not None or base in ("mrr", "auc") else \
+        if base in POOLED:
+            raise ValueError(f"{name!r} is the ROC AUC of all cases' rows pooled, not a mean of per-case values: "
+                             "compute it from the score matrix (pooled_auc, PooledAUC); the per-case AUC is 'gauc'")
+        out[name] = METRICS[base](greater, ties, n, k) if k is not None or base in ("mrr", "gauc") else \
             METRICS[base](greater, ties, n, int(n.max(initial=0)) + 1)
     return out
 
 
 def metric_names(ks: list[int], protocol: str) -> list[str]:
+    """The leaderboard's metrics of a protocol; the sampled protocol's pooled `auc` is not per case (POOLED)."""
     names = [f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in ks]
-    return names + (["mrr", "auc"] if protocol == "sampled" else ["mrr"])
+    return names + (["mrr", "gauc", "auc"] if protocol == "sampled" else ["mrr"])

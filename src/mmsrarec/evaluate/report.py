@@ -31,8 +31,8 @@ import pandas as pd
 from ..artifacts import read_json, write_text
 from ..data.prepare import load_prepared
 from ..errors import MmsrarecError
-from .leaderboard import KEY_METRICS, method_cell
-from .metrics import METRICS
+from .leaderboard import AUC_LINES, KEY_METRICS, method_cell
+from .metrics import METRICS, POOLED
 
 T = TypeVar("T")
 HISTORY_SHOWN = 20  # most recent history items shown per user
@@ -121,7 +121,7 @@ def leaderboard_section(rows: list[dict], chart: Path) -> str:
     out = ['<section id="leaderboard"><h2>Leaderboard</h2>']
     for protocol, part in board.groupby("protocol", sort=False):
         metrics = [m for m in KEY_METRICS.get(protocol, []) if f"test_{m}" in part] or \
-            [c[5:] for c in part if c.startswith("test_") and c[5:].partition("@")[0] in METRICS]
+            [c[5:] for c in part if c.startswith("test_") and c[5:].partition("@")[0] in (*METRICS, *POOLED)]
         if not metrics:
             continue
         primary = metrics[min(3, len(metrics) - 1)]
@@ -139,6 +139,9 @@ def leaderboard_section(rows: list[dict], chart: Path) -> str:
             out.append(f"<tr><th>{esc(method_cell(r))}</th>{cells}<td>{fmt(r.get('train_time_s'), 1)}</td>"
                        f"<td>{fmt(r.get('test_eval_time_s'), 2)}</td></tr>")
         out.append("</tbody></table>")
+        if any(f"{split}_{m}" in columns for split in ("test", "valid") for m in ("auc", "gauc")):
+            out.append('<p class="muted auc-note">' + " ".join(esc(line.replace("`", "")) for line in AUC_LINES)
+                       + "</p>")
     out.append(png(chart, "leaderboard chart") + "</section>")
     return "\n".join(out)
 

@@ -4,7 +4,10 @@ It computes with no model: the scoring stages (score-cf, score-ranker, rerank-ra
 each method's per-case standing of the target (evaluate/casefiles.py), and outside score files are matched
 to the stored lists here. Every row then comes from one builder (method_row) over those files, with a 95%
 bootstrap interval over cases for its headline metrics and, per protocol, its paired difference to the best
-CF model (picked on valid). Test metrics are reported only; nothing here selects a model on them.
+CF model (picked on valid). The sampled protocol reports two AUCs (evaluate/metrics.py): `auc`, one ROC AUC
+of all test rows pooled, as the papers report it, recomputed from the stored scores (and on every bootstrap
+sample of the cases), and `gauc`, the mean of the per-case AUCs. Test metrics are reported only; nothing
+here selects a model on them.
 Writes leaderboard.{md,csv,json,png}, metrics.json, the per-case files of the rows computed here (outside
 score files, blends) and report.html.
 """
@@ -23,13 +26,14 @@ from ..errors import ArtifactError
 from .casefiles import case_path, read_cases, read_methods, score_matrix, write_scored_lists
 from .intervals import case_bootstrap, paired_bootstrap
 from .leaderboard import write_leaderboard
-from .metrics import metric_names, per_case
+from .metrics import POOLED, PooledAUC, metric_names, per_case
 from .outside import outside_scores
 from .rerank import rerank_names
 
 SPLITS = ("valid", "test")
 # the metrics each protocol's rows get intervals and paired differences for
-HEADLINE = {"sampled": ("hr@5", "ndcg@5", "auc"), "full": ("hr@10", "ndcg@10"), "rerank": ("hr@10", "ndcg@10")}
+HEADLINE = {"sampled": ("hr@5", "ndcg@5", "auc", "gauc"), "full": ("hr@10", "ndcg@10"),
+            "rerank": ("hr@10", "ndcg@10")}
 
 
 def run(ctx) -> None:
@@ -50,6 +54,9 @@ def run(ctx) -> None:
         sources[name] = {"sampled": (ctx.out, facts)}
         row, per[(name, "sampled")] = method_row(name, "sampled", ctx.out, facts, ev.ks)
         rows.append(row)
+    for row in rows:
+        if row.get("auc_missing"):
+            ctx.log(f"{row['method']:10s} {row['protocol']:8s} no pooled auc: {row['auc_missing']}")
     add_intervals(rows, per, [m for m in ev.methods if m in cfg.cf.models], cfg.seed)
     for row in rows:
         ctx.log(f"{row['method']:10s} {row['protocol']:8s} test " + "  ".join(
@@ -87,16 +94,30 @@ def scored_methods(ctx) -> dict[str, dict[str, tuple[Path, dict]]]:
 def method_row(method: str, protocol: str, folder: Path, facts: dict, ks: list[int]
                ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """(the leaderboard row of one method under one protocol, its per-case metrics per split) from the
-    per-case files a scoring stage wrote in `folder` and that stage's facts."""
+    per-case files a scoring stage wrote in `folder` and that stage's facts. The pooled `auc` (sampled) comes
+    from the files' scores, as a metrics.PooledAUC in place of per-case values; a file without scores gets NaN
+    and the row says why (`auc_missing`), never an AUC of something else."""
     names = rerank_names(ks, facts["rerank_width"]) if protocol == "rerank" else metric_names(ks, protocol)
     row = {"method": method, "protocol": protocol,
            **{k: v for k, v in facts.items() if k != "splits"}}
     per = {}
     for split in facts["splits"]:
         frame = read_cases(folder, method, protocol, split)
-        per[split] = per_case(names, *(frame[c].to_numpy(np.int64) for c in ("greater", "ties", "n")))
+        counted = per_case([n for n in names if n not in POOLED],
+                           *(frame[c].to_numpy(np.int64) for c in ("greater", "ties", "n")))
+        per[split] = {}
         row[f"{split}_cases"] = len(frame)
-        row.update({f"{split}_{k}": float(v.mean()) for k, v in per[split].items()})
+        for name in names:
+            if name not in POOLED:
+                per[split][name] = counted[name]
+                row[f"{split}_{name}"] = float(counted[name].mean())
+            elif "scores" in frame:
+                per[split][name] = PooledAUC(score_matrix(frame))
+                row[f"{split}_{name}"] = per[split][name].value
+            else:
+                row[f"{split}_{name}"] = float("nan")
+                row["auc_missing"] = (f"its {protocol} case files ({case_path(folder, method, protocol, split)}) "
+                                      "hold no scores, only the target's standing; rescore it with --force")
     return row, per
 
 

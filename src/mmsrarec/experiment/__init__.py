@@ -2,7 +2,8 @@
 
 Each (seed, variant) is an ordinary run with extra overrides. The first seed's main run is
 runs/<name>/ itself; the others live in runs/<name>/experiment/<seed>-<variant>/. data.seed stays
-pinned to the main run's, so all of them rank the same stored candidate lists, and every run may
+pinned to the main run's, so all of them rank the same stored candidate lists (with
+experiment.redraw_data each seed draws its own, shared by its variants), and every run may
 link to an identical finished stage of the runs before it (pipeline.Runner's `reuse`), so a
 variant that only changes the ranker recomputes nothing upstream of it.
 

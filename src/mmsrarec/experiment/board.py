@@ -15,7 +15,7 @@ from .. import ledger
 from ..artifacts import read_json, write_json, write_text
 from ..config import RunConfig
 from ..errors import ArtifactError
-from ..evaluate.leaderboard import method_cell, sureness
+from ..evaluate.leaderboard import AUC_LINES, method_cell, sureness
 from .members import Member, members
 
 
@@ -38,7 +38,8 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     """The merged leaderboard in runs/<name>/leaderboard/ of the runs finished here (`done`) and, with
     experiment.ledger, of the ledger's rows of the other runs under their present config (ledger.py); the
     ledger then gets the rows of the runs finished here."""
-    here = merge(done) if done else pd.DataFrame(columns=ledger.HEAD)
+    per_seed = cfg.experiment.redraw_data
+    here = merge(done, per_seed) if done else pd.DataFrame(columns=ledger.HEAD)
     rows, from_ledger = here, []
     if cfg.experiment.ledger:
         path = cfg.experiment.ledger
@@ -55,7 +56,7 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
             print(f"[experiment] ledger {path}: rows of {taken['label'].nunique()} runs not finished here",
                   file=sys.stderr)
             rows = pd.concat([here, taken], ignore_index=True) if len(here) else taken.reset_index(drop=True)
-        _same_data(rows, f"the runs finished here and those of the ledger {path}")
+        _same_data(rows, f"the runs finished here and those of the ledger {path}", per_seed)
         if len(here):
             ledger.write(path, ledger.update(book, here))
             print(f"[experiment] ledger {path}: rows of the {here['label'].nunique()} runs finished here "
@@ -78,11 +79,11 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     return out
 
 
-def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
+def merge(runs: list[tuple[Member, Path]], per_seed: bool = False) -> pd.DataFrame:
     """Rows of every run's evaluate stage: all of a main run's rows, only its own ranker's rows (and their
     evaluate.fuse blends, '<ranker>+<cf>') from a variant run; each with the run's label, its config's
     fingerprint, its data digest and its source (the keys of ledger.py). Refuses runs whose candidate lists
-    differ."""
+    differ: any two runs, or with per_seed (experiment.redraw_data) two runs of the same seed."""
     from ..stages import Runner
 
     rows = []
@@ -96,16 +97,20 @@ def merge(runs: list[tuple[Member, Path]]) -> pd.DataFrame:
             if member.variant is None or row["method"] in member.own_rows:
                 rows.append({**keys, **row, "seed": member.seed})
     frame = pd.DataFrame(rows)
-    _same_data(frame, "the runs of this experiment")
+    _same_data(frame, "the runs of this experiment", per_seed)
     return frame
 
 
-def _same_data(rows: pd.DataFrame, what: str) -> None:
-    if len(rows) and rows["data"].nunique() > 1:
-        firsts = rows.drop_duplicates("label")
-        raise ArtifactError(f"{what} ranked different candidate lists (their prepare stages differ): " +
-                            ", ".join(f"{r.label}: {r.data}" for r in firsts.itertuples()) +
-                            "; keep data.* identical across variants and seeds")
+def _same_data(rows: pd.DataFrame, what: str, per_seed: bool = False) -> None:
+    """All rows on the same data digest, or with per_seed (lists redrawn per seed) all rows of each seed."""
+    for seed, group in (rows.groupby("seed") if per_seed and len(rows) else [(None, rows)]):
+        if len(group) and group["data"].nunique() > 1:
+            firsts = group.drop_duplicates("label")
+            raise ArtifactError(f"{what}{'' if seed is None else f' of seed {seed}'} ranked different candidate "
+                                "lists (their prepare stages differ): " +
+                                ", ".join(f"{r.label}: {r.data}" for r in firsts.itertuples()) +
+                                ("; keep data.* identical across the variants of a seed" if per_seed else
+                                 "; keep data.* identical across variants and seeds"))
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
@@ -127,7 +132,9 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc"], "full": ["hr@10", "ndcg@10"], "rerank": ["hr@10", "ndcg@10"]}
+# sampled: `auc` pooled over all test rows as in the papers, `gauc` the mean of per-case AUCs (evaluate/metrics.py)
+METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc", "gauc"], "full": ["hr@10", "ndcg@10"],
+                  "rerank": ["hr@10", "ndcg@10"]}
 
 
 def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = (),
@@ -137,7 +144,10 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
     rows.to_csv(out / "runs.csv", index=False)
     board.to_csv(out / "leaderboard.csv", index=False)
     write_json(out / "leaderboard.json", board.to_dict(orient="records"))
-    lines = [f"# {cfg.name}: mean ± std over {n_seeds} seed(s), test split", ""]
+    lines = [f"# {cfg.name}: mean ± std over {n_seeds} seed(s), test split", "", _lists_line(cfg), ""]
+    if any(f"test_{m}" in board for m in ("auc", "gauc")):
+        lines += [*AUC_LINES, "A row recorded before both were reported (an older ledger row) has `gauc` only: its "
+                  "pooled `auc` is unknown (–).", ""]
     for protocol, group in board.groupby("protocol", sort=False):
         metrics = [m for m in METRIC_COLUMNS.get(protocol, []) if f"test_{m}" in group]
         lines += [f"## {protocol}", "", "| method | seeds | " + " | ".join(metrics) + " |",
@@ -195,6 +205,14 @@ def paired_deltas(rows: pd.DataFrame, main: str, variants: list[str]) -> pd.Data
         if seeds:
             out.append({**row, "seeds": len(seeds)})
     return pd.DataFrame(out)
+
+
+def _lists_line(cfg: RunConfig) -> str:
+    if cfg.experiment.redraw_data:
+        return ("Candidate lists redrawn per seed (experiment.redraw_data): each seed ranks its own split, negatives "
+                "and case subsample, which the spread over seeds includes; the variants of a seed share its lists.")
+    return (f"Candidate lists pinned (data.seed {cfg.data_seed} for every seed): every run ranks the same split, "
+            "negatives and case subsample, so the spread over seeds leaves out their variance.")
 
 
 def _cell(row: pd.Series, col: str) -> str:

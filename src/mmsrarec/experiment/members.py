@@ -1,7 +1,10 @@
 """An experiment's runs: one per (seed, variant), each an ordinary run with extra overrides.
 
 The first seed's main run is runs/<name>/ itself; the others live in runs/<name>/experiment/<seed>-<variant>/.
-data.seed stays pinned to the main run's, so all of them rank the same stored candidate lists.
+By default data.seed stays pinned to the main run's, so all of them rank the same stored candidate lists.
+With experiment.redraw_data, each run's data.seed is -1 (= its run seed): each seed draws its own split,
+negatives and case subsample, and the variants of a seed share that seed's lists (paired differences stay
+paired).
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> li
     out = []
     for i, seed in enumerate(seeds):
         for variant in [None, *cfg.experiment.variants]:
-            extra = [f"seed={seed}", f"data.seed={cfg.data_seed}", "experiment.seeds=[]", "experiment.variants=[]"]
+            data_seed = -1 if cfg.experiment.redraw_data else cfg.data_seed  # -1: the run's seed
+            extra = [f"seed={seed}", f"data.seed={data_seed}", "experiment.seeds=[]", "experiment.variants=[]"]
             if i > 0 or variant is not None:
                 extra += [f"runs_dir={root}", f"name={label(seed, variant)}"]
             if variant is not None:

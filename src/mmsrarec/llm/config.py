@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..configtools import InvalidValue, field
 
@@ -15,6 +16,12 @@ class LoraSettings:
     target_modules: str = field("all-linear", help=(
         "'all-linear' (every linear layer but the output head) or comma-separated module names, "
         "e.g. q_proj,k_proj,v_proj,o_proj"))
+    exclude_vision: bool = field(False, neutral=True, help=(
+        "VLM only: put LoRA on the language model alone (its linear layers of target_modules), none on the "
+        "vision tower or the vision-language projector; false: PEFT's 'all-linear' reaches both"))
+    init: Literal["default", "gaussian"] = field("default", neutral=True, help=(
+        "initialization of the LoRA A matrices: 'default' (PEFT's Kaiming-uniform) or 'gaussian' (normal, "
+        "std 1/r; B starts at zero either way)"))
 
     def validate(self) -> None:
         if self.r < 1 or self.alpha < 1:
@@ -23,6 +30,10 @@ class LoraSettings:
             raise InvalidValue("dropout", f"must be in [0, 1), got {self.dropout}")
         if not self.target_modules.strip():
             raise InvalidValue("target_modules", "must be 'all-linear' or module names such as q_proj,v_proj")
+
+    def init_weights(self) -> bool | str:
+        """peft.LoraConfig's init_lora_weights."""
+        return True if self.init == "default" else self.init
 
     def modules(self) -> str | list[str]:
         if self.target_modules.strip() == "all-linear":

@@ -171,6 +171,31 @@ def trainer_class(loss: str):
     return ExampleMeanSFTTrainer
 
 
+def lora_targets(model, lora: LoraSettings, is_vlm: bool) -> str | list[str]:
+    """peft.LoraConfig's target_modules: lora.modules(), or with lora.exclude_vision on a VLM the full names
+    of the language model's linear layers among them (PEFT's 'all-linear' also takes the vision tower's and
+    the projector's, and a short name such as q_proj or gate_proj matches inside the vision tower too)."""
+    import torch
+
+    modules = lora.modules()
+    if not (lora.exclude_vision and is_vlm):
+        return modules
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    prefix = next((name for name, module in model.named_modules() if module is decoder and name), None)
+    if prefix is None:
+        raise ValueError(f"lora.exclude_vision (rank.lora or mllm_msr.lora): no language model found inside "
+                         f"{type(model).__name__} (get_decoder); set exclude_vision: false and name the modules "
+                         "in lora.target_modules")
+    names = [name for name, module in model.named_modules()
+             if name.startswith(prefix + ".") and isinstance(module, torch.nn.Linear)
+             and (modules == "all-linear" or name.rsplit(".", 1)[-1] in modules)]
+    if not names:
+        raise ValueError(f"lora.target_modules={lora.target_modules!r} (rank.lora or mllm_msr.lora) names no linear "
+                         f"layer of the language model ({prefix}), the only one lora.exclude_vision allows; name "
+                         "some of its layers, e.g. q_proj,v_proj, or use all-linear")
+    return names
+
+
 def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str], None] = print,
                  callbacks: list | None = None) -> dict:
     """Fine-tune cfg.model with LoRA on `examples` (tasks.build_examples); returns facts for the manifest.
@@ -205,7 +230,8 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
         dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy=sft.sampling,
     )
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.modules(), task_type="CAUSAL_LM")
+                      target_modules=lora_targets(model, cfg.lora, is_vlm), init_lora_weights=cfg.lora.init_weights(),
+                      task_type="CAUSAL_LM")
     trainer = trainer_class(sft.loss)(model=model, args=args, train_dataset=examples, processing_class=processor,
                                       peft_config=lora, callbacks=callbacks)
     resume = last_checkpoint(out / CHECKPOINTS, sft.max_steps)

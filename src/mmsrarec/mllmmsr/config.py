@@ -8,6 +8,7 @@ the recommender never regenerates summaries, and a scoring setting never retrain
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -77,16 +78,37 @@ class ItemSettings:
 class UserSettings:
     """summarize-users: recurrent preference summaries over blocks of the user's recent history."""
 
-    history_items: int = field(9, help="most recent history items summarized per user state (9 = 3 blocks of 3)")
+    history_items: int = field(9, help="history items summarized per user state (9 = 3 blocks of 3)")
+    history: Literal["recent", "frequent"] = field("recent", neutral=True, help=(
+        "which history_items items of a state's history are summarized: 'recent' (the last ones) or 'frequent' "
+        "(those with the most training interactions, counted in train.parquet alone; ties: the more recent "
+        "first), kept in time order either way. The state's target and candidates do not change"))
     block_size: int = field(3, help="items per block; each block is one LLM call that also sees the previous "
                                     "block's summary")
     first_prompt: str = field(USER_FIRST_PROMPT, help="prompt of a user's first block; field {items}")
     update_prompt: str = field(USER_UPDATE_PROMPT, help="prompt of every later block; fields {previous} (the "
                                                         "summary so far) and {items}")
     description_words: int = field(40, help="words of each item's description shown in a block's item list")
+    item_format: str = field("", neutral=True, help=(
+        "how an item appears in a block's numbered list; fields {title} and {description} (its first "
+        "description_words words); '' = 'title: description' (the title alone without a description)"))
     max_new_tokens: int = field(200, help="tokens generated per summary")
+    do_sample: bool = field(False, neutral=True, help=(
+        "sample the summaries with temperature, top_p and top_k and no repetition penalty (these replace the "
+        "model's generation_config defaults, some of which make sampling greedy) instead of greedy decoding; "
+        "each batch is seeded from the run's seed and its blocks, so a rerun (or a resumed run) draws the "
+        "same samples on CPU"))
+    temperature: float = field(1.0, neutral=True, help="sampling temperature (with do_sample)")
+    top_p: float = field(1.0, neutral=True, help="nucleus sampling: the smallest set of tokens whose probability "
+                                                 "reaches top_p (with do_sample; 1.0 = all tokens)")
+    top_k: int = field(50, neutral=True, help="sample among the top_k most probable tokens (with do_sample; 0 = "
+                                              "all; 50 is transformers' default when a model sets none)")
     batch_size: int = field(16, help="summaries per generation batch (batches are sorted by prompt length)")
-    examples_per_user: int = field(2, help="training positions (user states) sampled per training user (0 = all)")
+    examples_per_user: int = field(2, help="training positions (user states) per training user (0 = all)")
+    train_positions: Literal["sampled", "last"] = field("sampled", neutral=True, help=(
+        "which positions of a training sequence become user states: 'sampled' (examples_per_user random ones) "
+        "or 'last' (its examples_per_user last ones; 1 = one state per training user, its last training item "
+        "as the target)"))
     max_train_states: int = field(1000, help="training user states summarized in all (0 = no cap); each becomes "
                                              "one positive and neg_per_pos negative SFT examples")
 
@@ -99,6 +121,26 @@ class UserSettings:
                 raise InvalidValue(key, f"must be >= 0, got {getattr(self, key)}")
         _check_format("first_prompt", self.first_prompt, {"items": ""}, ("items",))
         _check_format("update_prompt", self.update_prompt, {"items": "", "previous": ""}, ("items", "previous"))
+        if self.item_format:
+            _check_format("item_format", self.item_format, {"title": "", "description": ""}, ("title",))
+        if not self.temperature > 0:
+            raise InvalidValue("temperature", f"must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidValue("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidValue("top_k", f"must be >= 0, got {self.top_k}")
+        if not self.do_sample:
+            for key, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 50)):
+                if getattr(self, key) != default:
+                    raise InvalidValue(key, f"is {getattr(self, key)} but do_sample is false (greedy decoding "
+                                            f"ignores it): set do_sample: true, or leave it at {default}")
+
+    def sampling(self) -> dict:
+        """generate()'s sampling arguments ({} = greedy)."""
+        if not self.do_sample:
+            return {}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "repetition_penalty": 1.0}
 
     def blocks(self, n_history: int) -> int:
         """LLM calls that summarize a history of n_history items."""
@@ -134,6 +176,10 @@ class MllmMsrConfig:
                                                       "title (0 = title only, as the official VLM prompt)")
     candidate_image: bool = field(True, help="show the candidate's image when the recommender is a VLM and the "
                                              "item has one (the paper's setting)")
+    recommender_prompt: str = field("", neutral=True, help=(
+        "the recommender's whole user turn, with fields {summary} (the user's preference summary) and then "
+        "{candidate} (the candidate's title and candidate_description_words words of its description); a "
+        "candidate image goes before the text. '' = the built-in prompt (summary, question, then the candidate)"))
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
     def validate(self) -> None:
@@ -143,6 +189,14 @@ class MllmMsrConfig:
             raise InvalidValue("neg_per_pos", f"must be >= 1, got {self.neg_per_pos}")
         if self.candidate_description_words < 0:
             raise InvalidValue("candidate_description_words", f"must be >= 0, got {self.candidate_description_words}")
+        if self.recommender_prompt:
+            _check_format("recommender_prompt", self.recommender_prompt, {"summary": "", "candidate": ""},
+                          ("summary", "candidate"))
+            text = self.recommender_prompt
+            if text.count("{summary}") != 1 or text.count("{candidate}") != 1 or \
+                    text.index("{summary}") > text.index("{candidate}"):
+                raise InvalidValue("recommender_prompt", "must contain {summary} once and, after it, {candidate} once "
+                                                         "(the candidate's part of the prompt comes last)")
 
 
 # ----------------------------------------------------------------------------- pipeline wiring
@@ -155,11 +209,20 @@ def users_section(cfg: RunConfig) -> dict:
     return {"model": cfg.mllm_msr.model, "users": cfg.mllm_msr.users, "seed": cfg.seed}
 
 
+def _set_neutral(obj, name: str) -> dict:
+    """{name: value} when obj's neutral field `name` is not at its default, else {} (as key_dict keeps it);
+    reads that field alone."""
+    default = next(f.default for f in dataclasses.fields(obj) if f.name == name)
+    value = getattr(obj, name)
+    return {} if value == default else {name: value}
+
+
 def train_section(cfg: RunConfig) -> dict:
     m = cfg.mllm_msr
+    set_here = {**_set_neutral(m, "recommender_prompt"), **_set_neutral(m.users, "history")}
     return {"recommender": m.recommender, "lora": m.lora, "sft": m.sft, "neg_per_pos": m.neg_per_pos,
             "candidate_description_words": m.candidate_description_words, "candidate_image": m.candidate_image,
-            "history_items": m.users.history_items, "seed": cfg.seed}
+            "history_items": m.users.history_items, "seed": cfg.seed, **set_here}
 
 
 def evaluated(cfg: RunConfig) -> bool:

@@ -13,11 +13,11 @@ neither end a chat turn nor move that split.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 
-from ..llm.prompts import CANDIDATE_LABEL, QUESTION, Catalog, clean_text
+from ..llm.prompts import CANDIDATE_LABEL, QUESTION, Catalog, clean_text, main_messages, user_message
 from .config import UserSettings
 
 SUMMARY_LABEL = "The user's preferences, summarized from their history:\n"
@@ -55,6 +55,33 @@ def catalog(items: pd.DataFrame, descriptions: Mapping[int, str], max_words: int
     return Catalog(titles, texts, {}, images)
 
 
-def recommender_prefix(summary: str) -> str:
-    """The user-specific part of the recommender's user turn, ending with the candidate label."""
-    return SUMMARY_LABEL + (clean_text(summary) or NO_HISTORY) + "\n" + QUESTION + "\n" + CANDIDATE_LABEL
+def block_item_line(items: Catalog, item_format: str) -> Callable[[int], str]:
+    """How an item appears in a block's list: users.item_format with {title} and {description}, or (an
+    empty format) the catalog's 'title: description'."""
+    if not item_format:
+        return items.line
+    return lambda item: item_format.format(title=items.titles[item], description=items.descriptions.get(item, ""))
+
+
+def recommender_prefix(summary: str, template: str = "") -> str:
+    """The user-specific part of the recommender's user turn: the built-in one ending with the candidate
+    label, or (mllm_msr.recommender_prompt) the template up to its {candidate} field."""
+    summary = clean_text(summary) or NO_HISTORY
+    if not template:
+        return SUMMARY_LABEL + summary + "\n" + QUESTION + "\n" + CANDIDATE_LABEL
+    return template[:template.index("{candidate}")].format(summary=summary)
+
+
+def recommender_candidate(line: str, template: str = "") -> str:
+    """The candidate's part of the user turn: its catalog line, or the template from {candidate} on."""
+    if not template:
+        return line
+    return template[template.index("{candidate}"):].format(candidate=line)
+
+
+def recommender_messages(prefix: str, candidate: str, is_vlm: bool, image: bool, template: str = "") -> list[dict]:
+    """The recommender's user turn. Built-in prompt: a candidate image sits before the candidate's line;
+    with mllm_msr.recommender_prompt it opens the turn, as the official code's '<image>\\n' + prompt."""
+    if not template:
+        return main_messages(prefix, candidate, is_vlm, False, image)
+    return [user_message([None, prefix + candidate] if image else [prefix + candidate], is_vlm)]

@@ -21,7 +21,7 @@ from ..summarize.store import ChunkStore
 from .describe import describe_items as describe
 from .describe import read_descriptions
 from .generator import ChatGenerator, Generator
-from .prompts import catalog
+from .prompts import block_item_line, catalog
 from .users import SPLITS, attach_summaries, summarize_states, user_states
 
 
@@ -55,7 +55,8 @@ def summarize_users(ctx) -> None:
                     users.description_words)
     states = user_states(data, users, ctx.cfg.seed)
     store = ChunkStore(ctx.out / "chunks", key="chain")
-    generated = summarize_states(states, lines.line, users, lambda: load_generator(cfg.model), store, ctx.log)
+    generated = summarize_states(states, block_item_line(lines, users.item_format), users,
+                                 lambda: load_generator(cfg.model), store, ctx.log, seed=ctx.cfg.seed)
     chains = store.merged() if store.done() else pd.DataFrame(
         {c: [] for c in ("chain", "summary", "level", "items", "previous", "prompt", "split", "seconds")})
     states = attach_summaries(states, chains)

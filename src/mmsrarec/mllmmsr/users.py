@@ -1,10 +1,12 @@
 """summarize-users: recurrent user-preference summaries for every user state a later stage needs.
 
-A user state is a history window: the most recent `history_items` items before a target.
-- train: sampled positions t of a training sequence s (rank.tasks.training_positions), window
-  s[:t][-history_items:], whose target s[t] becomes an SFT positive. Only train.parquet is read, so
-  no valid or test interaction can enter a training summary.
-- valid / test: every case of the prepare tables, window history[-history_items:] (never the target).
+A user state is a history window: `history_items` items of the history before a target, in time order:
+the most recent ones (users.history 'recent'), or the ones with the most training interactions
+('frequent', the official preprocessing's top-K by item frequency; counted in train.parquet alone).
+- train: positions t of a training sequence s (sampled by llm.examples.training_positions, or the last
+  ones with users.train_positions 'last'), window of s[:t], whose target s[t] becomes an SFT positive.
+  Only train.parquet is read, so no valid or test interaction can enter a training summary.
+- valid / test: every case of the prepare tables, window of its history (never the target).
 
 A window is cut into blocks of `block_size` items from its oldest item (the official code's
 `range(0, len(items), 3)`); block k is summarized in one LLM call that sees its items and the
@@ -18,7 +20,8 @@ summary time is the sum over its chain's blocks, i.e. what summarizing that user
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import hashlib
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,8 +37,28 @@ from .prompts import block_prompt
 SPLITS = ("valid", "test", "train")  # generation order; the evaluation splits first
 
 
-def window_blocks(history: Sequence[int], cfg: UserSettings) -> list[tuple[int, ...]]:
-    window = [int(i) for i in history][-cfg.history_items:]
+def training_counts(train: pd.DataFrame) -> dict[int, int]:
+    """Interactions per item in the training sequences (train.parquet): what users.history 'frequent' ranks by."""
+    items = [np.asarray(s, dtype=np.int64) for s in train["items"]]
+    values, counts = np.unique(np.concatenate(items) if items else np.zeros(0, np.int64), return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+
+def history_window(history: Sequence[int], n: int, mode: str, counts: Mapping[int, int] | None = None) -> list[int]:
+    """The n items of `history` (oldest first) a state summarizes, in time order: the last n ('recent'), or
+    the n with the highest counts[item] ('frequent'; an item without a count has 0; ties: the later one)."""
+    history = [int(i) for i in history]
+    if mode == "recent" or len(history) <= n:
+        return history[-n:]
+    if counts is None:
+        raise ValueError("users.history 'frequent' needs the training interaction counts")
+    top = sorted(range(len(history)), key=lambda k: (-counts.get(history[k], 0), -k))[:n]
+    return [history[k] for k in sorted(top)]
+
+
+def window_blocks(window: Sequence[int], cfg: UserSettings) -> list[tuple[int, ...]]:
+    """A state's window (already cut to history_items items) in blocks of block_size, oldest first."""
+    window = [int(i) for i in window]
     return [tuple(window[i:i + cfg.block_size]) for i in range(0, len(window), cfg.block_size)]
 
 
@@ -52,7 +75,10 @@ def user_states(data: dict[str, pd.DataFrame], cfg: UserSettings, seed: int) -> 
     """Columns split, user, key (train: the target's position t; valid/test: the case's row in the
     prepare table), history (the window), chain (its full chain key; '' without history), blocks."""
     rows = []
-    positions = training_positions(data["train"], cfg.examples_per_user, seed)
+    if cfg.train_positions == "last":
+        positions = last_positions(data["train"], cfg.examples_per_user)
+    else:
+        positions = training_positions(data["train"], cfg.examples_per_user, seed)
     if cfg.max_train_states and len(positions) > cfg.max_train_states:
         keep = np.sort(np.random.default_rng([seed, 31]).choice(len(positions), cfg.max_train_states, replace=False))
         positions = [positions[k] for k in keep]
@@ -62,9 +88,28 @@ def user_states(data: dict[str, pd.DataFrame], cfg: UserSettings, seed: int) -> 
         for case, (user, history) in enumerate(zip(data[split]["user"], data[split]["history"])):
             rows.append((split, int(user), case, [int(i) for i in history]))
     states = pd.DataFrame(rows, columns=["split", "user", "key", "history"])
-    blocks = states["history"].map(lambda h: window_blocks(h, cfg))
+    counts = training_counts(data["train"]) if cfg.history == "frequent" else None
+    windows = states["history"].map(lambda h: history_window(h, cfg.history_items, cfg.history, counts))
+    blocks = windows.map(lambda w: window_blocks(w, cfg))
     return states.assign(history=[[i for b in bs for i in b] for bs in blocks],
                          chain=[(chain_keys(bs) or [""])[-1] for bs in blocks], blocks=blocks.map(len))
+
+
+def last_positions(train: pd.DataFrame, per_user: int) -> list[tuple[int, int, np.ndarray]]:
+    """(user, t, sequence) for the last `per_user` positions t >= 1 of each training sequence (0 = all)."""
+    out = []
+    for user, seq in zip(train["user"].to_numpy(np.int64), train["items"]):
+        s = np.asarray(seq, dtype=np.int64)
+        ts = np.arange(1, len(s))
+        out.extend((int(user), int(t), s) for t in (ts[-per_user:] if per_user else ts))
+    return out
+
+
+def batch_seed(seed: int, chains: Sequence[str]) -> int:
+    """The seed of one sampled batch: from the run's seed and the batch's chain keys, so a rerun, or a
+    resumed run (whose batches are the same slices of the same order), draws the same samples."""
+    digest = hashlib.sha256(("|".join([str(seed), *chains])).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
 
 
 def stored_summaries(store: ChunkStore) -> dict[str, str]:
@@ -75,8 +120,10 @@ def stored_summaries(store: ChunkStore) -> dict[str, str]:
 
 
 def summarize_states(states: pd.DataFrame, item_line: Callable[[int], str], cfg: UserSettings,
-                     load: Callable[[], Generator], store: ChunkStore, log: Callable[[str], None] = print) -> int:
-    """Generate every chain the states need and `store` lacks; returns how many were generated now."""
+                     load: Callable[[], Generator], store: ChunkStore, log: Callable[[str], None] = print,
+                     seed: int = 0) -> int:
+    """Generate every chain the states need and `store` lacks; returns how many were generated now.
+    With cfg.do_sample each batch is sampled under batch_seed(seed, its chains)."""
     summaries = stored_summaries(store)
     generator: Generator | None = None
     generated = 0
@@ -100,7 +147,10 @@ def summarize_states(states: pd.DataFrame, item_line: Callable[[int], str], cfg:
             order = sorted(range(len(chains)), key=lambda i: (len(prompts[i]), chains[i][0]))
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
-                answers, share = timed(generator, [prompts[i] for i in idx], None, cfg.max_new_tokens)
+                sampling = cfg.sampling()
+                if sampling:
+                    sampling["seed"] = batch_seed(seed, [chains[i][0] for i in idx])
+                answers, share = timed(generator, [prompts[i] for i in idx], None, cfg.max_new_tokens, **sampling)
                 rows = [{"chain": chains[i][0], "summary": answer, "level": level, "items": list(chains[i][1]),
                          "previous": chains[i][2], "prompt": prompts[i], "split": split, "seconds": share}
                         for i, answer in zip(idx, answers)]

@@ -2,8 +2,11 @@
 
 Keywords that let a language model predict the original description carry its content. Only the
 description's tokens are scored: the prompt holding the keywords is context, not target.
-The log variant (-mean NLL = -log PPL) is the default: PPL spans orders of magnitude across items,
-which would swamp the other rewards in a weighted sum.
+Two forms (train_summarizer.reconstruction_reward, docs/rewards.md):
+- log=True, registry name "reconstruction" (the default): -mean NLL = -log PPL, in nats. PPL spans
+  orders of magnitude across items, which would swamp the other rewards in a weighted sum.
+- log=False, registry name "reconstruction_ppl": -PPL = -exp(mean NLL), the paper's form. The mean
+  NLL is clipped at MAX_NLL nats first, so the reward stays >= -exp(MAX_NLL) (about -1.07e13).
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ from typing import Any
 import torch
 
 from .common import RewardFn, get_column, keyword_strings
+
+# -PPL clips the mean NLL here. TRL holds rewards in float32 and takes their std over a group or a batch:
+# exp(80), the clip before, is finite but its square is not, so the std is inf and every advantage 0.
+# exp(30)^2 times any batch size is finite; 30 nats is far above a uniform guess over a 150k-token
+# vocabulary (about 12), so only degenerate texts reach it.
+MAX_NLL = 30.0
 
 PROMPT = "Keywords: {keywords}\nWrite the item description that these keywords summarize."
 
@@ -65,9 +74,9 @@ def mean_nll(model: Any, tokenizer: Any, prefixes: list[list[int]], targets: lis
 def make_recon_reward(model: Any, tokenizer: Any, batch_size: int = 8, log: bool = True,
                       max_keywords: int = 10, max_text_tokens: int = 128,
                       text_column: str = "item_text") -> RewardFn:
-    """log=True: -mean NLL of the item text; log=False: -PPL. The text is cut to its first
-    `max_text_tokens` tokens (cost grows with it). An empty item text scores nan, which TRL
-    treats as 'no reward for this sample'."""
+    """log=True: -mean NLL of the item text (-log PPL); log=False: -PPL = -exp(min(mean NLL, MAX_NLL)).
+    The text is cut to its first `max_text_tokens` tokens (cost grows with it). An empty item text
+    scores nan, which TRL treats as 'no reward for this sample'."""
     model.eval()
 
     def r_recon(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
@@ -75,7 +84,7 @@ def make_recon_reward(model: Any, tokenizer: Any, batch_size: int = 8, log: bool
         prefixes = [_prefix_ids(tokenizer, kw) for kw in keyword_strings(completions, max_keywords)]
         targets = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_text_tokens] for t in texts]
         nll = mean_nll(model, tokenizer, prefixes, targets, batch_size)
-        return [-v if log else -math.exp(min(v, 80.0)) for v in nll]  # exp(80): no overflow
+        return [-v if log else -math.exp(min(v, MAX_NLL)) for v in nll]  # nan stays nan
 
     r_recon.__name__ = "r_recon_log" if log else "r_recon"
     return r_recon

@@ -57,15 +57,22 @@ class SummarizeConfig:
 class SummarizerTrainConfig:
     """GRPO training of the keyword policy (the model, prompts and keyword cap come from `summarize`).
 
-    The objective is R = a*R_info + b*R_recon + c*R_len + d*R_disc (see mmsrarec.reward); a reward
-    whose weight is 0 is not computed during training, but every reward is reported in the evaluation.
+    The objective is R = a*R_info + b*R_recon + c*R_len + d*R_disc (see mmsrarec.reward and
+    docs/rewards.md: the weights multiply the rewards on their own scales); a reward whose weight is 0 is
+    not computed during training, but every reward is reported in the evaluation.
     """
     information_weight: float = field(1.0, help="a: weight of R_info = cos(phi(keywords), phi(item text))")
-    reconstruction_weight: float = field(0.2, help="b: weight of R_recon = -log PPL(item text | keywords) under `reference`")
+    reconstruction_weight: float = field(0.2, help="b: weight of the reconstruction reward (see reconstruction_reward)")
     length_weight: float = field(0.5, help="c: weight of the length reward (see length_reward)")
     discriminability_weight: float = field(0.0, help="d: weight of R_disc = 1/rank of the item retrieved by its keywords")
     length_reward: Literal["length", "length_norm"] = field(
         "length_norm", help="length: -(number of keywords) as in the paper; length_norm: that / max_keywords, in [-1, 0]")
+    reconstruction_reward: Literal["reconstruction", "reconstruction_ppl"] = field(
+        "reconstruction", neutral=True, help=(
+            "R_recon under `reference`, on the item text given the keywords: reconstruction = -log PPL "
+            "(-mean NLL, in nats); reconstruction_ppl = -PPL as in the paper, mean NLL clipped at "
+            "mmsrarec.reward.MAX_NLL nats first (its scale is far larger: see docs/rewards.md before "
+            "choosing reconstruction_weight)"))
     normalize_rewards: bool = field(False, help=(
         "normalise each reward within its group before the weighted sum (TRL multi_objective_aggregation="
         "normalize_then_sum, GDPO); false = weighted sum of raw rewards, then group scaling (sum_then_normalize)"))
@@ -135,6 +142,16 @@ class SummarizerTrainConfig:
                 raise InvalidValue(key, f"must be >= 0, got {getattr(self, key)}")
 
     def reward_weights(self) -> dict[str, float]:
-        """Reward name (a key of mmsrarec.reward.REWARDS) -> weight, in a fixed order."""
+        """Reward name (a key of mmsrarec.reward.REWARDS) -> weight, in a fixed order: length_reward's form,
+        information, reconstruction_reward's form, discriminability."""
         return {self.length_reward: self.length_weight, "information": self.information_weight,
-                "reconstruction": self.reconstruction_weight, "discriminability": self.discriminability_weight}
+                self.reconstruction_reward: self.reconstruction_weight,
+                "discriminability": self.discriminability_weight}
+
+    def reported_rewards(self) -> list[str]:
+        """The rewards the held-out evaluation reports: every one of reward_weights (weight 0 too) and the
+        -log PPL reconstruction when the chosen form is another, so that reports stay comparable."""
+        names = list(self.reward_weights())
+        if "reconstruction" not in names:
+            names.insert(names.index(self.reconstruction_reward), "reconstruction")
+        return names

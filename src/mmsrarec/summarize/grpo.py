@@ -5,7 +5,8 @@
 - `split_items`: held-out items by a seeded hash of their id; training never sees them.
 - `make_rewards`: the reward functions of mmsrarec.reward, built once with their models.
 - `trl_config` / `make_trainer`: TRL's GRPOConfig and GRPOTrainer (LoRA through peft_config).
-- `score_policy`: greedy summaries of held-out rows and each reward's mean, for zero-shot vs tuned.
+- `score_policy`: greedy summaries of held-out rows and each reward's mean, for zero-shot vs tuned
+  (every reward of SummarizerTrainConfig.reported_rewards; the combined reward over the trained ones).
 
 `from trl import ...` costs seconds, so it happens inside the functions that train.
 """
@@ -124,16 +125,20 @@ class RewardModels:
 
 
 def make_rewards(names: list[str], models: RewardModels, max_keywords: int) -> dict[str, RewardFn]:
-    """name (a key of mmsrarec.reward.REWARDS) -> TRL reward function."""
+    """name (a key of mmsrarec.reward.REWARDS) -> TRL reward function, in the order of `names`."""
     tcfg, batch = models.tcfg, models.tcfg.embedder.batch_size
+
+    def reconstruction(name: str) -> RewardFn:  # both forms score under the same reference LM
+        return REWARDS[name](*models.reference(), max_keywords=max_keywords,
+                             max_text_tokens=tcfg.reconstruction_max_text_tokens, text_column=ITEM_TEXT)
+
     factories = {
         "length": lambda: REWARDS["length"](max_keywords=max_keywords),
         "length_norm": lambda: REWARDS["length_norm"](max_keywords=max_keywords),
         "information": lambda: REWARDS["information"](models.embedder(), max_keywords=max_keywords,
                                                       batch_size=batch, text_column=ITEM_TEXT),
-        "reconstruction": lambda: REWARDS["reconstruction"](*models.reference(), max_keywords=max_keywords,
-                                                            max_text_tokens=tcfg.reconstruction_max_text_tokens,
-                                                            text_column=ITEM_TEXT),
+        "reconstruction": lambda: reconstruction("reconstruction"),
+        "reconstruction_ppl": lambda: reconstruction("reconstruction_ppl"),
         "discriminability": lambda: REWARDS["discriminability"](models.embedder(), models.item_embeddings(),
                                                                 max_keywords=max_keywords, batch_size=batch,
                                                                 index_column=ITEM_INDEX),

@@ -67,7 +67,7 @@ def run(ctx) -> None:
         write_parquet(ctx.out / "split.parquet", _split_table(items, train_items, test_items))
     weights = trained_rewards(tcfg)
     eval_items = test_items.head(tcfg.max_eval_items)
-    names = list(tcfg.reward_weights()) if len(eval_items) and main else list(weights)
+    names = tcfg.reported_rewards() if len(eval_items) and main else list(weights)
     rewards = make_rewards(names, RewardModels(tcfg, item_texts(items)), scfg.max_keywords)
     fn_names = {rewards[n].__name__: n for n in weights}  # TRL logs a reward by its function's name
 
