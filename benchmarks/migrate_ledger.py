@@ -24,6 +24,7 @@ import sys
 
 from mmsrarec import ledger
 from mmsrarec.config import load_config
+from mmsrarec.errors import MmsrarecError
 from mmsrarec.experiment import members
 
 
@@ -44,32 +45,51 @@ def fingerprints(config: str, revisions: dict[str, int] | None = None) -> dict[s
         stages.STAGES = present
 
 
-def main() -> None:
+def _pair(kind: str, right_is_int: bool = False):
+    """An argparse type for KEY=VALUE options: (key, value), or a usage error saying what was expected."""
+    def parse(text: str) -> tuple[str, str | int]:
+        key, eq, value = text.partition("=")
+        if not (eq and key.strip() and value.strip()):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}")
+        if right_is_int:
+            try:
+                return key.strip(), int(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not {kind}: {value!r} is not a whole number") from None
+        return key.strip(), value.strip()
+    return parse
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     prints = sub.add_parser("fingerprints")
     prints.add_argument("config")
     prints.add_argument("--revision", action="append", default=[], metavar="STAGE=N",
+                        type=_pair("STAGE=N (a stage name, '=', its revision number, e.g. evaluate=0)", True),
                         help="the stage's revision before the change (when a raised revision was all of it)")
     apply = sub.add_parser("apply")
     apply.add_argument("config")
     apply.add_argument("old", help="the JSON `fingerprints` printed in the older checkout")
     apply.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                       type=_pair("OLD=NEW (two metric names, e.g. auc=gauc)"),
                        help="every row's metric OLD goes to the name NEW, OLD left empty (ledger.rename_metric)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "fingerprints":
-        revisions = {k: int(v) for k, v in (r.split("=", 1) for r in args.revision)}
-        print(json.dumps(fingerprints(args.config, revisions), indent=1, sort_keys=True))
+        print(json.dumps(fingerprints(args.config, dict(args.revision)), indent=1, sort_keys=True))
         return
     path = load_config(args.config, []).experiment.ledger
     book = ledger.read(path)
     migrated = ledger.migrate(book, json.loads(open(args.old).read()), fingerprints(args.config))
     moved = int((migrated["fingerprint"] != book["fingerprint"]).sum())
-    for old, new in (r.split("=", 1) for r in args.rename):
-        migrated = ledger.rename_metric(migrated, old, new)
+    try:
+        for old, new in args.rename:
+            migrated = ledger.rename_metric(migrated, old, new, path)
+    except MmsrarecError as err:  # nothing written
+        sys.exit(f"migrate_ledger: {err}")
     ledger.write(path, migrated)
     print(f"{path}: {moved} of {len(book)} rows carried to the present fingerprints"
-          + "".join(f"; every row's {r.replace('=', ' now named ')}" for r in args.rename), file=sys.stderr)
+          + "".join(f"; every row's {old} now named {new}" for old, new in args.rename), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ def test_cross_section_checks(tmp_path):
         load_config(None, [*fuse, "evaluate.score_files=[mmsrarec+sasrec=x.csv]"])
     with pytest.raises(ConfigError, match="fuse_metric.*hr@7"):
         load_config(None, [*fuse, "evaluate.fuse_metric=hr@7"])
+    # the pooled auc of per-case z-scored blends means nothing: refused, pointing at the per-case gauc
+    with pytest.raises(ConfigError, match="evaluate.fuse_metric.*pooled.*'gauc'"):
+        load_config(None, [*fuse, "evaluate.fuse_metric=auc"])
+    assert load_config(None, [*fuse, "evaluate.fuse_metric=gauc"]).evaluate.fuse_metric == "gauc"
 
 
 def test_every_key_has_help():

@@ -121,3 +121,21 @@ def test_a_sampled_case_file_without_scores_gets_no_pooled_auc_and_says_why(tmp_
     assert math.isnan(row["test_auc"]) and row["test_gauc"] == 0.75 and "auc" not in per["test"]
     assert "hold no scores" in row["auc_missing"]
 
+
+
+def test_a_case_file_with_broken_scores_names_the_file_and_says_to_rescore(tmp_path):
+    """A NaN (or a ragged list) in a sampled case file's scores stops the evaluate stage with the file to redo."""
+    import re
+
+    import pandas as pd
+
+    from mmsrarec.errors import ArtifactError
+    from mmsrarec.evaluate.casefiles import case_path, write_scored_lists
+    from mmsrarec.evaluate.stage import method_row
+
+    write_scored_lists(tmp_path, "broken", "test", [1, 2], [[5, 6, 7], [5, 6, 7]], [[0.2, 0.1, 0.0], [0.9, 0.8, 0.95]])
+    frame = pd.read_parquet(path := case_path(tmp_path, "broken", "sampled", "test"))
+    frame["scores"] = [[0.2, float("nan"), 0.0], [0.9, 0.8, 0.95]]
+    frame.to_parquet(path)
+    with pytest.raises(ArtifactError, match=rf"{re.escape(str(path))}.*NaN.*rerun it with --force"):
+        method_row("broken", "sampled", tmp_path, {"splits": ["test"]}, [1])

@@ -141,6 +141,9 @@ def test_a_board_over_redrawn_lists_checks_them_within_each_seed(toy_overrides, 
     assert runs["data"].nunique() == 2  # each seed ranked its own lists
     assert "Candidate lists redrawn per seed" in (out / "leaderboard.md").read_text()
     assert pd.read_csv(out / "leaderboard.csv").loc[0, "seeds"] == 2
+    # seed 3 is not the config's seed: its main run is not the pinned mode's runs/toy/ either
+    assert out == cfg.run_dir / "leaderboard-redraw" and (cfg.run_dir / "experiment-redraw" / "3-main").is_dir()
+    assert not (cfg.run_dir / "prepare").exists() and not (cfg.run_dir / "experiment").exists()
     board_of_finished(cfg, None, over)  # again, with the ledger's rows: still checked per seed only
     # the check itself: per seed in redraw mode, across everything when pinned
     rows = pd.DataFrame({"label": ["3-main", "3-v", "4-main"], "seed": [3, 3, 4], "data": ["x", "x", "y"]})
@@ -154,6 +157,60 @@ def test_a_board_over_redrawn_lists_checks_them_within_each_seed(toy_overrides, 
     # pinned, the same runs rank other lists: neither the run folders nor the ledger's rows count for them
     with pytest.raises(MmsrarecError, match="no run of experiment 'toy' has finished"):
         board_of_finished(load_config(None, pinned), None, pinned)
+
+
+def test_redraw_after_pinned_leaves_the_pinned_runs_and_board_alone(toy_overrides):
+    import hashlib
+    from pathlib import Path
+
+    from mmsrarec import ledger
+    from mmsrarec.cli import main
+
+    book = Path(toy_overrides[0].split("=", 1)[1]).parent / "ledger.csv"
+    pinned = [*toy_overrides, "experiment.seeds=[2025, 4]", "evaluate.methods=[pop]", "cf.models=[pop]",
+              "evaluate.protocols=[sampled]", "evaluate.report_users=0", f"experiment.ledger={book}"]
+    redraw = [*pinned, "experiment.redraw_data=true"]
+    cfg_p, cfg_r = load_config(None, pinned), load_config(None, redraw)
+    root = cfg_p.run_dir
+    assert [m.cfg.run_dir for m in members(cfg_r, None, redraw)] == [root, root / "experiment-redraw" / "4-main"]
+    out_p = run_experiment(cfg_p, None, pinned)
+    assert out_p == root / "leaderboard"
+
+    def state():  # every file of the pinned mode: its runs (runs/toy/ and experiment/) and its board
+        files = sorted(f for f in root.rglob("*") if f.is_file() and not f.is_symlink()
+                       and not f.relative_to(root).parts[0].endswith("-redraw"))
+        return {str(f.relative_to(root)): (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+                for f in files}
+
+    before = state()
+    assert "experiment/4-main/train-cf/manifest.json" in before and "leaderboard/leaderboard.md" in before
+    assert (root / "experiment" / "4-main" / "prepare").is_symlink()  # pinned: runs/toy/prepare's lists
+    out_r = run_experiment(cfg_r, None, redraw)
+    assert out_r == root / "leaderboard-redraw" and (out_r / "leaderboard.md").is_file()
+    assert state() == before  # nothing of the pinned mode redone, rewritten or overwritten
+    assert (root / "experiment-redraw" / "4-main" / "prepare" / "manifest.json").is_file()
+    assert not (root / "experiment-redraw" / "2025-main").exists()  # the shared run: runs/toy/ itself
+    assert "Candidate lists pinned" in (out_p / "leaderboard.md").read_text()
+    assert "Candidate lists redrawn per seed" in (out_r / "leaderboard.md").read_text()
+    runs_p, runs_r = (pd.read_csv(o / "runs.csv").drop_duplicates("label").set_index("label") for o in (out_p, out_r))
+    assert runs_p.loc["2025-main", "data"] == runs_r.loc["2025-main", "data"]  # the same run
+    assert runs_p.loc["4-main", "data"] != runs_r.loc["4-main", "data"]  # its own lists in redraw mode
+    assert runs_p.loc["2025-main", "fingerprint"] == runs_r.loc["2025-main", "fingerprint"]
+    # the ledger keeps both modes' rows of 4-main apart by fingerprint; labels and --runs are the same
+    kept = ledger.read(book).drop_duplicates(["label", "fingerprint"])
+    assert sorted(kept["label"]) == ["2025-main", "4-main", "4-main"]
+    run_experiment(cfg_r, None, redraw, only=["4-*"])  # finished: nothing runs, the redraw board is merged again
+    args = [a for o in redraw for a in ("--set", o)]
+    assert main(["board", *args]) == 0
+    assert state() == before
+    # a fresh checkout: the redraw board from the ledger's rows of its own mode, not the pinned ones
+    shutil.rmtree(root / "experiment-redraw")
+    board_of_finished(cfg_r, None, redraw)
+    assert pd.read_csv(out_r / "runs.csv").drop_duplicates("label").set_index("label").loc["4-main", "data"] \
+        == runs_r.loc["4-main", "data"]
+    assert main(["board", *[a for o in pinned for a in ("--set", o)]]) == 0
+    assert pd.read_csv(out_p / "runs.csv").drop_duplicates("label").set_index("label").loc["4-main", "data"] \
+        == runs_p.loc["4-main", "data"]
 
 
 def test_runs_pick_members_by_label_and_link_what_the_runs_before_them_finished(toy_overrides):
@@ -397,9 +454,34 @@ def test_the_board_shows_the_pooled_auc_and_the_per_case_gauc_over_seeds(tmp_pat
     write_board(rows, tmp_path, load_config(None, []), n_seeds=3)
     md = (tmp_path / "leaderboard.md").read_text()
     assert "| method | seeds | hr@5 | ndcg@5 | auc | gauc |" in md
-    assert f"| sasrec | 3 | 0.5000 ± 0.0000 | 0.4000 ± 0.0000 | 0.8200 ± {np.std([0.8, 0.84], ddof=1):.4f} | " \
-           "0.9200 ± 0.0200 |" in md
+    # auc: the mean of the 2 seeds that have it, and says so; the others are over all 3
+    assert f"| sasrec | 3 | 0.5000 ± 0.0000 | 0.4000 ± 0.0000 | 0.8200 ± {np.std([0.8, 0.84], ddof=1):.4f} " \
+           "(2 of 3 seeds) | 0.9200 ± 0.0200 |" in md
+    assert "A mean marked (k of n seeds) is over only the k seeds" in md
     assert "`auc` is one ROC AUC pooled over all test rows" in md and "`gauc` is the mean of per-case AUCs" in md
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert {"test_auc", "test_auc_std", "test_gauc", "test_gauc_std"} <= set(board.columns)
+    assert board.loc[0, "seeds"] == 3 and board.loc[0, "test_auc_seeds"] == 2  # the CSV says it too
+    assert "test_gauc_seeds" not in board and "test_hr@5_seeds" not in board  # all seeds have them
+    assert json.loads((tmp_path / "leaderboard.json").read_text())[0]["test_auc_seeds"] == 2
+    # one seed of three: no spread, and not a 3-seed mean either
+    one = rows.assign(test_auc=[0.80, np.nan, np.nan])
+    write_board(one, tmp_path / "one", load_config(None, []), n_seeds=3)
+    assert "| 0.8000 (1 of 3 seeds) | 0.9200 ± 0.0200 |" in (tmp_path / "one" / "leaderboard.md").read_text()
+    # all seeds have it (a fresh board): no count, no note
+    full = rows.assign(test_auc=[0.80, 0.84, 0.82])
+    write_board(full, tmp_path / "full", load_config(None, []), n_seeds=3)
+    md = (tmp_path / "full" / "leaderboard.md").read_text()
+    assert "| 0.8200 ± 0.0200 | 0.9200 ± 0.0200 |" in md and "of 3 seeds" not in md and "k of n" not in md
+    assert "test_auc_seeds" not in pd.read_csv(tmp_path / "full" / "leaderboard.csv")
+
+
+def test_a_variant_delta_over_fewer_seeds_says_so():
+    from mmsrarec.experiment import paired_deltas
+
+    rows = pd.DataFrame([{"seed": s, "method": m, "protocol": "sampled", "test_hr@5": 0.5, "test_auc": a}
+                         for s, a in [(1, 0.8), (2, np.nan)] for m in ("llm", "no-rl")])
+    got = paired_deltas(rows, "llm", ["no-rl"]).set_index("variant")
+    assert got.loc["no-rl", "seeds"] == 2 and got.loc["no-rl", "sampled auc seeds"] == 1
+    assert "sampled hr@5 seeds" not in got  # both seeds: no count
 

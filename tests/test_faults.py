@@ -136,7 +136,8 @@ class Cli:
 def overrides(toy: Path, lm: Path, runs: Path) -> list[str]:
     """A toy run with the tiny LM everywhere, every long stage cut into a few pieces: 2 CF models, 5 chunks
     of keywords and of item descriptions (39 items, batches of 8), ~15 of user summaries, 3 SFT steps with
-    a checkpoint each, 4 GRPO steps with a checkpoint every 2, 2 scored splits."""
+    a checkpoint each, 4 GRPO steps with a checkpoint every 2, 2 scored splits. The user summaries are sampled
+    (mllm_msr.users.do_sample), so a resumed run must also draw each batch's samples as the uninterrupted run did."""
     sets = {
         "runs_dir": runs, "name": "toy", "threads": 1, "data.source": "atomic", "data.path": toy, "data.name": "toy",
         "data.num_negatives": 5, "cf.models": "[pop, sasrec]", "cf.train.epochs": 2,
@@ -151,6 +152,7 @@ def overrides(toy: Path, lm: Path, runs: Path) -> list[str]:
         "mllm_msr.model.name_or_path": lm, "mllm_msr.recommender.name_or_path": lm,
         "mllm_msr.items.max_new_tokens": 6, "mllm_msr.items.batch_size": 8, "mllm_msr.users.max_new_tokens": 6,
         "mllm_msr.users.max_train_states": 12, "mllm_msr.sft.max_steps": 3, "mllm_msr.sft.save_steps": 1,
+        "mllm_msr.users.do_sample": "true", "mllm_msr.users.temperature": 0.7,  # sampled: each batch under its seed
     }
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
 
@@ -175,8 +177,10 @@ TIMED = {
     "train-mllmmsr": {"mllmmsr.json": ["train_time_s", "resumed_from"]},
 }
 
-# (stage, the kill point of each killed run in turn): every run but the last is killed at its n-th save
-# point; a rerun counts again from 1, so (1, 2) is killed after its 1st piece, then, resumed, after its 2nd.
+# (stage, the kill point of each killed run in turn[, the chunk made unreadable before the last run]): every
+# run but the last is killed at its n-th save point; a rerun counts again from 1, so (1, 2) is killed after its
+# 1st piece, then, resumed, after its 2nd. A damaged chunk is removed by the store (ChunkStore._repair) and its
+# keys are done again; that case's id is '<stage>-repaired'.
 CASES = [  # the longest first: they run two at a time
     # checkpoint-2; resumed, checkpoint-4 (the last); from the start (4 is passed over), checkpoints 2 and 4 and
     # the adapter (the checkpoints not yet removed)
@@ -185,6 +189,7 @@ CASES = [  # the longest first: they run two at a time
     ("train-mllmmsr", (2, 2)),  # checkpoint-2; resumed, checkpoint-3 and the adapter (not mllmmsr.json)
     ("score-ranker", (1, 2)),  # valid scored; resumed, test scored (no case file written yet)
     ("summarize-users", (3, 5)),  # 3 chunks; resumed, 5 more
+    ("summarize-users", (3, 5), 1),  # and then the 2nd of the 8 chunks unreadable: that batch is sampled again
     ("describe-items", (2, 2)),  # 2 of 5 chunks; resumed, 2 more
     ("summarize", (2, 3)),  # 2 of 5 chunks; resumed, the other 3 (all stored, not merged)
     ("train-cf", (1, 2)),  # pop.pt written (no pop.json), then pop redone and sasrec.pt written (no sasrec.json)
@@ -209,23 +214,29 @@ def outcomes(request, tmp_path_factory):
                  for target in REFERENCE}
         for target, code in codes.items():
             assert code.result(timeout=600) == 0, _tail(root / f"reference-{target}.log")
-        chosen = {item.callspec.params["stage"] for item in request.session.items
+        chosen = {item.callspec.id for item in request.session.items
                   if item.module is request.module and hasattr(item, "callspec")}
         with ThreadPoolExecutor(2) as pool:
-            futures = {stage: pool.submit(run_case, cli, root, toy, lm, stage, kills)
-                       for stage, kills in CASES if stage in chosen}
-            yield {stage: future for stage, future in futures.items()}
+            futures = {_id(case): pool.submit(run_case, cli, root, toy, lm, *case)
+                       for case in CASES if _id(case) in chosen}
+            yield futures
     finally:
         cli.close()
 
 
-def run_case(cli: Cli, root: Path, toy: Path, lm: Path, stage: str, kills: tuple[int, ...]) -> tuple[Path, Path]:
-    """Kill `stage` at each count of `kills` in turn (each run resumes the last), rerun it to the end;
-    returns (the reference's stage folder, the resumed one)."""
+def _id(case: tuple) -> str:
+    return case[0] + ("-repaired" if len(case) > 2 else "")
+
+
+def run_case(cli: Cli, root: Path, toy: Path, lm: Path, stage: str, kills: tuple[int, ...],
+             damage: int | None = None) -> tuple[Path, Path]:
+    """Kill `stage` at each count of `kills` in turn (each run resumes the last), make its chunk number
+    `damage` (in name order) unreadable, rerun it to the end; returns (the reference's stage folder, the
+    resumed one)."""
     from mmsrarec.config import load_config
     from mmsrarec.stages import Runner
 
-    case, reference = root / stage, root / "reference" / "toy"
+    case, reference = root / (stage + ("-repaired" if damage is not None else "")), root / "reference" / "toy"
     argv = [stage, *overrides(toy, lm, case / "runs")]
     for name in Runner(load_config(None, _sets(argv))).plan(stage)[:-1]:  # what it reads, as the reference left it
         shutil.copytree(reference / name, case / "runs" / "toy" / name, symlinks=True)
@@ -234,18 +245,23 @@ def run_case(cli: Cli, root: Path, toy: Path, lm: Path, stage: str, kills: tuple
         code = cli.run(argv, log, kill_at=f"{stage}:{n}")
         assert code == -9, f"expected a kill at {stage}:{n}, exit status {code}\n{_tail(log)}"
         assert (run_dir / f"{stage}.partial").is_dir() and not (run_dir / stage).exists()
+    if damage is not None:
+        chunks = sorted((run_dir / f"{stage}.partial" / "chunks").glob("chunk-*.parquet"))
+        assert 0 < damage < len(chunks) - 1, f"chunk {damage} is not in the middle of {len(chunks)}"
+        chunks[damage].write_bytes(b"not parquet")
     start = log.stat().st_size
     code = cli.run(argv, log)
     assert code == 0, _tail(log)
     rerun = log.read_bytes()[start:].decode(errors="replace")
     assert f"[{stage}] resuming" in rerun, "the rerun did not resume from the killed run's files"
+    assert damage is None or "cannot be read" in rerun, "the store did not remove the damaged chunk"
     assert not (run_dir / f"{stage}.partial").exists()
     return reference / stage, run_dir / stage
 
 
-@pytest.mark.parametrize("stage,kills", CASES, ids=[stage for stage, _ in CASES])
-def test_killed_stage_resumes_to_the_uninterrupted_outputs(outcomes, stage, kills):
-    expected, got = outcomes[stage].result(timeout=600)
+@pytest.mark.parametrize("stage,kills", [case[:2] for case in CASES], ids=[_id(case) for case in CASES])
+def test_killed_stage_resumes_to_the_uninterrupted_outputs(outcomes, request, stage, kills):
+    expected, got = outcomes[request.node.callspec.id].result(timeout=600)
     assert_same_outputs(expected, got, TIMED.get(stage, {}))
 
 

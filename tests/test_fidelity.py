@@ -76,11 +76,14 @@ def test_paper_config_reports_the_papers_metrics(path: Path) -> None:
 
     from mmsrarec.evaluate.metrics import metric_names
 
+    from mmsrarec.evaluate.metrics import pooled_auc
+    from mmsrarec.evaluate.stage import HEADLINE
+
     cfg = load_config(path)
     names = metric_names(cfg.evaluate.ks, "sampled")
-    assert {"hr@5", "ndcg@5", "gauc"} <= set(names)
+    assert {"hr@5", "ndcg@5", "auc", "gauc"} <= set(names)
+    assert {"hr@5", "ndcg@5", "auc", "gauc"} <= set(HEADLINE["sampled"])
     assert "mllm-msr" in cfg.evaluate.methods and cfg.evaluate.protocols == ["sampled"]
-    from mmsrarec.evaluate.metrics import pooled_auc
 
     # two cases whose positives beat their own negatives but not the other case's: per-case AUC 1, pooled 0.75
     scores = np.array([[0.2, 0.1], [0.9, 0.8]])

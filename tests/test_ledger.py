@@ -3,6 +3,8 @@ of a checkout that has not run them, only while their config and data are unchan
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -173,6 +175,21 @@ def test_rename_metric_moves_every_rows_values_to_the_new_name_once():
     assert moved["test_hr@5"].equals(book["test_hr@5"]) and len(moved) == 2
     with pytest.raises(ArtifactError, match="renamed 'gauc' before"):
         ledger.rename_metric(moved.assign(test_auc=0.8), "auc", "gauc")
+    # the error names the ledger file and what to do
+    with pytest.raises(ArtifactError, match=r"^benchmarks/results/x\.csv: .*leave the rename out.*restore the file"):
+        ledger.rename_metric(moved.assign(test_auc=0.8), "auc", "gauc", "benchmarks/results/x.csv")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["fingerprints", "c.yaml", "--revision", "evaluate"], r"--revision: 'evaluate' is not STAGE=N"),
+    (["fingerprints", "c.yaml", "--revision", "evaluate=one"], r"'one' is not a whole number"),
+    (["apply", "c.yaml", "old.json", "--rename", "auc"], r"--rename: 'auc' is not OLD=NEW"),
+    (["apply", "c.yaml", "old.json", "--rename", "auc="], r"--rename: 'auc=' is not OLD=NEW")])
+def test_migrate_ledger_refuses_a_malformed_option_with_a_usage_message(args, says, capsys):
+    script = load_benchmark("migrate_ledger")
+    with pytest.raises(SystemExit) as stop:
+        script.main(args)
+    assert stop.value.code == 2 and re.search(says, capsys.readouterr().err)
 
 
 def test_a_neutral_option_added_later_keeps_stage_keys_and_fingerprints(tmp_path):

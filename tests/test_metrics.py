@@ -105,12 +105,16 @@ def test_resampled_pooled_auc_is_the_auc_of_the_sample_itself():
     picks = rng.integers(0, 30, (40, 30))
     counts = np.stack([np.bincount(p, minlength=30) for p in picks])
     want = [brute_auc(scores[p]) for p in picks]
-    dense = PooledAUC(scores)
-    assert dense.resampled(counts) == pytest.approx(want, abs=1e-12)
-    cumulative = PooledAUC(scores)
-    cumulative._below = None  # the path of more than DENSE_CASES cases
-    assert cumulative.resampled(counts) == pytest.approx(want, abs=1e-12)
-    assert dense.resampled(np.ones((1, 30), int))[0] == dense.value
+    stat = PooledAUC(scores)
+    assert stat._table is None  # the value alone builds no resampling table
+    assert stat.resampled(counts) == pytest.approx(want, abs=1e-12)
+    # counts so large that float32 no longer holds every partial sum exactly: the float64 path, the same AUCs
+    assert np.array_equal(stat.resampled(counts * 1_000_000), stat.resampled(counts))
+    assert stat.resampled(np.ones((1, 30), int))[0] == stat.value
+    # a paired difference subtracts the exact numerators, the same as each AUC on its own to rounding
+    other = rng.integers(0, 6, (30, 5)).astype(float)
+    assert stat.minus(PooledAUC(other)).resampled(counts) == pytest.approx(
+        np.array(want) - [brute_auc(other[p]) for p in picks], abs=1e-12)
 
 
 def test_pooled_auc_interval_holds_its_value_is_deterministic_and_fast():
@@ -124,7 +128,7 @@ def test_pooled_auc_interval_holds_its_value_is_deterministic_and_fast():
         torch.tensor(scores[:, 0]), torch.tensor(scores[:, 1:])))["gauc"])}
     t0 = time.perf_counter()
     got = case_bootstrap(per, np.random.default_rng([7, 1009]), draws=1000)
-    assert time.perf_counter() - t0 < 3  # ~0.1 s: one 943 x 943 table, a matrix product per block of draws
+    assert time.perf_counter() - t0 < 3  # ~0.05 s: a sparse product per block of draws
     value, lo, hi = got["auc"]
     assert value == round(stat.value, 4) and lo < value < hi and hi - lo < 0.05
     assert got == case_bootstrap(per, np.random.default_rng([7, 1009]), draws=1000)
@@ -142,3 +146,14 @@ def test_pooled_auc_interval_holds_its_value_is_deterministic_and_fast():
     apart._joint = None  # each AUC on its own, then the difference
     counts = np.stack([np.bincount(p, minlength=943) for p in rng.integers(0, 943, (20, 943))])
     assert joint.resampled(counts) == pytest.approx(apart.resampled(counts), abs=1e-12)
+
+
+def test_the_fusion_weight_is_never_picked_by_the_pooled_auc():
+    """A blend of per-case z-scores is on no common scale across cases: its pooled auc picks nothing (gauc does)."""
+    from mmsrarec.evaluate.fusion import pick_weight
+
+    rng = np.random.default_rng(2)
+    llm, cf = rng.random((20, 6)), rng.random((20, 6))
+    with pytest.raises(ValueError, match="pooled 'auc'.*'gauc'"):
+        pick_weight(llm, cf, "auc")
+    assert 0.0 <= pick_weight(llm, cf, "gauc")[0] <= 1.0

@@ -150,17 +150,20 @@ def migrate(book: pd.DataFrame, old: dict[str, str], new: dict[str, str]) -> pd.
     return book
 
 
-def rename_metric(book: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+def rename_metric(book: pd.DataFrame, old: str, new: str, path: str | Path = "the ledger") -> pd.DataFrame:
     """`book` with every row's values of metric `old` under the name `new` (columns <split>_<old> and their
     <split>_<old>_<suffix> intervals), the `old` columns left empty: for a change that gives a metric's name to
     another metric, whose value the rows recorded before it do not have (evaluate revision 1: the mean of
     per-case AUCs, recorded as `auc`, is `gauc`; `auc` is now the pooled AUC, unknown for those rows). Refuses a
-    book that already has values under `new` (renamed once already)."""
+    book that already has values under `new` (renamed once already), naming `path`, the ledger file it was read
+    from."""
     pattern = re.compile(rf"(valid|test)_{re.escape(old)}(_\w+)?")
     moved = {c: c.replace(f"_{old}", f"_{new}", 1) for c in book.columns if pattern.fullmatch(c)}
     taken = [n for n in moved.values() if n in book and book[n].notna().any()]
     if taken:
-        raise ArtifactError(f"the ledger already has values under {taken}: its {old!r} was renamed {new!r} before")
+        raise ArtifactError(f"{path}: the ledger already has values under {taken}: its {old!r} was renamed {new!r} "
+                            f"before, and renaming again would empty them; leave the rename out (no --rename "
+                            f"{old}={new} for benchmarks/migrate_ledger.py), or restore the file from git to redo it")
     book = book.copy()
     for column, renamed in moved.items():
         book[renamed] = book[column]

@@ -34,7 +34,8 @@ class EvaluateConfig:
         help="not in the paper: CF models (in methods) whose per-case scores are blended with the LLM ranker's on "
              "the sampled protocol, one row '<rank.name>+<model>' each, the weight picked on valid (needs 'valid' in "
              "llm_splits; see evaluate/fusion.py): does the LLM add anything to the CF model?")
-    fuse_metric: str = field("ndcg@5", help="fuse: the valid metric the blend weight maximizes")
+    fuse_metric: str = field("ndcg@5", help="fuse: the valid metric the blend weight maximizes (a mean of per-case "
+                                            "values: hr@K, ndcg@K, mrr@K, mrr or gauc; not the pooled auc)")
     score_files: list[str] = field(
         default_factory=list,
         help="outside models' score files (CSV or parquet: user, item, score[, split]) of the stored candidate lists "
@@ -55,7 +56,12 @@ class EvaluateConfig:
         if self.report_users < 0:
             raise InvalidValue("report_users", f"must be >= 0, got {self.report_users}")
         if self.fuse:
-            from .metrics import metric_names
+            from .metrics import POOLED, metric_names
+            if self.fuse_metric in POOLED:
+                raise InvalidValue("fuse_metric", f"is {self.fuse_metric!r}, the ROC AUC of all cases' rows pooled: a "
+                                   "blend of per-case z-scores is on no common scale across cases, so it cannot pick "
+                                   "the weight; use 'gauc' (the mean per-case AUC, what 'auc' meant before) or an "
+                                   "hr/ndcg/mrr metric")
             if self.fuse_metric not in metric_names(self.ks, "sampled"):
                 raise InvalidValue("fuse_metric", f"is {self.fuse_metric!r}, not a sampled metric of ks={self.ks} "
                                    f"(one of {metric_names(self.ks, 'sampled')})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import POOLED, pooled_auc
+from .metrics import POOLED
 from .protocols import sampled_metrics
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # 0, 0.05, ..., 1
@@ -42,9 +42,11 @@ def fuse(llm: np.ndarray, cf: np.ndarray, weight: float) -> np.ndarray:
 
 def weight_curve(llm: np.ndarray, cf: np.ndarray, metric: str = "ndcg@5",
                  weights: np.ndarray = WEIGHTS) -> dict[float, float]:
-    """Each weight's mean `metric` of the blend over these cases (the pooled `auc`: of all their rows)."""
+    """Each weight's mean `metric` of the blend over these cases. Not the pooled `auc`: a blend of per-case
+    z-scores is on no common scale across cases, so pooling its rows says nothing (the per-case AUC is `gauc`)."""
     if metric in POOLED:
-        return {float(w): pooled_auc(fuse(llm, cf, float(w))) for w in weights}
+        raise ValueError(f"the fusion weight cannot be picked by the pooled {metric!r}: the blend's per-case z-scores "
+                         "are not comparable across cases; use 'gauc' (the mean per-case AUC) or hr/ndcg/mrr")
     return {float(w): float(sampled_metrics(fuse(llm, cf, float(w)), [metric])[metric].mean()) for w in weights}
 
 

@@ -108,16 +108,18 @@ class PooledAUC:
     """The ROC AUC of a sampled protocol's score matrix [n_cases, 1 + N] (target in column 0), all rows pooled:
     the share of (positive, negative) pairs over all cases where the positive scores higher, ties 1/2.
 
-    `value` is the AUC of these cases; `resampled(counts)` the AUC of bootstrap samples of the cases, each given
-    by how often it draws every case (counts [draws, n_cases]): a case drawn k times adds its positive and its N
-    negatives k times. Both are exact (integer pair counts). The negatives are sorted once; a sample's count of
-    negatives below positive i is then sum_c counts[c] * below[c, i], where below[c, i] counts case c's negatives
-    below positive i (ties 1/2). Up to DENSE_CASES cases that [n_cases, n_cases] table is kept and a block of
-    samples is one matrix product; beyond, a sample's weights are summed cumulatively along the sorted negatives.
+    `value` is the AUC of these cases: two searches of the positives in the sorted negatives (O(n N log(n N))
+    time, O(n N) memory). `resampled(counts)` gives the AUC of bootstrap samples of the cases, each given by how
+    often it draws every case (counts [draws, n_cases]): a case drawn k times adds its positive and its N
+    negatives k times. Both are exact (integer pair counts). A sample's 2 x (weighted negatives below positive i)
+    + (weighted ties with it) is a cumulative sum, over the positives in score order, of counts @ D, where
+    D[k, c] counts case c's negatives that first count for the k-th positive in score order (once when below
+    it, once more when below or tied). D has at most 2 n N entries, so it is kept sparse (about 16 bytes an
+    entry: ~13 MB for 20,000 cases of 20 negatives), built by the first `resampled` (never for `value` alone),
+    and a sample costs O(n N), where a dense [case, positive] table would take n^2 memory and time.
     """
 
-    DENSE_CASES = 4096  # up to here the per-case table (n_cases^2 float32: 64 MB at most); beyond, cumulative sums
-    BLOCK = 1 << 22     # draws x (cases or negatives) handled at once by resampled
+    BLOCK = 1 << 22  # draws x cases handled at once by resampled: [cases, draws] arrays of ~16-32 MB
 
     def __init__(self, scores: np.ndarray):
         scores = np.asarray(scores, dtype=np.float64)
@@ -137,57 +139,83 @@ class PooledAUC:
         self._hi = np.searchsorted(ranked, scores[:, 0], side="right")
         pairs = n * len(negatives)
         self.value = float((self._lo + self._hi).sum() / (2 * pairs)) if pairs else float("nan")
-        self._below = None
-        if 0 < n <= self.DENSE_CASES and m:
-            place = np.empty(len(order), dtype=np.int64)
-            place[order] = np.arange(len(order))
-            # each case's negatives' places, as keys sorted by case, then place: case c's block is [c*m, c*m + m)
-            stride = len(order) + 1
-            keys = np.sort(place.reshape(n, m), axis=1) + np.arange(n)[:, None] * stride
-            keys = keys.ravel()
-            base = np.arange(n)[:, None] * stride
-            first = np.arange(n)[:, None] * m
-            below = (np.searchsorted(keys, base + self._lo[None, :], side="left") - first) + \
-                (np.searchsorted(keys, base + self._hi[None, :], side="left") - first)  # [case c, positive i]
-            self._below = below.astype(np.float32)  # integers up to 2m: exact
+        self._table = self._rank = None  # D and each positive's place in score order: _sparse(), on first use
 
     def __len__(self) -> int:
         return self.n_cases
 
-    def minus(self, other: "PooledAUC") -> "PooledAUC | None":
-        """self - other of the same cases as one statistic (a paired difference at the cost of one AUC): both
-        tables are kept and the lists are as wide, so the difference is one table; else None."""
-        if self._below is None or other._below is None or (self.n_cases, self.n_negatives) != (
-                other.n_cases, other.n_negatives):
+    def _sparse(self):
+        """(D: CSR [k-th positive in score order, case], each positive's k), built once."""
+        if self._table is None:
+            from scipy import sparse  # installed with scikit-learn / sentence-transformers
+
+            n = self.n_cases
+            # lo + hi orders the positives by score (equal sums: equal lo and hi), so both are nondecreasing
+            by_score = np.argsort(self._lo + self._hi, kind="stable")
+            rank = np.empty(n, dtype=np.intp)
+            rank[by_score] = np.arange(n)
+            places = np.arange(len(self._case))
+            # the negative at place p is below the k-th positive iff p < lo[k], i.e. k >= first[p]; not above: hi
+            first = np.concatenate([np.searchsorted(self._lo[by_score], places, side="right"),
+                                    np.searchsorted(self._hi[by_score], places, side="right")])
+            cases = np.concatenate([self._case, self._case])
+            kept = first < n  # a negative above every positive counts for none
+            self._table = sparse.csr_matrix((np.ones(int(kept.sum()), dtype=np.float32), (first[kept], cases[kept])),
+                                            shape=(n, n))  # duplicates summed: integers up to 2N, exact in float32
+            self._rank = rank
+        return self._table, self._rank
+
+    def twice_below(self, w: np.ndarray, exact32: bool) -> np.ndarray:
+        """[case i, draw d] 2 x (negatives below positive i) + (negatives tied with it), every case c's counted
+        w[d, c] times (w [draws, cases]); float32 when every partial sum is an integer below 2^24, else float64."""
+        table, rank = self._sparse()
+        dtype = np.float32 if exact32 else np.float64
+        twice = table.astype(dtype, copy=False) @ np.ascontiguousarray(w.T, dtype=dtype)  # [k, draws]
+        np.cumsum(twice, axis=0, out=twice)
+        return twice[rank]
+
+    def minus(self, other: "PooledAUC") -> "PooledDifference | None":
+        """self - other of the same cases as one statistic (a paired difference: each sample's integer numerators
+        subtracted, then divided once), when the lists are as wide; else None."""
+        if (self.n_cases, self.n_negatives) != (other.n_cases, other.n_negatives):
             return None
-        joint = object.__new__(PooledAUC)
-        joint.n_cases, joint.n_negatives = self.n_cases, self.n_negatives
-        joint._case, joint._lo, joint._hi = self._case, self._lo, self._hi  # not read: the table is kept
-        joint.value = self.value - other.value
-        joint._below = self._below - other._below  # integers in [-2m, 2m]: exact in float32, as are its sums
-        return joint
+        return PooledDifference(self, other)
 
     def resampled(self, counts: np.ndarray) -> np.ndarray:
         """[draws] AUCs of the samples whose cases are drawn counts[d, case] times."""
-        counts = np.asarray(counts, dtype=np.int64)
-        if not self.n_cases or not self.n_negatives:
-            return np.full(len(counts), np.nan)
-        out = np.empty(len(counts))
-        width = self.n_cases if self._below is not None else len(self._case)
-        step = max(1, self.BLOCK // width)
-        for start in range(0, len(counts), step):
-            w = counts[start:start + step]
-            if self._below is not None:  # 2 x weighted negatives below each positive; float32 while every sum
-                exact = 2 * self.n_negatives * int(w.sum(1).max(initial=0)) < 1 << 24  # is an integer it holds
-                twice = w.astype(np.float32) @ self._below if exact else w.astype(np.float64) @ self._below
-            else:
-                small = np.int32 if int(w.sum(1).max(initial=0)) * self.n_negatives < 1 << 31 else np.int64
-                below = np.zeros((len(w), len(self._case) + 1), dtype=small)
-                np.cumsum(w.astype(small)[:, self._case], axis=1, out=below[:, 1:])  # weighted negatives up to
-                twice = below[:, self._lo].astype(np.int64) + below[:, self._hi]     # each place
-            drawn = w.sum(1)
-            out[start:start + step] = (w * twice.astype(np.float64)).sum(1) / (2.0 * drawn * drawn * self.n_negatives)
-        return out
+        return _resampled(self, counts, lambda w, exact32: self.twice_below(w, exact32))
+
+
+class PooledDifference:
+    """PooledAUC.minus: mine - theirs, a sample's value its numerators' (exact) difference over its pairs."""
+
+    def __init__(self, mine: PooledAUC, theirs: PooledAUC):
+        self.n_cases, self.n_negatives = mine.n_cases, mine.n_negatives
+        self.value = mine.value - theirs.value
+        self._pair = mine, theirs
+
+    def __len__(self) -> int:
+        return self.n_cases
+
+    def resampled(self, counts: np.ndarray) -> np.ndarray:
+        mine, theirs = self._pair
+        return _resampled(self, counts, lambda w, exact32: mine.twice_below(w, exact32).astype(np.float64)
+                          - theirs.twice_below(w, exact32))
+
+
+def _resampled(stat, counts: np.ndarray, twice_below: Callable[[np.ndarray, bool], np.ndarray]) -> np.ndarray:
+    """[draws] values of a pooled statistic whose sample numerators twice_below gives (PooledAUC.resampled)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if not stat.n_cases or not stat.n_negatives:
+        return np.full(len(counts), np.nan)
+    out = np.empty(len(counts))
+    step = max(1, PooledAUC.BLOCK // stat.n_cases)
+    for start in range(0, len(counts), step):
+        w = counts[start:start + step]
+        drawn = w.sum(1)
+        twice = twice_below(w, 2 * stat.n_negatives * int(drawn.max(initial=0)) < 1 << 24)  # partial sums <= 2N drawn
+        out[start:start + step] = (w.T * twice.astype(np.float64)).sum(0) / (2.0 * drawn * drawn * stat.n_negatives)
+    return out
 
 
 def pooled_auc(scores: np.ndarray) -> float:

@@ -112,7 +112,13 @@ def method_row(method: str, protocol: str, folder: Path, facts: dict, ks: list[i
                 per[split][name] = counted[name]
                 row[f"{split}_{name}"] = float(counted[name].mean())
             elif "scores" in frame:
-                per[split][name] = PooledAUC(score_matrix(frame))
+                try:  # ragged lists, a wrong shape, NaN or infinity
+                    per[split][name] = PooledAUC(score_matrix(frame))
+                except ValueError as err:
+                    raise ArtifactError(f"{case_path(folder, method, protocol, split)}: no pooled {name} from its "
+                                        f"scores ({err}); the scoring stage in {folder} wrote a broken case file: "
+                                        f"rerun it with --force (`mmsrarec {Path(folder).name} --config ... --force`)"
+                                        ) from err
                 row[f"{split}_{name}"] = per[split][name].value
             else:
                 row[f"{split}_{name}"] = float("nan")

@@ -1,6 +1,7 @@
-"""The merged leaderboard of an experiment (runs/<name>/leaderboard/): one row per method and protocol with
-the mean and the spread (sample standard deviation) over seeds, from the runs finished here and, with
-experiment.ledger, the ledger's rows of the others (ledger.py); each variant paired with the main ranker.
+"""The merged leaderboard of an experiment (runs/<name>/leaderboard/, or with experiment.redraw_data
+runs/<name>/leaderboard-redraw/: members.board_dir): one row per method and protocol with the mean and the
+spread (sample standard deviation) over seeds, from the runs finished here and, with experiment.ledger, the
+ledger's rows of the others (ledger.py); each variant paired with the main ranker.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..artifacts import read_json, write_json, write_text
 from ..config import RunConfig
 from ..errors import ArtifactError
 from ..evaluate.leaderboard import AUC_LINES, method_cell, sureness
-from .members import Member, members
+from .members import Member, board_dir, members
 
 
 def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> Path:
@@ -35,7 +36,8 @@ def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[s
 
 
 def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Path]]) -> Path:
-    """The merged leaderboard in runs/<name>/leaderboard/ of the runs finished here (`done`) and, with
+    """The merged leaderboard in members.board_dir (runs/<name>/leaderboard/, leaderboard-redraw/ with
+    experiment.redraw_data) of the runs finished here (`done`) and, with
     experiment.ledger, of the ledger's rows of the other runs under their present config (ledger.py); the
     ledger then gets the rows of the runs finished here."""
     per_seed = cfg.experiment.redraw_data
@@ -73,7 +75,7 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
           + (f"; not finished: {', '.join(missing)}" if missing else ""), file=sys.stderr)
     if rows.empty:
         raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
-    out = cfg.run_dir / "leaderboard"
+    out = board_dir(cfg)
     write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing, from_ledger)
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
@@ -115,21 +117,32 @@ def _same_data(rows: pd.DataFrame, what: str, per_seed: bool = False) -> None:
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation over seeds of every numeric column, per method and protocol
-    (the deviation is NaN, and shown as no spread, for a single seed)."""
+    (the deviation is NaN, and shown as no spread, for a single seed). `seeds` counts the method's seeds;
+    a column that some of them lack (an older ledger row has no pooled `test_auc`) is averaged over the
+    seeds that have it, and where some row has it on some but not all of its seeds, the column
+    `<column>_seeds` gives that count on every row: no mean passes for one over more seeds than it has."""
     numeric = [c for c in rows.columns if c not in ("method", "protocol", "seed")
                and pd.api.types.is_numeric_dtype(rows[c])]
-    out = []
+    out, counts = [], []
     for (method, protocol), group in rows.groupby(["method", "protocol"], sort=False):
         row = {"method": method, "protocol": protocol, "seeds": int(group["seed"].nunique())}
         if "vs_cf" in group and group["vs_cf"].notna().any():  # the seeds may pair with different CF models
             row["vs_cf"] = " / ".join(sorted(set(group["vs_cf"].dropna().astype(str))))
+        count = {}
         for col in numeric:
             values = group[col].dropna().to_numpy(dtype=float)
+            count[col] = int(group.loc[group[col].notna(), "seed"].nunique())
             if len(values):
                 row[col] = float(values.mean())
                 row[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")  # no spread of 1
         out.append(row)
-    return pd.DataFrame(out)
+        counts.append(count)
+    board = pd.DataFrame(out)
+    for col in numeric:  # after its mean and spread, where some row's mean is over fewer seeds than its row's
+        if col in board and any(0 < c[col] < r["seeds"] for c, r in zip(counts, out)):
+            at = board.columns.get_loc(f"{col}_std") + 1 if f"{col}_std" in board else board.columns.get_loc(col) + 1
+            board.insert(at, f"{col}_seeds", [c[col] for c in counts])
+    return board
 
 
 # sampled: `auc` pooled over all test rows as in the papers, `gauc` the mean of per-case AUCs (evaluate/metrics.py)
@@ -157,6 +170,10 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
             lines.append(f"| {method_cell(r)} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
         sure = sureness(group)
+        if any(_of_seeds(r.get(f"test_{m}_seeds"), r["seeds"]) for _, r in group.iterrows() for m in metrics):
+            lines += ["A mean marked (k of n seeds) is over only the k seeds whose rows have that metric (a ledger "
+                      "row recorded before the pooled `auc` lacks it), with its spread over those k"
+                      + (" and its intervals below averaged over them too" if sure else "") + ".", ""]
         if sure and n_seeds > 1:
             sure[0] = (f"Each seed's own {sure[0][0].lower()}{sure[0][1:-1]}, averaged over the seeds (bounds too; "
                        "the spread over seeds is in the table above).")
@@ -164,14 +181,16 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
     deltas = paired_deltas(rows, cfg.rank.name, [v.name for v in cfg.experiment.variants])
     if len(deltas):
         deltas.to_csv(out / "ablations.csv", index=False)
-        cols = [c for c in deltas.columns if c.startswith(("sampled ", "rerank ")) and not c.endswith(" std")]
+        cols = [c for c in deltas.columns
+                if c.startswith(("sampled ", "rerank ")) and not c.endswith((" std", " seeds"))]
         lines += [f"## Variants against {cfg.rank.name}, paired by seed", "",
                   f"Variant minus {cfg.rank.name} on the same seed (and the same lists), mean ± std over the seeds "
                   "that have both; negative: the variant is worse.", "",
                   "| variant | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
         for _, r in deltas.iterrows():
             cells = ["–" if pd.isna(r[c]) else f"{r[c]:+.4f}"
-                     + ("" if pd.isna(r[f"{c} std"]) else f" ± {r[f'{c} std']:.4f}") for c in cols]
+                     + ("" if pd.isna(r[f"{c} std"]) else f" ± {r[f'{c} std']:.4f}")
+                     + _of_seeds(r.get(f"{c} seeds"), r["seeds"]) for c in cols]
             lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
     if missing:
@@ -202,9 +221,17 @@ def paired_deltas(rows: pd.DataFrame, main: str, variants: list[str]) -> pd.Data
                     seeds |= set(diff.index)
                     row[f"{protocol} {metric}"] = float(diff.mean())
                     row[f"{protocol} {metric} std"] = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+                    row[f"{protocol} {metric} seeds"] = len(diff)
         if seeds:
             out.append({**row, "seeds": len(seeds)})
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    for col in [c for c in frame.columns if c.endswith(" seeds")]:  # kept where a delta is over fewer of its seeds
+        have = frame[col].fillna(0).astype(int)
+        if ((have > 0) & (have < frame["seeds"])).any():
+            frame[col] = have
+        else:
+            frame = frame.drop(columns=col)
+    return frame
 
 
 def _lists_line(cfg: RunConfig) -> str:
@@ -216,8 +243,17 @@ def _lists_line(cfg: RunConfig) -> str:
 
 
 def _cell(row: pd.Series, col: str) -> str:
+    """mean ± std, and '(k of n seeds)' where only k of the row's n seeds have the metric (aggregate)."""
     value = row.get(col)
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     std = row.get(f"{col}_std")
-    return f"{value:.4f} ± {std:.4f}" if std is not None and not np.isnan(std) else f"{value:.4f}"
+    text = f"{value:.4f} ± {std:.4f}" if std is not None and not np.isnan(std) else f"{value:.4f}"
+    return text + _of_seeds(row.get(f"{col}_seeds"), row["seeds"])
+
+
+def _of_seeds(have, seeds) -> str:
+    """' (k of n seeds)' where a mean is over k < n seeds, else ''."""
+    if have is None or pd.isna(have) or int(have) == int(seeds):
+        return ""
+    return f" ({int(have)} of {int(seeds)} seed{'s' if int(seeds) > 1 else ''})"

@@ -4,12 +4,17 @@ The first seed's main run is runs/<name>/ itself; the others live in runs/<name>
 By default data.seed stays pinned to the main run's, so all of them rank the same stored candidate lists.
 With experiment.redraw_data, each run's data.seed is -1 (= its run seed): each seed draws its own split,
 negatives and case subsample, and the variants of a seed share that seed's lists (paired differences stay
-paired).
+paired). Those runs live in runs/<name>/experiment-redraw/<seed>-<variant>/ and their board in
+runs/<name>/leaderboard-redraw/, so that the same config run in both modes keeps both: only the first seed's
+main run, when that seed is the config's `seed` (then it draws the same lists in both modes: the same run),
+stays runs/<name>/ itself and is shared. Labels (SEED-VARIANT: `--runs`, the board, the ledger) are the same
+in both modes; the ledger tells a mode's rows apart by their fingerprint (data.seed is in it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import RunConfig, Variant, load_config
 from ..configtools import parse_override
@@ -37,12 +42,24 @@ class Member:
     @property
     def label(self) -> str:
         """SEED-VARIANT, e.g. 2026-main, 2026-no-rl: what `--runs` matches, the board names, and the folder
-        name of every run but the first seed's main one."""
+        name (under runs_folder) of every run but the first seed's main one."""
         return label(self.seed, self.variant)
 
 
 def label(seed: int, variant: Variant | None) -> str:
     return f"{seed}-{variant.name if variant else 'main'}"
+
+
+def runs_folder(cfg: RunConfig) -> Path:
+    """Where the experiment's runs other than runs/<name>/ itself live: runs/<name>/experiment/, or
+    runs/<name>/experiment-redraw/ with experiment.redraw_data (the pinned runs' folders are left alone)."""
+    return cfg.run_dir / ("experiment-redraw" if cfg.experiment.redraw_data else "experiment")
+
+
+def board_dir(cfg: RunConfig) -> Path:
+    """Where the experiment's merged leaderboard goes: runs/<name>/leaderboard/, or
+    runs/<name>/leaderboard-redraw/ with experiment.redraw_data (beside the pinned one, not over it)."""
+    return cfg.run_dir / ("leaderboard-redraw" if cfg.experiment.redraw_data else "leaderboard")
 
 
 def select(runs: list[Member], patterns: list[str]) -> list[Member]:
@@ -62,13 +79,16 @@ def select(runs: list[Member], patterns: list[str]) -> list[Member]:
 def members(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> list[Member]:
     """Every run of the experiment, main runs first within each seed."""
     seeds = cfg.experiment.seeds or [cfg.seed]
-    root = cfg.run_dir / "experiment"
+    redraw = cfg.experiment.redraw_data
+    root = runs_folder(cfg)
     out = []
     for i, seed in enumerate(seeds):
         for variant in [None, *cfg.experiment.variants]:
-            data_seed = -1 if cfg.experiment.redraw_data else cfg.data_seed  # -1: the run's seed
+            data_seed = -1 if redraw else cfg.data_seed  # -1: the run's seed
             extra = [f"seed={seed}", f"data.seed={data_seed}", "experiment.seeds=[]", "experiment.variants=[]"]
-            if i > 0 or variant is not None:
+            # runs/<name>/ itself: the first seed's main run; with redraw_data only where it is the pinned
+            # mode's run too (its seed is the config's, so the lists it draws are the pinned ones)
+            if i > 0 or variant is not None or (redraw and seed != cfg.seed):
                 extra += [f"runs_dir={root}", f"name={label(seed, variant)}"]
             if variant is not None:
                 # a variant puts its own ranker on the board, and its blends with the CF models its evaluate.fuse

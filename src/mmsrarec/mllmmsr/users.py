@@ -14,6 +14,9 @@ summary of blocks 0..k-1. The summary of blocks 0..k depends only on their items
 once under a chain key ("4,5,6|7,8,9" = two blocks) and shared by every state whose window starts
 with those blocks. Chains are generated level by level (all first blocks, then all second blocks,
 ...), in batches sorted by prompt length, into a ChunkStore: a killed run resumes with what is left.
+The batches of a level are fixed up front from all its chains (plan_batches), so a resumed run, or one
+whose store removed an unreadable chunk, generates each chain in the batch, and with users.do_sample
+under the seed, of an uninterrupted run: its summaries are the uninterrupted run's.
 Each chain row keeps its prompt, its previous chain and its share of its batch's wall time; a state's
 summary time is the sum over its chain's blocks, i.e. what summarizing that user alone would cost.
 """
@@ -106,10 +109,18 @@ def last_positions(train: pd.DataFrame, per_user: int) -> list[tuple[int, int, n
 
 
 def batch_seed(seed: int, chains: Sequence[str]) -> int:
-    """The seed of one sampled batch: from the run's seed and the batch's chain keys, so a rerun, or a
-    resumed run (whose batches are the same slices of the same order), draws the same samples."""
+    """The seed of one sampled batch: from the run's seed and the chain keys of its batch in the fixed plan
+    (plan_batches), so a rerun, a resumed run and a repaired one draw the same samples."""
     digest = hashlib.sha256(("|".join([str(seed), *chains])).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+def plan_batches(keys: Sequence[str], prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """The batches of one level of one split, as indices: every chain of the level, done or not, sorted
+    by prompt length (then key) and cut into batch_size pieces. Done chains stay in the plan, so the
+    batches of the rest do not depend on what an earlier run stored."""
+    order = sorted(range(len(keys)), key=lambda i: (len(prompts[i]), keys[i]))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def stored_summaries(store: ChunkStore) -> dict[str, str]:
@@ -123,37 +134,48 @@ def summarize_states(states: pd.DataFrame, item_line: Callable[[int], str], cfg:
                      load: Callable[[], Generator], store: ChunkStore, log: Callable[[str], None] = print,
                      seed: int = 0) -> int:
     """Generate every chain the states need and `store` lacks; returns how many were generated now.
-    With cfg.do_sample each batch is sampled under batch_seed(seed, its chains)."""
+
+    The batches are fixed up front (plan_batches over every chain a split needs that no earlier split
+    needs, done or not), and one batch is one chunk. A run generates the batches with a chain missing,
+    each whole (a batch stored in part, which no run writes today, is generated whole and only its
+    missing rows are stored). So every chain is generated in the same batch, with
+    the same neighbours and, with cfg.do_sample, under the same batch_seed(seed, the batch's chains),
+    whether the run was uninterrupted, resumed after a kill, or repaired (ChunkStore removed a chunk
+    from the middle): sampled summaries are as reproducible as greedy ones, i.e. as far as the
+    generator is deterministic for a given batch and seed."""
     summaries = stored_summaries(store)
     generator: Generator | None = None
     generated = 0
+    earlier: set[str] = set()  # the chains of the earlier splits' plans
     for split in SPLITS:
         needed: dict[str, tuple[int, tuple[int, ...], str]] = {}  # chain -> (level, its block, previous chain)
         for history in states.loc[states["split"] == split, "history"]:
             blocks = window_blocks(history, cfg)
             keys = chain_keys(blocks)
             for level, (key, block) in enumerate(zip(keys, blocks)):
-                needed.setdefault(key, (level, block, keys[level - 1] if level else ""))
-        todo = {k: v for k, v in needed.items() if k not in summaries}
+                if key not in earlier:
+                    needed.setdefault(key, (level, block, keys[level - 1] if level else ""))
+        earlier.update(needed)
+        todo = [k for k in needed if k not in summaries]
         if not todo:
             continue
         log(f"{split}: {len(todo):,} summary blocks to generate ({len(needed) - len(todo):,} already done)")
         generator = generator or load()
         bar = tqdm(total=len(todo), desc=f"summarize-users {split}", unit="block")
-        for level in sorted({v[0] for v in todo.values()}):
-            chains = [(k, block, prev) for k, (lv, block, prev) in todo.items() if lv == level]
+        for level in sorted({needed[k][0] for k in todo}):
+            chains = [(k, block, prev) for k, (lv, block, prev) in needed.items() if lv == level]
             prompts = [block_prompt(cfg, [item_line(i) for i in block], summaries[prev] if prev else None)
                        for _, block, prev in chains]
-            order = sorted(range(len(chains)), key=lambda i: (len(prompts[i]), chains[i][0]))
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
+            for idx in plan_batches([c[0] for c in chains], prompts, cfg.batch_size):
+                if all(chains[i][0] in summaries for i in idx):
+                    continue
                 sampling = cfg.sampling()
                 if sampling:
                     sampling["seed"] = batch_seed(seed, [chains[i][0] for i in idx])
                 answers, share = timed(generator, [prompts[i] for i in idx], None, cfg.max_new_tokens, **sampling)
                 rows = [{"chain": chains[i][0], "summary": answer, "level": level, "items": list(chains[i][1]),
                          "previous": chains[i][2], "prompt": prompts[i], "split": split, "seconds": share}
-                        for i, answer in zip(idx, answers)]
+                        for i, answer in zip(idx, answers) if chains[i][0] not in summaries]
                 store.append(pd.DataFrame(rows))
                 faults.step("summarize-users")
                 summaries.update((r["chain"], r["summary"]) for r in rows)
