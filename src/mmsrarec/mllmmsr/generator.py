@@ -17,7 +17,7 @@ class Generator(Protocol):
     def __call__(self, prompts: Sequence[str], images: Sequence[Any] | None, max_new_tokens: int,
                  **sampling: Any) -> list[str]:
         """One answer per prompt; images (VLM only): one PIL image per prompt, or None for text only.
-        sampling (only when the caller samples): UserSettings.sampling() and a seed."""
+        sampling (only when the caller samples): UserSettings.sampling() and a seed (summarize.generate.generate)."""
 
 
 class ChatGenerator:
@@ -32,29 +32,7 @@ class ChatGenerator:
 
         templated = [chat_prompt(self.processor, p, with_image=images is not None) for p in prompts]
         pictures = None if images is None else [[image] for image in images]
-        if not sampling:
-            return generate(self.model, self.processor, templated, pictures, max_new_tokens)
-        return sample(self.model, self.processor, templated, pictures, max_new_tokens, **sampling)
-
-
-def sample(model: Any, processor: Any, prompts: list[str], images: list[Any] | None, max_new_tokens: int,
-           seed: int, **kwargs: Any) -> list[str]:
-    """summarize.generate.generate with sampling: kwargs (UserSettings.sampling(): do_sample, temperature,
-    top_p, top_k, repetition_penalty) go to model.generate, under torch's RNG seeded with `seed` (and
-    restored afterwards)."""
-    import torch
-
-    device = next(model.parameters()).device
-    tokenizer = getattr(processor, "tokenizer", processor)  # a VLM's processor wraps its tokenizer
-    if images is None:
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    else:
-        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return generate(self.model, self.processor, templated, pictures, max_new_tokens, **sampling)
 
 
 def timed(generator: Generator, prompts: Sequence[str], images: Sequence[Any] | None,

@@ -41,9 +41,13 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
 
 @torch.no_grad()
 def generate(model: Any, processor: Any, prompts: list[str], images: list[Any] | None = None,
-             max_new_tokens: int = 48) -> list[str]:
-    """Greedy completions of already-templated prompts (one batch; left padding)."""
+             max_new_tokens: int = 48, seed: int | None = None, **sampling: Any) -> list[str]:
+    """Completions of already-templated prompts (one batch; left padding): greedy, or with `sampling`
+    (model.generate's do_sample, temperature, top_p, top_k, ...) under torch's RNG seeded with `seed` and
+    restored afterwards, so a batch's answers depend on its prompts and its seed alone."""
     if getattr(model, "is_vllm", False):  # summarize.backend: vllm (vllm_backend.VllmPolicy)
+        if sampling:
+            raise ValueError("the vLLM backend generates greedily; sampled generation needs the hf backend")
         return model.generate_batch(prompts, images, max_new_tokens)
     device = next(model.parameters()).device
     tokenizer = getattr(processor, "tokenizer", processor)  # a VLM's processor wraps its tokenizer
@@ -52,7 +56,15 @@ def generate(model: Any, processor: Any, prompts: list[str], images: list[Any] |
     else:
         inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id)
+    if not sampling:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    else:
+        if seed is None:
+            raise ValueError("sampled generation needs a seed (runs must be reproducible)")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **sampling)
     new = out[:, inputs["input_ids"].shape[1]:]
     return tokenizer.batch_decode(new, skip_special_tokens=True)
