@@ -441,25 +441,30 @@ def test_the_official_layer_loads_and_runs_with_stand_ins(tmp_path):
     assert 0 <= row["test_hr@5"] <= 1
 
 
-def test_a_recommender_prompt_is_the_whole_user_turn_and_shares_a_prefix_only_after_a_newline(tiny_lm):
+def test_a_recommender_prompt_is_the_whole_user_turn_and_shares_a_checked_prefix(tiny_lm):
     import numpy as np
 
-    from mmsrarec.llm.prompts import Catalog
+    from mmsrarec.llm.prompts import Catalog, RankPrompt
     from mmsrarec.llm.score import Scorer, load_model, score
     from mmsrarec.mllmmsr.config import MllmMsrConfig
-    from mmsrarec.mllmmsr.recommend import case_prompt
+    from mmsrarec.mllmmsr.recommend import case_prompt, split_at_a_space
     from mmsrarec.models.config import ModelConfig
 
     model, processor, _ = load_model(ModelConfig(name_or_path=str(tiny_lm)))
     items = Catalog({1: "Apple", 2: "Kettle"}, {1: "", 2: "boils water"})
     cfg = MllmMsrConfig(recommender_prompt="Likes: {summary}Will they take '{candidate}'? Yes or No.")
     glued = case_prompt(processor, items, "red things.", [1, 2], False, cfg, False, None)
-    assert not glued.shared and "Likes: red things.Will they take 'Kettle: boils water'? Yes or No." in glued.full(1)
+    # no newline before the candidate: factored at the last shared space, where the tokenizer cuts in every prompt
+    assert glued.shared and glued.prefix.endswith("Likes: red things.Will they take")
+    assert "Likes: red things.Will they take 'Kettle: boils water'? Yes or No." in glued.full(1)
+    scorer = Scorer.from_model(model, processor, False, 8)
+    full = RankPrompt("", [glued.full(0), glued.full(1)], shared=False)
+    np.testing.assert_allclose(score(scorer, glued, "shared_prefix"), score(scorer, full, "batched"), atol=1e-5)
+    assert split_at_a_space(processor, ["ab", "ac"]) is None  # no space to cut at
     cfg.recommender_prompt = "Likes: {summary}\nItem:\n{candidate}\nWill they take it?"
     split = case_prompt(processor, items, "red things.", [1, 2], False, cfg, False, None)
     assert split.shared and split.prefix.endswith("Likes: red things.\nItem:\n")
     assert split.suffixes[1].startswith("Kettle: boils water\nWill they take it?")
-    scorer = Scorer.from_model(model, processor, False, 8)
     np.testing.assert_allclose(score(scorer, split, "shared_prefix"), score(scorer, split, "batched"), atol=1e-5)
     with pytest.raises(ConfigError, match="mllm_msr.recommender_prompt"):
         load_config(None, ["mllm_msr.recommender_prompt=The item {candidate} for {summary}"])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ArtifactError
-from ..llm.prompts import NO, YES, Catalog, RankPrompt, assistant, factored_prompt, item_image, render
+from ..llm.prompts import NO, YES, Catalog, RankPrompt, assistant, factored_prompt, item_image, render, tokenizer_of
 from ..llm.examples import sample_negatives, to_dataset
 from ..llm.train import SFTJob
 from .config import MllmMsrConfig
@@ -77,8 +77,9 @@ def score_cases(scorer, catalog: Catalog, cases: pd.DataFrame, summaries: list[s
         log("candidate images make every suffix multimodal: scoring batched full prompts instead of a shared prefix")
     elif log is not None and cfg.recommender_prompt and cfg.scoring.method == "shared_prefix" and \
             not _shares_prefix(cfg.recommender_prompt):
-        log("mllm_msr.recommender_prompt does not end a line right before {candidate}, where the tokenizer is "
-            "sure to cut: scoring batched full prompts instead of a shared prefix")
+        log("mllm_msr.recommender_prompt does not end a line right before {candidate}: each case's prompts share "
+            "the text up to the last space before the candidates differ where the tokenizer cuts there (checked "
+            "per case), else they are scored as batched full prompts")
     scores, seconds = [], []
     for target, negatives, summary in tqdm(list(zip(cases["target"], cases["negatives"], summaries)),
                                            desc="mllm-msr", unit="case", disable=not progress):
@@ -111,4 +112,25 @@ def case_prompt(processor, catalog: Catalog, summary: str, candidates: list[int]
         text = recommender_candidate(catalog.line(int(item)), template)
         full.append(render(processor, recommender_messages(prefix, text, is_vlm, image is not None, template)))
         pictures.append([image] if image is not None else [])
+    if not any(pictures):
+        split = split_at_a_space(tokenizer_of(processor), full)
+        if split is not None:
+            return split
     return RankPrompt("", full, [], pictures, shared=False)
+
+
+def split_at_a_space(tokenizer, full: list[str]) -> RankPrompt | None:
+    """Text-only full prompts factored into the text they share up to its last space and their rests, when
+    the tokenizer cuts there in every one of them (the prefix's tokens followed by the rest's are the whole
+    prompt's tokens, so scoring the factored prompt equals scoring the full ones); else None."""
+    import os
+
+    cut = os.path.commonprefix(full).rfind(" ")
+    if cut <= 0:
+        return None
+    head = tokenizer(full[0][:cut], add_special_tokens=False)["input_ids"]
+    for text in full:
+        if tokenizer(text, add_special_tokens=False)["input_ids"] != \
+                head + tokenizer(text[cut:], add_special_tokens=False)["input_ids"]:
+            return None
+    return RankPrompt(full[0][:cut], [text[cut:] for text in full])
