@@ -25,16 +25,24 @@ print(json.dumps({'code': code, 'modules': loaded}))
 """
 
 
-def test_evaluate_with_everything_scored_loads_no_model(toy_overrides, tmp_path):
+def zero_shot_run(toy_overrides, tmp_path, extra: list[str]):
+    """(the evaluated Runner, its overrides): Pop, SASRec, the zero-shot LLM ranker on a tiny LM and its blend with
+    SASRec, with the `extra` overrides."""
     from mmsrarec.models.tiny import tiny_causal_lm
 
     lm = tiny_causal_lm(tmp_path / "lm")
     over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=1", "evaluate.methods=[pop, sasrec, mmsrarec]",
-            "evaluate.protocols=[sampled, full, rerank]", "evaluate.rerank_top=6", "evaluate.fuse=[sasrec]",
-            f"summarize.model.name_or_path={lm}", "summarize.max_new_tokens=6", "rank.keywords_from=summarize",
-            f"rank.model.name_or_path={lm}", "rank.zero_shot=true", "rank.score_batch_size=8"]
+            "evaluate.fuse=[sasrec]", f"summarize.model.name_or_path={lm}", "summarize.max_new_tokens=6",
+            "rank.keywords_from=summarize", f"rank.model.name_or_path={lm}", "rank.zero_shot=true",
+            "rank.score_batch_size=8", *extra]
     runner = Runner(load_config(None, over))
     runner.run("evaluate")
+    return runner, over
+
+
+def test_evaluate_with_everything_scored_loads_no_model(toy_overrides, tmp_path):
+    runner, over = zero_shot_run(toy_overrides, tmp_path, ["evaluate.protocols=[sampled, full, rerank]",
+                                                           "evaluate.rerank_top=6"])
     first = json.loads((runner.run_dir / "evaluate" / "leaderboard.json").read_text())["rows"]
 
     # a setting only evaluate reads: every other stage stands, evaluate alone runs, in a fresh process
@@ -62,15 +70,7 @@ def test_the_leaderboard_has_the_pooled_auc_and_the_mean_per_case_gauc(toy_overr
 
     from mmsrarec.evaluate.casefiles import read_cases, score_matrix
     from mmsrarec.evaluate.metrics import pooled_auc
-    from mmsrarec.models.tiny import tiny_causal_lm
-
-    lm = tiny_causal_lm(tmp_path / "lm")
-    over = [*toy_overrides, "cf.models=[pop, sasrec]", "cf.train.epochs=1", "evaluate.methods=[pop, sasrec, mmsrarec]",
-            "evaluate.protocols=[sampled, full]", "evaluate.fuse=[sasrec]", "evaluate.report_users=1",
-            f"summarize.model.name_or_path={lm}", "summarize.max_new_tokens=6", "rank.keywords_from=summarize",
-            f"rank.model.name_or_path={lm}", "rank.zero_shot=true", "rank.score_batch_size=8"]
-    runner = Runner(load_config(None, over))
-    runner.run("evaluate")
+    runner, _ = zero_shot_run(toy_overrides, tmp_path, ["evaluate.protocols=[sampled, full]", "evaluate.report_users=1"])
     out = runner.run_dir / "evaluate"
     rows = {(r["method"], r["protocol"]): r for r in json.loads((out / "metrics.json").read_text())}
     sampled = [k for k in rows if k[1] == "sampled"]
