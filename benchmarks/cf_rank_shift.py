@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsrarec.cf.base import SeenItemsOnly, seen_items
 from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(cfg.run_dir)
     data = load_prepared(run / "prepare")
     n_items = len(data["items"])
-    model = load_trained(run / "train-cf", args.model, cfg, n_items, device="cpu")[0]
+    model = SeenItemsOnly(load_trained(run / "train-cf", args.model, cfg, n_items, device="cpu")[0],
+                          seen_items(data["train"]["items"], n_items))  # as the ranker's notes and teachers rank
     rng = np.random.default_rng([cfg.seed, 31])
     positions = training_positions(data["train"], cfg.rank.examples_per_user, cfg.seed)
     picked = [positions[i] for i in rng.choice(len(positions), min(args.sample, len(positions)), replace=False)]

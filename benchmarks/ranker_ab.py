@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from mmsrarec.artifacts import read_json
-from mmsrarec.cf.base import Cases
+from mmsrarec.cf.base import Cases, SeenItemsOnly, seen_items
 from mmsrarec.cf.stage import load_trained
 from mmsrarec.config import load_config
 from mmsrarec.data.prepare import load_prepared
@@ -262,8 +262,9 @@ def references(base, n_items: int, cases: pd.DataFrame, vote_ks: list[int], meth
             counts = np.array([[v.votes.get(int(c), 0) for c in row] for v, row in zip(votes, candidates)], float)
             rows.append({"variant": f"vote reader, k = {k} (no LLM)", "cases": len(cases), **metrics(counts)})
     for model_name in level_models:
-        model = load_trained(base_dir / "train-cf", model_name, base, n_items, device="cpu")[0]
-        ranks = cf_ranks(model, list(cases["history"]), candidates)
+        model = SeenItemsOnly(load_trained(base_dir / "train-cf", model_name, base, n_items, device="cpu")[0],
+                              seen_items(load_prepared(base_dir / "prepare")["train"]["items"], n_items))
+        ranks = cf_ranks(model, list(cases["history"]), candidates)  # as the ranker's notes rank them
         levels = np.array([[-LEVEL_WORDS.index(rank_level(int(r), n_items)) for r in row] for row in ranks], float)
         rows.append({"variant": f"{model_name} level reader (no LLM)", "cases": len(cases), **metrics(levels)})
     for method in methods:

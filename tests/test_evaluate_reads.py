@@ -104,6 +104,30 @@ def test_the_leaderboard_has_the_pooled_auc_and_the_mean_per_case_gauc(toy_overr
     assert board.loc[board.protocol == "full", "test_auc"].isna().all()
 
 
+def test_the_verdict_is_written_and_printed_by_run_with_the_leaderboards_interval(toy_overrides, tmp_path, capsys):
+    from mmsrarec.cli import main
+
+    runner, over = zero_shot_run(toy_overrides, tmp_path, ["evaluate.protocols=[sampled]", "evaluate.report_users=0"])
+    out = runner.run_dir / "evaluate"
+    verdict = (out / "verdict.md").read_text()
+    assert "## mmsrarec, test" in verdict and "sasrec" in verdict
+    row = next(r for r in json.loads((out / "metrics.json").read_text())
+               if (r["method"], r["protocol"]) == ("mmsrarec", "sampled"))
+    line = next(line for line in verdict.splitlines() if line.startswith("- all cases"))
+    if row.get("vs_cf") == "sasrec":  # the same comparison as the leaderboard's, with the same interval
+        assert (f"): {row['test_ndcg@5_diff']:+.3f} [{row['test_ndcg@5_diff_lo']:+.3f}, "
+                f"{row['test_ndcg@5_diff_hi']:+.3f}]") in line.split("; ")[1]
+    capsys.readouterr()
+    assert main(["run", *(a for o in over for a in ("--set", o)), "--set", "evaluate.protocols=[sampled]",
+                 "--set", "evaluate.report_users=0"]) == 0
+    assert capsys.readouterr().out == verdict
+    # without 5 in evaluate.ks the verdict compares at the smallest cut-off
+    assert main(["run", *(a for o in over for a in ("--set", o)), "--set", "evaluate.protocols=[sampled]",
+                 "--set", "evaluate.report_users=0", "--set", "evaluate.ks=[10, 20]",
+                 "--set", "evaluate.fuse_metric=ndcg@10"]) == 0
+    assert "NDCG@10" in capsys.readouterr().out
+
+
 def test_a_sampled_case_file_without_scores_gets_no_pooled_auc_and_says_why(tmp_path):
     """Every scoring stage writes the scores (casefiles.write_scored_lists); a file with only the counts (written
     some other way) still gets every per-case metric, and NaN, not a number of something else, for `auc`."""

@@ -389,6 +389,7 @@ def test_the_notes_cf_models_run_on_the_cpu_whatever_cf_train_device_says(built)
         from mmsrarec.cf.stage import load_trained
         with pytest.raises(ConfigError, match="no CUDA GPU"):  # the CF model's own device, for its own rows
             load_trained(built["run_dir"] / "train-cf", "sasrec", on_gpu, n_items)
-    maker = NoteMaker.load(on_gpu, built["index"], built["run_dir"] / "train-cf", n_items)
+    maker = NoteMaker.load(on_gpu, built["index"], built["run_dir"] / "train-cf", n_items,
+                           _prepared(built["run_dir"])["train"])
     assert maker.retriever.model.device.type == maker.cf_model.device.type == "cpu"
     maker.notes(_prepared(built["run_dir"])["test"]["history"][:3], [0, 1, 2])  # and they run there

@@ -755,6 +755,7 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
 
     # rank.candidate_cf_rank (with the votes): each candidate line adds SASRec's rank of it, as cf_ranks
     # gives it for that history; scoring shows the same notes (shared prefix = naive)
+    from mmsrarec.cf.base import SeenItemsOnly, seen_items
     from mmsrarec.cf.stage import load_trained
     from mmsrarec.rank.stage import cf_ranks
 
@@ -767,7 +768,9 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
                                  "rank.candidate_cf_rank=sasrec"])
     Runner(ranking).run("train-ranker")
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
-    model = load_trained(runner.run_dir / "train-cf", "sasrec", ranking, len(items))[0]
+    # as the notes rank: items no training sequence holds come last, tied (cf.base.SeenItemsOnly)
+    model = SeenItemsOnly(load_trained(runner.run_dir / "train-cf", "sasrec", ranking, len(items))[0],
+                          seen_items(train["items"], len(items)))
     main = [r for r in rows if r["task"] == "main"]
     histories = [seqs[r["user"]][:r["position"]] for r in main]
     ranks = cf_ranks(model, histories)
@@ -794,8 +797,11 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
     main = [r for r in rows if r["task"] == "main"]
     fold_of = user_folds(train["user"].to_numpy(), 2, folded.seed)
-    teachers = [build_model("sasrec", len(items), folded.cf.params.get("sasrec"), folded.cf.train,
-                            folded.seed + 1 + f, "cpu").load(out / "cf-rank-teachers" / f"sasrec-fold{f}-of-2.pt")
+    teachers = [SeenItemsOnly(build_model("sasrec", len(items), folded.cf.params.get("sasrec"), folded.cf.train,
+                                          folded.seed + 1 + f, "cpu").load(out / "cf-rank-teachers" /
+                                                                           f"sasrec-fold{f}-of-2.pt"),
+                              seen_items([s for u, s in zip(train["user"], train["items"]) if fold_of[u] != f],
+                                         len(items)))
                 for f in (0, 1)]
     histories = [seqs[r["user"]][:r["position"]] for r in main]
     mine = [cf_ranks(teachers[fold_of[r["user"]]], [h])[0][r["item"]] for r, h in zip(main, histories)]
@@ -806,10 +812,10 @@ def test_train_ranker_stage_and_score_cases(toy_overrides, tiny_lm):
     # held-out cases keep the train-cf model
     unfolded = load_config(None, [*over, "rank.keywords_from=summarize", "rank.use_retrieval=false",
                                   "rank.candidate_cf_rank=sasrec"])
-    notes = NoteMaker.load(folded, None, runner.run_dir / "train-cf", len(items)).notes(valid["history"].head(3),
-                                                                                       valid["user"].head(3))
-    same = NoteMaker.load(unfolded, None, runner.run_dir / "train-cf", len(items)).notes(valid["history"].head(3),
-                                                                                        valid["user"].head(3))
+    notes = NoteMaker.load(folded, None, runner.run_dir / "train-cf", len(items), train).notes(
+        valid["history"].head(3), valid["user"].head(3))
+    same = NoteMaker.load(unfolded, None, runner.run_dir / "train-cf", len(items), train).notes(
+        valid["history"].head(3), valid["user"].head(3))
     assert all((a.ranks == b.ranks).all() for a, b in zip(notes, same))
 
 

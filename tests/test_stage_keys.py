@@ -122,15 +122,15 @@ def unkeyed_reads(stages: dict, cfg: RunConfig, reads: dict[str, set[str]]) -> d
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, tiny_lm):
-    """A tiny run of every stage (GRPO, the ranker with retrieval and candidate notes, MLLM-MSR, all three
-    protocols, a blend) with the reads of each stage recorded."""
+    """A tiny run of every stage (GRPO, the ranker with retrieval and candidate notes, MLLM-MSR, the text
+    baseline and its blend, all three protocols, a blend) with the reads of each stage recorded."""
     from conftest import write_atomic
 
     tmp = tmp_path_factory.mktemp("keys")
     data = write_atomic(tmp / "toy")
     over = [f"runs_dir={tmp / 'runs'}", "name=keys", "data.source=atomic", f"data.path={data}", "data.name=toy",
             "data.num_negatives=5", "cf.models=[pop, sasrec]", "cf.train.epochs=2",
-            "evaluate.methods=[pop, sasrec, mmsrarec, mllm-msr]", "evaluate.protocols=[sampled, full, rerank]",
+            "evaluate.methods=[pop, sasrec, mmsrarec, mllm-msr, text]", "evaluate.protocols=[sampled, full, rerank]",
             "evaluate.rerank_top=6", "evaluate.fuse=[sasrec]", "evaluate.report_users=2",
             f"summarize.model.name_or_path={tiny_lm}", "summarize.max_new_tokens=6", "summarize.batch_size=8",
             f"train_summarizer.reference.name_or_path={tiny_lm}", "train_summarizer.max_steps=1",
@@ -141,7 +141,7 @@ def recorded(tmp_path_factory, tiny_lm):
             "rank.score_batch_size=8", "rank.candidate_cf_rank=sasrec", "rank.candidate_votes=3",
             f"mllm_msr.model.name_or_path={tiny_lm}", f"mllm_msr.recommender.name_or_path={tiny_lm}",
             "mllm_msr.items.max_new_tokens=4", "mllm_msr.users.max_new_tokens=4", "mllm_msr.users.max_train_states=4",
-            "mllm_msr.sft.max_steps=1", "mllm_msr.scoring.batch_size=8"]
+            "mllm_msr.sft.max_steps=1", "mllm_msr.scoring.batch_size=8", "text.embedder.device=cpu"]
     cfg = load_config(None, over)
     with pytest.MonkeyPatch.context() as mp:
         reads = Reads(cfg, mp)

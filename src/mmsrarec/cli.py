@@ -121,6 +121,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     runner = Runner(cfg)
     target = "evaluate" if args.command == "run" else args.command
     runner.run(target, force=args.force, stop_before=args.stop_before)
+    if args.command == "run" and not args.stop_before:
+        from .evaluate.stage import VERDICT
+
+        verdict = cfg.run_dir / "evaluate" / VERDICT
+        if verdict.is_file():  # where the LLM methods stand, from the run's own numbers
+            print(verdict.read_text(), end="")
     return 0
 
 

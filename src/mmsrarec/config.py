@@ -17,6 +17,7 @@ from .index.config import IndexConfig
 from .mllmmsr.config import MllmMsrConfig
 from .rank.config import RankConfig
 from .summarize.config import SummarizeConfig, SummarizerTrainConfig
+from .textsim.config import TextConfig
 
 
 @dataclass
@@ -79,6 +80,7 @@ class RunConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     mllm_msr: MllmMsrConfig = field(default_factory=MllmMsrConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
@@ -122,13 +124,13 @@ class RunConfig:
         if taken:
             raise InvalidValue("evaluate.score_files", f"name(s) {taken}, which evaluate.fuse gives its blends; name "
                                "the files otherwise with 'name=path'")
-        llms = (self.rank.name, self.mllm_msr.name)
-        missing = [m for m in self.evaluate.methods if m not in self.cf.models and m not in llms]
+        others = (self.rank.name, self.mllm_msr.name, self.text.name)
+        missing = [m for m in self.evaluate.methods if m not in self.cf.models and m not in others]
         if missing:
             raise InvalidValue("evaluate.methods", f"names {missing}, which neither cf.models trains "
                                f"(cf.models = {self.cf.models}) nor is the LLM ranker (rank.name = "
-                               f"{self.rank.name!r}) or MLLM-MSR (mllm_msr.name = {self.mllm_msr.name!r}); "
-                               "add them there or remove them here")
+                               f"{self.rank.name!r}), MLLM-MSR (mllm_msr.name = {self.mllm_msr.name!r}) or the "
+                               f"text baseline (text.name = {self.text.name!r}); add them there or remove them here")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

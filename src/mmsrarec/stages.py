@@ -12,6 +12,7 @@ This is the only module that knows every domain; the engine (pipeline.py) knows 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from . import pipeline
@@ -58,7 +59,9 @@ def _notes_section(cfg: RunConfig) -> dict:
     settings behind candidate votes (the index searched again)."""
     rank = cfg.rank
     return {**({"cf": cfg.cf} if rank.candidate_votes or rank.candidate_cf_rank else {}),
-            **({"index": cfg.index} if rank.candidate_votes else {})}
+            **({"index": cfg.index} if rank.candidate_votes else {}),
+            # CF-rank notes rank never-seen items last (cf.base.SeenItemsOnly), which the notes of before did not
+            **({"cf_notes_revision": 1} if rank.candidate_cf_rank else {})}
 
 
 def _train_ranker_section(cfg: RunConfig) -> dict:
@@ -84,6 +87,67 @@ def _rerank_ranker_needs(cfg: RunConfig) -> list[str]:
     return needs if "train-cf" in needs else [*needs, "train-cf"]
 
 
+def texts(cfg: RunConfig) -> bool:
+    """Whether the text-embedding baseline (text.name) is on the leaderboard."""
+    return cfg.text.name in cfg.evaluate.methods
+
+
+def _text_name_key(cfg: RunConfig) -> dict:
+    """What evaluate's key holds of text.name, which its needs read (texts): the name when it is not the
+    default, else nothing, so the keys of evaluations from before the text baseline stand."""
+    default = next(f.default for f in dataclasses.fields(cfg.text) if f.name == "name")
+    return {} if cfg.text.name == default else {"text_name": cfg.text.name}
+
+
+def _text_fuses(cfg: RunConfig) -> bool:
+    """Whether score-text blends its sampled scores with text.fuse_cf's, which score-cf scores (_check_text:
+    that CF model is on the leaderboard). Reads no more than the stage's key holds."""
+    return bool(cfg.text.fuse_cf) and "sampled" in cfg.evaluate.protocols
+
+
+def _score_text_needs(cfg: RunConfig) -> list[str]:
+    return ["prepare", *(["score-cf"] if _text_fuses(cfg) else [])]
+
+
+def _score_text_section(cfg: RunConfig) -> dict:
+    ev = cfg.evaluate
+    return {"text": cfg.text, "protocols": ev.protocols, "full_exclude_history": ev.full_exclude_history,
+            **({"fuse_metric": ev.fuse_metric} if _text_fuses(cfg) else {})}
+
+
+def _check_text(cfg: RunConfig) -> None:
+    """The text baseline's rows must not take another method's name; its blend needs a CF model and a
+    per-case metric to pick the weight by."""
+    text = cfg.text
+    if text.name in cfg.cf.models or text.name in (cfg.rank.name, cfg.mllm_msr.name):
+        raise ConfigError(f"text.name is {text.name!r}, which already names another method (cf.models = "
+                          f"{cfg.cf.models}, rank.name = {cfg.rank.name!r}, mllm_msr.name = {cfg.mllm_msr.name!r}); "
+                          "pick another name for the text baseline's rows")
+    if not text.fuse_cf:
+        return
+    if text.fuse_cf not in cfg.cf.models:
+        raise ConfigError(f"text.fuse_cf is {text.fuse_cf!r}, which cf.models does not train (cf.models = "
+                          f"{cfg.cf.models}); name one of those, or set it empty (text.fuse_cf=) for no blended row")
+    if _text_fuses(cfg) and text.fuse_cf not in cfg.evaluate.methods:
+        raise ConfigError(f"text.fuse_cf is {text.fuse_cf!r}, which evaluate.methods (= {cfg.evaluate.methods}) does "
+                          f"not score: the blend '{text.fused_name}' reads its sampled scores; add it there, or set "
+                          "text.fuse_cf empty (text.fuse_cf=) for no blended row")
+    from .evaluate.outside import parse_entries
+    if any(f.name == text.fused_name for f in parse_entries(cfg.evaluate.score_files)):
+        raise ConfigError(f"evaluate.score_files names a file {text.fused_name!r}, the name of the text baseline's "
+                          "blend (text.name + '+' + text.fuse_cf); name the file otherwise with 'name=path'")
+    if _text_fuses(cfg):
+        from .evaluate.metrics import POOLED, parse_metric
+        try:
+            pooled = parse_metric(cfg.evaluate.fuse_metric)[0] in POOLED
+        except ValueError as err:
+            raise ConfigError(f"evaluate.fuse_metric (which picks text.fuse_cf's blend weight): {err}") from None
+        if pooled:
+            raise ConfigError(f"evaluate.fuse_metric is {cfg.evaluate.fuse_metric!r}, the pooled ROC AUC, which cannot "
+                              "pick the weight of a blend of per-case z-scores (text.fuse_cf); use 'gauc' or an "
+                              "hr/ndcg/mrr metric")
+
+
 def _score_cf_section(cfg: RunConfig) -> dict:
     ev = cfg.evaluate
     return {"cf": cfg.cf, "seed": cfg.seed, "methods": cf_methods(cfg), "protocols": ev.protocols,
@@ -104,12 +168,14 @@ def _evaluate_needs(cfg: RunConfig) -> list[str]:
             *(["score-ranker"] if ranks(cfg) and "sampled" in protocols else []),
             *(["rerank-ranker"] if ranks(cfg) and "rerank" in protocols else []),
             *(["score-mllmmsr"] if msr.evaluated(cfg) and "sampled" in protocols else []),
+            *(["score-text"] if texts(cfg) and {"sampled", "full"} & set(protocols) else []),
             *_report_needs(cfg)]
 
 
 def _evaluate_section(cfg: RunConfig) -> dict:
     return {"evaluate": cfg.evaluate, "seed": cfg.seed, "cf_models": cfg.cf.models, "rank_name": cfg.rank.name,
-            "mllm_msr_name": cfg.mllm_msr.name, "images": cfg.data.images, "split": cfg.data.split,
+            "mllm_msr_name": cfg.mllm_msr.name, **_text_name_key(cfg), "images": cfg.data.images,
+            "split": cfg.data.split,
             **({"rank": cfg.rank} if ranks(cfg) else {}),  # the report shows what the ranker's prompts showed
             **score_file_digests(cfg)}  # an outside score file's content is an input too
 
@@ -148,21 +214,25 @@ def _stages() -> dict[str, Stage]:
               "summarize-users"], msr.train_section, "MLLM-MSR: LoRA SFT of the Yes/No recommender on user summaries",
               msr.check_names, revision=1),
         Stage("score-cf", "mmsrarec.cf.score_stage:run", lambda c: ["prepare", "train-cf"], _score_cf_section,
-              "score the stored lists (sampled) and rank every item (full) with each CF model of evaluate.methods"),
+              "score the stored lists (sampled) and rank every item (full) with each CF model of evaluate.methods",
+              revision=1),  # items no training sequence holds score last, tied (cf.base.SeenItemsOnly)
         Stage("score-ranker", "mmsrarec.rank.score_stage:run", _score_ranker_needs, _score_ranker_section,
               "score the stored candidate lists of evaluate.llm_splits with the trained ranker",
               distributed=True, revision=1),  # under a launcher every process scores a share of the cases
         Stage("rerank-ranker", "mmsrarec.rank.score_stage:run_rerank", _rerank_ranker_needs, _rerank_ranker_section,
               "rerank protocol: the ranker reorders evaluate.rerank_cf's top evaluate.rerank_top items (test)",
-              distributed=True, revision=1),
+              distributed=True, revision=2),  # 2: the CF lists rank never-seen items last (cf.base.SeenItemsOnly)
         Stage("score-mllmmsr", "mmsrarec.mllmmsr.score_stage:run",
               lambda c: ["prepare", "describe-items", "summarize-users", "train-mllmmsr"],
               lambda c: {"mllm_msr": c.mllm_msr, "seed": c.seed, "llm_splits": c.evaluate.llm_splits},
               "MLLM-MSR: score the stored candidate lists of evaluate.llm_splits", msr.check_names, revision=1),
+        Stage("score-text", "mmsrarec.textsim.stage:run", _score_text_needs, _score_text_section,
+              "training-free content baseline: cosine of each candidate's text embedding to the recency-weighted "
+              "history", _check_text),
         Stage("evaluate", "mmsrarec.evaluate.stage:run", _evaluate_needs, _evaluate_section,
               "read every method's per-case scores, write the leaderboard and report (no model code)",
-              check_score_files, revision=1),
-    ]}
+              check_score_files, revision=1),  # slices and verdict.md were added without a revision: the
+    ]}                                   # numbers of before still stand; `mmsrarec evaluate --force` adds them
 
 
 STAGES = _stages()

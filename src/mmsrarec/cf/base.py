@@ -1,6 +1,13 @@
 """The one interface every ID-based model shares (RecBole-style, CPU and CUDA).
 
 Items are 1..n_items; 0 is padding. A history is a 1-D int array of item indices, oldest first.
+
+Items a CF model never saw (docs/protocols.md): an item with no training interaction (in no sequence of
+prepare's train.parquet) tells a model nothing, and whatever score its untrained parameters give it is
+noise. Wherever CF scores rank items (score-cf's protocols, the rerank protocol's CF lists, the ranker's
+candidate CF ranks), the model is wrapped in SeenItemsOnly: every never-seen item gets, in every case, one
+finite score below every seen item's (unseen_last), so all never-seen items tie with each other and rank
+below the rest. A list of never-seen items only (a cold test list, data.split=cold) is then all ties: chance.
 """
 
 from __future__ import annotations
@@ -44,6 +51,31 @@ class Cases:
 
 
 Log = Callable[[str], None]
+
+
+def seen_items(sequences, n_items: int) -> np.ndarray:
+    """[n_items + 1] bool: True for the items of at least one training sequence (padding, 0, never)."""
+    seen = np.zeros(n_items + 1, dtype=bool)
+    for s in sequences:
+        seen[np.asarray(s, dtype=np.int64)] = True
+    seen[0] = False
+    return seen
+
+
+def unseen_last(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """[B, n_items + 1] float32 scores where every never-seen item (seen[i] False; column 0, padding, is left as
+    it is) scores the same finite value per row, below every seen item: the row's lowest finite seen score
+    minus (1 + its magnitude), so that it stays below in float32 at any scale (0 when the row has none)."""
+    scores = scores.float()
+    seen = seen.to(scores.device)
+    if bool(seen[1:].all()):
+        return scores
+    finite_seen = seen & torch.isfinite(scores)
+    low = scores.masked_fill(~finite_seen, float("inf")).min(dim=1).values
+    floor = torch.where(torch.isfinite(low), low - (1.0 + low.abs()), torch.zeros_like(low))
+    unseen = ~seen
+    unseen[0] = False
+    return torch.where(unseen.unsqueeze(0), floor.unsqueeze(1), scores)
 
 
 class CFModel(abc.ABC):
@@ -102,3 +134,23 @@ class CFModel(abc.ABC):
             raise ArtifactError(f"{path}: cannot be read as a {self.name} model ({type(exc).__name__}: {exc}); "
                                 f"delete it and rerun `mmsrarec train-cf`") from None
         return self
+
+
+class SeenItemsOnly:
+    """A fitted CFModel whose item scores follow the never-seen rule (module docstring): full_scores and score
+    go through unseen_last with the items of the model's training sequences; everything else (user_vectors,
+    name, n_items, ...) is the model's own."""
+
+    def __init__(self, model: CFModel, seen: np.ndarray):
+        self.model = model
+        self.seen = torch.as_tensor(np.asarray(seen, dtype=bool))
+
+    def full_scores(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return unseen_last(self.model.full_scores(histories), self.seen)
+
+    def score(self, histories: list[np.ndarray], candidates: np.ndarray) -> np.ndarray:
+        full = self.full_scores(histories)
+        return full.gather(1, torch.as_tensor(candidates, device=full.device)).cpu().numpy()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)

@@ -1,6 +1,7 @@
 """The score-cf stage: every CF model of evaluate.methods on the valid and test cases.
 
 sampled: the stored 1 + N candidate lists; full: every item but the case's history (evaluate.protocols).
+Items no training sequence holds score below every other item, all tied (base.SeenItemsOnly).
 Writes per-case files (evaluate/casefiles.py) and methods.json (training facts, scoring time) for the
 evaluate stage, which computes the metrics from them without loading a model.
 """
@@ -12,7 +13,7 @@ import time
 from ..data.prepare import load_prepared
 from ..evaluate.casefiles import write_cases, write_methods, write_scored_lists
 from ..evaluate.protocols import full_counts, sampled_scores
-from .base import Cases
+from .base import Cases, SeenItemsOnly, seen_items
 from .stage import load_trained
 
 SPLITS = ("valid", "test")
@@ -25,9 +26,11 @@ def run(ctx) -> None:
     cases = {split: Cases.from_frame(data[split]) for split in SPLITS}
     cf_dir = ctx.input("train-cf")
     methods = [m for m in ev.methods if m in cfg.cf.models]
+    seen = seen_items(data["train"]["items"], n_items)
     facts: dict[str, dict] = {}
     for method in methods:
         model, info = load_trained(cf_dir, method, cfg, n_items)
+        model = SeenItemsOnly(model, seen)
         trained = {"train_time_s": info.get("train_time_s"), "peak_rss_mb": info.get("peak_rss_mb"),
                    "epochs": info.get("epochs_run")}
         facts[method] = {}

@@ -48,7 +48,8 @@ def run(ctx) -> None:
 
 
 def load_trained(folder, name: str, cfg, n_items: int, device: str | None = None):
-    """A fitted model from a train-cf stage folder, on `device` (default: cf.train.device)."""
+    """A fitted model from a train-cf stage folder, on `device` (default: cf.train.device), and its facts.
+    Whatever ranks items by its scores wraps it in base.SeenItemsOnly (never-seen items last, tied)."""
     model = build_model(name, n_items, cfg.cf.params.get(name), cfg.cf.train, cfg.seed,
                         resolve_device(device or cfg.cf.train.device))
     return model.load(folder / f"{name}.pt"), read_json(folder / f"{name}.json")

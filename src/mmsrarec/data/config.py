@@ -40,10 +40,18 @@ class DataConfig:
     max_text_chars: int = field(2000, help="item text is cut to this many characters")
     user_k: int = field(0, help="k-core: drop users with fewer interactions (iterated with item_k to a fixed point)")
     item_k: int = field(0, help="k-core: drop items with fewer interactions")
-    split: Literal["loo", "users"] = field(
-        "loo", help="loo: chronological leave-one-out per user; users: users split train/valid/test, last item held out")
+    split: Literal["loo", "users", "cold"] = field(
+        "loo", help="loo: chronological leave-one-out per user; users: users split train/valid/test, last item held "
+                    "out; cold: a share of the items (data.cold_share) never reaches training, each user's last "
+                    "interaction with one of them is the test case (docs/protocols.md)")
     user_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1],
                                         help="split=users: train/valid/test fractions of users")
+    cold_share: float = field(0.1, neutral=True, help=(
+        "split=cold only (refused with another split): the share of the catalogue held out as cold items, "
+        "0 < x < 1 (rounded to a count of at least 1 item, leaving at least 1 warm item)"))
+    cold_pick: Literal["random", "newest"] = field("random", neutral=True, help=(
+        "split=cold only (refused with another split): random = a draw seeded by the data seed; newest = the "
+        "items whose first interaction (earliest timestamp over all users) is latest"))
     min_history: int = field(1, help="a held-out case needs at least this many history items")
     num_negatives: int = field(20, help="sampled protocol: negatives per case")
     negative_sampling: Literal["uniform", "popularity"] = field("uniform", help="how negatives are drawn")
@@ -66,6 +74,17 @@ class DataConfig:
             raise InvalidValue("min_history", f"must be >= 1, got {self.min_history}")
         if self.max_text_chars < 1:
             raise InvalidValue("max_text_chars", f"must be >= 1, got {self.max_text_chars}")
+        if not 0.0 < self.cold_share < 1.0:
+            raise InvalidValue("cold_share", f"must be strictly between 0 and 1, got {self.cold_share}")
+        changed = [k for k in ("cold_share", "cold_pick") if getattr(self, k) != getattr(type(self), k)]
+        if self.split != "cold" and changed:
+            raise InvalidValue(changed[0],
+                               f"applies to data.split=cold only, and data.split is {self.split!r}; drop it or "
+                               f"set data.split=cold")
+        if self.split == "cold" and self.negative_sampling == "popularity":
+            raise InvalidValue("negative_sampling", "popularity draws by training popularity, and no cold item is "
+                               "ever in training (data.split=cold draws test negatives from the cold items); use "
+                               "uniform")
         fr = self.user_fractions
         if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
             raise InvalidValue("user_fractions", f"must be three non-negative numbers summing to 1, got {fr}")

@@ -10,7 +10,7 @@ from ..configtools import InvalidValue, field
 
 @dataclass
 class EvaluateConfig:
-    methods: list[str] = field(default_factory=lambda: ["pop", "itemknn", "gru4rec", "sasrec"],
+    methods: list[str] = field(default_factory=lambda: ["pop", "itemknn", "gru4rec", "sasrec", "text"],
                                help="methods on the leaderboard (trained CF models; later stages add more)")
     protocols: list[Literal["sampled", "full", "rerank"]] = field(
         default_factory=lambda: ["sampled", "full"],
@@ -29,6 +29,16 @@ class EvaluateConfig:
     batch_size: int = field(256, help="cases scored per batch")
     report_users: int = field(5, help="report.html: test cases shown with history, keywords, retrieved context and "
                                       "every method's ranking (drawn with seed; 0 = leaderboard only)")
+    popularity_buckets: list[int] = field(
+        default_factory=lambda: [1, 5, 20, 100], neutral=True,
+        help="slices of the held-out cases by the target's training popularity (times it occurs in the training "
+             "sequences): each bucket's smallest value after the first, so [1, 5, 20, 100] gives 0 (never in "
+             "training), 1-4, 5-19, 20-99 and 100+; every leaderboard row is also reported per slice "
+             "(slices.csv/.json/.png, leaderboard.md, report.html; see evaluate/slices.py)")
+    history_buckets: list[int] = field(
+        default_factory=lambda: [5, 20, 50], neutral=True,
+        help="slices of the held-out cases by history length, as popularity_buckets: [5, 20, 50] gives 1-4, "
+             "5-19, 20-49 and 50+")
     fuse: list[str] = field(
         default_factory=list,
         help="not in the paper: CF models (in methods) whose per-case scores are blended with the LLM ranker's on "
@@ -53,6 +63,11 @@ class EvaluateConfig:
             raise InvalidValue("rerank_top", f"must be >= 2, got {self.rerank_top}")
         if self.batch_size < 1:
             raise InvalidValue("batch_size", f"must be >= 1, got {self.batch_size}")
+        for name in ("popularity_buckets", "history_buckets"):
+            edges = getattr(self, name)
+            if not edges or any(e < 1 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+                raise InvalidValue(name, f"must be strictly increasing positive integers (the smallest value of "
+                                   f"each bucket after the first), got {edges}")
         if self.report_users < 0:
             raise InvalidValue("report_users", f"must be >= 0, got {self.report_users}")
         if self.fuse:

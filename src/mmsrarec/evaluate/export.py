@@ -40,7 +40,14 @@ it are test) for every row of candidates.csv of the splits you score (test at le
 
 def export_candidates(cfg, out: str | Path | None = None) -> Path:
     """Run prepare if needed, then write the export folder; returns it."""
+    from ..errors import ConfigError
     from ..stages import Runner
+
+    if cfg.data.split == "cold":
+        raise ConfigError("export-candidates writes each user's training sequence and histories as the leading "
+                          "interactions of the user's sequence, and data.split=cold's leave the cold items out of "
+                          "them (docs/protocols.md): export a loo or users split, or score the cold lists inside "
+                          "mmsrarec")
 
     runner = Runner(cfg)
     manifest = runner.run("prepare")

@@ -1,7 +1,8 @@
 """Leaderboard files: one row per method x protocol, as Markdown, CSV, JSON and a PNG chart.
 
 The sampled protocol has two AUCs (evaluate/metrics.py): `auc`, pooled over all test rows as in the papers,
-and `gauc`, the mean of per-case AUCs; every file shows both, under those names."""
+and `gauc`, the mean of per-case AUCs; every file shows both, under those names. With the slices of the cases
+(evaluate/slices.py), leaderboard.md ends with a "Slices" section and slices.png charts them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..artifacts import atomic_write_bytes, write_json, write_text
+from .slices import WHAT, panel, shown_metric
 
 KEY_METRICS = {"sampled": ["hr@1", "hr@5", "ndcg@5", "hr@10", "ndcg@10", "mrr", "auc", "gauc"],
                "full": ["hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@20"],
@@ -148,8 +150,126 @@ def plot(board: pd.DataFrame, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_leaderboard(board: pd.DataFrame, out: Path, title: str, stats: dict | None = None) -> None:
-    write_text(out / "leaderboard.md", to_markdown(board, title, stats))
+SLICE_LINES = [
+    "Every row again on slices of the test cases: by the target's popularity in training (times it occurs in the "
+    "training sequences; evaluate.popularity_buckets) and by the case's history length (evaluate.history_buckets).",
+    "Each cell: the slice's test metric with its 95% bootstrap interval over the slice's cases; each difference is "
+    "paired case by case with the best CF model on the slice's valid cases (marked * where the slice has no valid "
+    "cases: the best by all of valid). Every headline metric, and the valid values, are in slices.csv/.json."]
+
+
+def interval_text(r: dict | None, key: str = "value", sign: str = "") -> str:
+    lo, hi = ("diff_lo", "diff_hi") if key == "diff" else ("lo", "hi")
+    if r is None or r.get(key) is None or pd.isna(r.get(key)):
+        return ""
+    if r.get(lo) is None or pd.isna(r.get(lo)):
+        return f"{r[key]:{sign}.4f}"
+    return f"{r[key]:{sign}.4f} [{r[lo]:{sign}.4f}, {r[hi]:{sign}.4f}]"
+
+
+def slice_tables(table: pd.DataFrame, order: dict[str, list[str]]):
+    """Per protocol (in row order) and slicing: (protocol, slicing, metric, slice labels, methods, cells,
+    the CF model each slice is paired with (name, "*" when picked on all of valid), cases per slice) of what
+    slice tables and charts show (one metric per protocol: slices.shown_metric)."""
+    for protocol in dict.fromkeys(table.loc[table["split"] == "test", "protocol"]):
+        metric = shown_metric(table, protocol)
+        for slicing in order:
+            labels, methods, cells = panel(table, protocol, slicing, metric, order[slicing])
+            if not labels:
+                continue
+            paired = {}
+            for label in labels:
+                named = [(r["vs_cf"], r["vs_cf_from"]) for m in methods if (r := cells.get((label, m)))
+                         and isinstance(r.get("vs_cf"), str)]
+                paired[label] = "" if not named else named[0][0] + ("*" if named[0][1] == "overall" else "")
+            cases = {label: max(int(cells[(label, m)]["cases"]) for m in methods if (label, m) in cells)
+                     for label in labels}
+            yield protocol, slicing, metric, labels, methods, cells, paired, cases
+
+
+def slices_markdown(table: pd.DataFrame, order: dict[str, list[str]]) -> list[str]:
+    """leaderboard.md's "Slices" section: per protocol and slicing, each method's test metric with its interval
+    per slice, then its paired difference to the slice's best CF model."""
+    lines = ["## Slices", "", *SLICE_LINES, ""]
+    shown = False
+    for protocol, slicing, metric, labels, methods, cells, paired, cases in slice_tables(table, order):
+        shown = True
+        lines += [f"### {protocol}: test {metric} by {WHAT[slicing]}", "",
+                  "| slice | cases | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+        for label in labels:
+            row = [label, str(cases[label])]
+            for m in methods:
+                r = cells.get((label, m))
+                text = interval_text(r)
+                if r is not None and int(r["cases"]) < cases[label]:
+                    text += f" (n={int(r['cases'])})"
+                row.append(text)
+            lines.append("| " + " | ".join(row) + " |")
+        diffs = [m for m in methods if any(pd.notna((cells.get((label, m)) or {}).get("diff")) for label in labels)]
+        if diffs:
+            lines += ["", "| slice | paired with | " + " | ".join(f"{m} minus it" for m in diffs) + " |",
+                      "|" + "---|" * (len(diffs) + 2)]
+            lines += ["| " + " | ".join([label, paired[label], *(interval_text(cells.get((label, m)), "diff", "+")
+                                                              for m in diffs)]) + " |" for label in labels]
+        lines.append("")
+    return lines if shown else []
+
+
+def plot_slices(table: pd.DataFrame, order: dict[str, list[str]], path: Path) -> bool:
+    """slices.png: per protocol (a row of panels) and slicing (a column), each method's test metric per slice as
+    grouped bars with their 95% intervals. False (and no file) when there is nothing to draw."""
+    panels = list(slice_tables(table, order))
+    if not panels:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import io
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    protocols = list(dict.fromkeys(p[0] for p in panels))
+    slicings = list(dict.fromkeys(p[1] for p in panels))
+    fig, axes = plt.subplots(len(protocols), len(slicings), figsize=(6.5 * len(slicings), 3.6 * len(protocols)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for protocol, slicing, metric, labels, methods, cells, _, cases in panels:
+        ax = axes[protocols.index(protocol)][slicings.index(slicing)]
+        ax.set_visible(True)
+        width = 0.8 / len(methods)
+        x = np.arange(len(labels))
+        for j, m in enumerate(methods):
+            rs = [cells.get((label, m)) for label in labels]
+            value = np.array([np.nan if r is None else float(r["value"]) for r in rs])
+            lo = np.array([np.nan if r is None or pd.isna(r.get("lo")) else float(r["lo"]) for r in rs])
+            hi = np.array([np.nan if r is None or pd.isna(r.get("hi")) else float(r["hi"]) for r in rs])
+            err = np.nan_to_num(np.vstack([value - lo, hi - value]).clip(min=0))
+            ax.bar(x + (j - (len(methods) - 1) / 2) * width, np.nan_to_num(value), width, yerr=err, capsize=2,
+                   label=m, error_kw={"elinewidth": 0.8})
+        ax.set_xticks(x, [f"{label}\n({cases[label]})" for label in labels], fontsize=8)
+        ax.set_xlabel(f"{slicing} slice (test cases)", fontsize=8)
+        ax.set_title(f"{protocol}: test {metric.upper()} by {slicing} (95% intervals)", fontsize=9)
+        top = np.nanmax(np.concatenate([[1e-3], *([float(r["hi"] if pd.notna(r.get("hi")) else r["value"])]
+                                                     for r in cells.values())]))
+        ax.set_ylim(0, top * 1.3)  # room for the legend above the bars
+        ax.legend(fontsize=7, ncol=min(len(methods), 4), loc="upper center")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def write_leaderboard(board: pd.DataFrame, out: Path, title: str, stats: dict | None = None,
+                      slices: tuple[pd.DataFrame, dict[str, list[str]]] | None = None) -> None:
+    """leaderboard.{md,csv,json,png}; with `slices` (slices.py's table, and each slicing's labels in bucket
+    order), the md's "Slices" section and slices.png."""
+    md = to_markdown(board, title, stats)
+    if slices is not None:
+        md = "\n".join([md.rstrip("\n"), "", *slices_markdown(*slices)])
+        plot_slices(*slices, out / "slices.png")
+    write_text(out / "leaderboard.md", md)
     write_text(out / "leaderboard.csv", board.to_csv(index=False, float_format="%.6f"))
     write_json(out / "leaderboard.json", {"title": title, "rows": board.to_dict(orient="records")})
     plot(board, out / "leaderboard.png")

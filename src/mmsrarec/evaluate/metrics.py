@@ -130,6 +130,7 @@ class PooledAUC:
         if not np.isfinite(scores).all():
             raise ValueError("scores contain NaN or infinity; a model must give every candidate a number")
         self.n_cases, self.n_negatives = n, m = scores.shape[0], scores.shape[1] - 1
+        self._scores = scores  # for subset()
         negatives = scores[:, 1:].ravel()
         order = np.argsort(negatives, kind="stable")
         ranked = negatives[order]
@@ -143,6 +144,11 @@ class PooledAUC:
 
     def __len__(self) -> int:
         return self.n_cases
+
+    def subset(self, rows) -> "PooledAUC":
+        """The pooled AUC of these cases alone (their rows pooled with each other only: a slice of the cases,
+        evaluate/slices.py), a statistic of its own that resamples its own cases."""
+        return PooledAUC(self._scores[np.asarray(rows, dtype=np.intp)])
 
     def _sparse(self):
         """(D: CSR [k-th positive in score order, case], each positive's k), built once."""

@@ -1,6 +1,8 @@
 """report.html: one self-contained page a researcher opens in a browser after a run.
 
-It shows the leaderboard (per protocol, test and valid metrics, and leaderboard.png), the summarizer's
+It shows the leaderboard (per protocol, test and valid metrics, and leaderboard.png), its slices (each
+method's headline metric per slice of the test cases by target popularity and history length, with
+intervals and paired differences, and slices.png; evaluate/slices.py), the summarizer's
 GRPO reward curves when the run trained one, and, for evaluate.report_users test cases drawn with
 cfg.seed, the user's history (thumbnails, keywords), the retrieved context and every method's ranking
 of the stored candidates with the true item marked.
@@ -31,7 +33,7 @@ import pandas as pd
 from ..artifacts import read_json, write_text
 from ..data.prepare import load_prepared
 from ..errors import MmsrarecError
-from .leaderboard import AUC_LINES, KEY_METRICS, method_cell
+from .leaderboard import AUC_LINES, KEY_METRICS, SLICE_LINES, interval_text, method_cell, slice_tables
 from .metrics import METRICS, POOLED
 
 T = TypeVar("T")
@@ -143,6 +145,37 @@ def leaderboard_section(rows: list[dict], chart: Path) -> str:
             out.append('<p class="muted auc-note">' + " ".join(esc(line.replace("`", "")) for line in AUC_LINES)
                        + "</p>")
     out.append(png(chart, "leaderboard chart") + "</section>")
+    return "\n".join(out)
+
+
+def slices_section(folder: Path, notes: list[str]) -> str:
+    """The slices of the test cases (slices.json, slices.png of the evaluate folder); nothing when the folder has
+    none (an evaluate stage of an earlier version)."""
+    if not (folder / "slices.json").is_file():
+        return ""
+    from .slices import read_slices
+
+    loaded = optional("slices", lambda: read_slices(folder), notes)
+    if loaded is None:
+        return ""
+    table, meta = loaded
+    order = {name: s["labels"] for name, s in meta.get("slicings", {}).items()}
+    out = ['<section id="slices"><h2>Slices</h2>',
+           '<p class="muted">' + " ".join(esc(line) for line in SLICE_LINES) + "</p>"]
+    for protocol, slicing, metric, labels, methods, cells, paired, cases in slice_tables(table, order):
+        head = "".join(f"<th>{esc(m)}</th>" for m in methods)
+        diffs = [m for m in methods if any(pd.notna((cells.get((label, m)) or {}).get("diff")) for label in labels)]
+        out.append(f"<h3>{esc(protocol)}: test {esc(metric)} by {esc(slicing)}</h3>"
+                   f'<table class="slices" data-protocol="{esc(protocol)}" data-slicing="{esc(slicing)}"><thead><tr>'
+                   f"<th>slice</th><th>cases</th>{head}<th>paired with</th>"
+                   + "".join(f"<th>{esc(m)} minus it</th>" for m in diffs) + "</tr></thead><tbody>")
+        for label in labels:
+            cells_html = "".join(f"<td>{esc(interval_text(cells.get((label, m))))}</td>" for m in methods)
+            diff_html = "".join(f"<td>{esc(interval_text(cells.get((label, m)), 'diff', '+'))}</td>" for m in diffs)
+            out.append(f"<tr><th>{esc(label)}</th><td>{cases[label]}</td>{cells_html}<td>{esc(paired[label])}</td>"
+                       f"{diff_html}</tr>")
+        out.append("</tbody></table>")
+    out.append(png(folder / "slices.png", "slices chart") + "</section>")
     return "\n".join(out)
 
 
@@ -317,6 +350,7 @@ def render_report(inputs: ReportInputs) -> str:
             f'split {esc(stats.get("split"))}, {esc(stats.get("negatives_per_case"))} negatives per case. Ties are '
             "scored as the expected value under a random tie-break.</p>",
             leaderboard_section(board["rows"], inputs.evaluate / "leaderboard.png"),
+            slices_section(inputs.evaluate, notes),
             curves_section(inputs.summarizer, notes),
             users_section(inputs, data, list(dict.fromkeys(r["method"] for r in board["rows"])), notes)]
     if notes:

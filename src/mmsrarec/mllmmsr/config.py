@@ -172,6 +172,12 @@ class MllmMsrConfig:
     sft: SFTSettings = field(default_factory=SFTSettings)
     neg_per_pos: int = field(1, help="negatives (random items the user never interacted with in training) per "
                                      "positive; the paper uses 1:1")
+    negatives: Literal["uniform", "popularity"] = field(
+        "uniform", neutral=True,
+        help="how the negatives are drawn from the training items the user never interacted with in training: "
+             "uniform = every such item equally likely (the official code); popularity = in proportion to each "
+             "item's number of training interactions, as the positives are, so popularity alone does not tell "
+             "them apart (as rank.negatives; docs/ranker_training.md)")
     candidate_description_words: int = field(40, help="words of the candidate's description shown after its "
                                                       "title (0 = title only, as the official VLM prompt)")
     candidate_image: bool = field(True, help="show the candidate's image when the recommender is a VLM and the "
@@ -219,7 +225,8 @@ def _set_neutral(obj, name: str) -> dict:
 
 def train_section(cfg: RunConfig) -> dict:
     m = cfg.mllm_msr
-    set_here = {**_set_neutral(m, "recommender_prompt"), **_set_neutral(m.users, "history")}
+    set_here = {**_set_neutral(m, "recommender_prompt"), **_set_neutral(m.users, "history"),
+                **_set_neutral(m, "negatives")}
     return {"recommender": m.recommender, "lora": m.lora, "sft": m.sft, "neg_per_pos": m.neg_per_pos,
             "candidate_description_words": m.candidate_description_words, "candidate_image": m.candidate_image,
             "history_items": m.users.history_items, "seed": cfg.seed, **set_here}

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import ArtifactError
 from ..llm.prompts import NO, YES, Catalog, RankPrompt, assistant, factored_prompt, item_image, render, tokenizer_of
-from ..llm.examples import sample_negatives, to_dataset
+from ..llm.examples import item_counts, sample_negatives, to_dataset
 from ..llm.train import SFTJob
 from .config import MllmMsrConfig
 from .prompts import recommender_candidate, recommender_messages, recommender_prefix
@@ -32,12 +32,13 @@ def shows_images(cfg: MllmMsrConfig) -> bool:
 def training_examples(states: pd.DataFrame, train: pd.DataFrame, catalog: Catalog, cfg: MllmMsrConfig,
                       history_items: int, seed: int):
     """One positive (the state's next training item) and cfg.neg_per_pos negatives (training items the
-    user never interacted with in training) per training state, as a TRL prompt-completion dataset."""
+    user never interacted with in training, drawn as cfg.negatives says) per training state, as a TRL
+    prompt-completion dataset."""
     is_vlm, images, template = cfg.recommender.kind == "vlm", shows_images(cfg), cfg.recommender_prompt
     sequences = {int(u): np.asarray(s, dtype=np.int64) for u, s in zip(train["user"], train["items"])}
     counts = training_counts(train) if cfg.users.history == "frequent" else None
-    pool = np.unique(np.concatenate(list(sequences.values()) or [np.zeros(0, np.int64)]))
-    pool = pool[pool > 0]
+    pool, interactions = item_counts(sequences.values())
+    weights = interactions if cfg.negatives == "popularity" else None
     rows = []
     for user, t, history, summary in zip(states["user"], states["key"], states["history"], states["summary"]):
         user, t = int(user), int(t)
@@ -47,7 +48,7 @@ def training_examples(states: pd.DataFrame, train: pd.DataFrame, catalog: Catalo
             raise ArtifactError(f"the training user state (user {user}, position {t}) does not match train.parquet; "
                                 "rerun `mmsrarec summarize-users --force`")
         rng = np.random.default_rng([seed, user, t, 1])
-        negatives = sample_negatives(pool, set(seq.tolist()), cfg.neg_per_pos, rng)
+        negatives = sample_negatives(pool, set(seq.tolist()), cfg.neg_per_pos, rng, weights)
         prefix = recommender_prefix(summary, template)
         for item, answer in [(int(seq[t]), YES), *((n, NO) for n in negatives)]:
             image = catalog.images.get(item, "") if images else ""

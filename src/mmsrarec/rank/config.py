@@ -46,6 +46,12 @@ class RankConfig:
     tasks: TaskWeights = field(default_factory=TaskWeights)
     sft: SFTSettings = field(default_factory=SFTSettings)
     neg_per_pos: int = field(1, help="main task: negatives (unseen training items) per positive")
+    negatives: Literal["uniform", "popularity"] = field("uniform", neutral=True, help=(
+        "how the main task's negatives and aux_choice's distractors are drawn from the training items the user "
+        "never interacted with: popularity = in proportion to each item's number of training interactions, as the "
+        "positives (training interactions) are, so an item's popularity alone does not tell a positive from a "
+        "negative; uniform = every such item equally likely (negatives are then mostly less popular than "
+        "positives, a shortcut SFT can learn). docs/ranker_training.md"))
     max_examples: int = field(1000, help="SFT examples in all (all tasks; 0 = no cap); keeps CPU runs affordable")
     examples_per_user: int = field(8, help="training positions sampled per user (0 = all)")
     history_len: int = field(10, help="most recent history items shown in a prompt")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import distributed, faults
 from ..artifacts import read_json
-from ..cf.base import Cases
+from ..cf.base import Cases, SeenItemsOnly, seen_items
 from ..cf.stage import load_trained
 from ..evaluate.casefiles import write_cases, write_methods, write_scored_lists
 from ..evaluate.protocols import sampled_counts
@@ -100,6 +100,7 @@ def run_rerank(ctx) -> None:
     # on the CPU, wherever this runs: the lists are an input of every LLM row, and the same on every machine
     # (an H200's top 50 of ML-100K differed from the CPU's in 1 case of 943, at a 1.6e-4 near-tie)
     model, _ = load_trained(ctx.input("train-cf"), ev.rerank_cf, cfg, n_items, device="cpu")
+    model = SeenItemsOnly(model, seen_items(data["train"]["items"], n_items))  # never-seen items last, tied
     t0 = time.perf_counter()
     store = ctx.out / "llm_scores" / f"{cfg.rank.name}_rerank_test"
     scores, items, facts = rerank_scores(lambda hits: score_cases(ranker, "test", cases=hits, log=ctx.log,

@@ -110,7 +110,7 @@ class NoteMaker:
 
     cfg: RankConfig
     retriever: Any = None  # index.store.Retriever, with candidate_votes
-    cf_model: Any = None   # the model named by candidate_cf_rank
+    cf_model: Any = None   # the model named by candidate_cf_rank, in cf.base.SeenItemsOnly
     n_items: int = 0
 
     @property
@@ -120,10 +120,13 @@ class NoteMaker:
 
     @property
     def ranked_by(self) -> str:
-        return type(self.cf_model).__name__ if self.cf_model is not None else ""
+        return type(getattr(self.cf_model, "model", self.cf_model)).__name__ if self.cf_model is not None else ""
 
     @classmethod
-    def load(cls, run_cfg: RunConfig, index_dir: Path | None, cf_dir: Path | None, n_items: int) -> "NoteMaker | None":
+    def load(cls, run_cfg: RunConfig, index_dir: Path | None, cf_dir: Path | None, n_items: int,
+             train: pd.DataFrame) -> "NoteMaker | None":
+        """train: prepare's training sequences (column items): the items the CF model saw; the ones it never
+        saw rank last, tied, in its notes (cf.base.SeenItemsOnly)."""
         rank = run_cfg.rank
         if not rank.candidate_votes and not rank.candidate_cf_rank:
             return None
@@ -138,9 +141,11 @@ class NoteMaker:
 
             retriever = load_retriever(index_dir, cf_dir, run_cfg, n_items, device="cpu")
         if rank.candidate_cf_rank:
+            from ..cf.base import SeenItemsOnly, seen_items
             from ..cf.stage import load_trained  # late: the CF stage imports the pipeline
 
             cf_model = load_trained(Path(cf_dir), rank.candidate_cf_rank, run_cfg, n_items, device="cpu")[0]
+            cf_model = SeenItemsOnly(cf_model, seen_items(train["items"], n_items))
         return cls(rank, retriever, cf_model, n_items)
 
     def notes(self, histories, users, items: np.ndarray | None = None,
@@ -228,7 +233,7 @@ def sft_examples(ctx) -> tuple[Any, Path | None]:
     positions = training_positions(data["train"], cfg.examples_per_user, ctx.cfg.seed)
     needs = ranker_needs(ctx.cfg)
     maker = NoteMaker.load(ctx.cfg, ctx.input("index") if "index" in needs else None,
-                           ctx.input("train-cf") if "train-cf" in needs else None, len(data["items"]))
+                           ctx.input("train-cf") if "train-cf" in needs else None, len(data["items"]), data["train"])
     teacher = None
     if cfg.candidate_cf_rank and cfg.candidate_cf_rank_folds:
         from .teachers import fold_teachers
@@ -284,7 +289,7 @@ def load_ranker(source: Any) -> LoadedRanker:
     adapter = inputs.ranker / ADAPTER
     if not cfg.zero_shot and not (adapter / "adapter_config.json").is_file():
         raise ArtifactError(f"{adapter} holds no trained adapter; run `mmsrarec train-ranker` first")
-    notes = NoteMaker.load(inputs.cfg, inputs.index, inputs.cf, len(data["items"]))
+    notes = NoteMaker.load(inputs.cfg, inputs.index, inputs.cf, len(data["items"]), data["train"])
     model, processor, is_vlm = load_model(cfg.model, adapter=None if cfg.zero_shot else str(adapter))
     return LoadedRanker(inputs, data, catalog_for(cfg, data["items"], inputs.keywords),
                         Scorer.from_model(model, processor, is_vlm, cfg.score_batch_size), notes)

@@ -6,12 +6,16 @@ Tasks (LC-Rec style auxiliary tasks beside the main one):
                      rank.candidate_cf_rank) -> "Yes" / "No"
                      (the positive, and `neg_per_pos` negatives: training items the user never
                      interacted with in any split)
-  aux_choice         history -> letter of the next item among `choice_candidates` lettered items
+  aux_choice         history -> letter of the next item among `choice_candidates` lettered items (the
+                     positive and distractors drawn as the main task's negatives)
   aux_title          an item's keywords -> its title (items that occur in training sequences)
   aux_next_keywords  history -> keywords of the next item
 Nothing from the valid or test splits enters an example: histories, positives, negatives and titles
 all come from train.parquet (the valid/test tables are read only to keep a user's held-out items out
-of its negatives). Every draw comes from a generator seeded by (seed, user, position, purpose), so
+of its negatives). rank.negatives says how negatives are drawn (main and aux_choice; the other tasks
+have none): `popularity` in proportion to each item's training interaction count, the distribution the
+positives follow, so popularity alone does not separate them; `uniform` every unseen item alike.
+Every draw comes from a generator seeded by (seed, user, position, purpose), so
 the examples are identical run after run.
 
 The output is a `datasets.Dataset` in TRL's conversational prompt-completion format (`prompt`: the
@@ -26,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..llm.examples import sample_negatives, to_dataset, training_positions  # noqa: F401
+from ..llm.examples import item_counts, sample_negatives, to_dataset, training_positions  # noqa: F401
 from .config import RankConfig
 from .prompts import (LETTERS, NO, YES, CandidateNotes, Catalog, assistant, candidate_line, choice_text, main_messages,
                       main_prefix_text, next_keywords_text, title_text, user_message)
@@ -78,11 +82,11 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
         positions = training_positions(data["train"], cfg.examples_per_user, seed)
     if not positions:
         raise ValueError("no training sequence has two items: there is nothing to build SFT examples from")
-    pool = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in data["train"]["items"]]))
-    pool = pool[pool > 0]
+    pool, interactions = item_counts(data["train"]["items"])
     seen = interacted_items(data)
     counts = task_counts(cfg, len(positions), len(pool))
-    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes)
+    weights = interactions if cfg.negatives == "popularity" else None
+    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes, weights)
     rows: list[dict] = []
     order = {task: np.random.default_rng([seed, i, 99]).permutation(len(positions)) for i, task in enumerate(TASKS)}
     for k in order["main"][:counts["main"] // (1 + cfg.neg_per_pos)]:
@@ -100,9 +104,14 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
 
 class _Builder:
     def __init__(self, catalog: Catalog, cfg: RankConfig, context: Context, is_vlm: bool,
-                 seen: dict[int, set[int]], pool: np.ndarray, seed: int, notes: NoteSource | None = None):
+                 seen: dict[int, set[int]], pool: np.ndarray, seed: int, notes: NoteSource | None = None,
+                 weights: np.ndarray | None = None):
         self.catalog, self.cfg, self.context, self.is_vlm = catalog, cfg, context, is_vlm
         self.seen, self.pool, self.seed, self.notes = seen, pool, seed, notes
+        self.weights = weights  # of the pool's items, for rank.negatives = popularity (None: uniform)
+
+    def _negatives(self, user: int, n: int, rng: np.random.Generator) -> list[int]:
+        return sample_negatives(self.pool, self.seen.get(user, set()), n, rng, self.weights)
 
     def _context(self, user: int, t: int) -> str:
         return self.context(user, t) if self.cfg.use_retrieval else ""
@@ -124,7 +133,7 @@ class _Builder:
     def main(self, user: int, t: int, seq: np.ndarray) -> list[dict]:
         history, positive = seq[:t], int(seq[t])
         rng = np.random.default_rng([self.seed, user, t, 1])
-        negatives = sample_negatives(self.pool, self.seen.get(user, set()), self.cfg.neg_per_pos, rng)
+        negatives = self._negatives(user, self.cfg.neg_per_pos, rng)
         prefix = main_prefix_text(self.catalog, history, self._context(user, t), self.cfg.history_len)
         history_image = self._image(int(history[-1])) if self.cfg.history_image else ""
         notes = self._notes(user, t)
@@ -140,8 +149,7 @@ class _Builder:
     def choice(self, user: int, t: int, seq: np.ndarray) -> dict:
         positive = int(seq[t])
         rng = np.random.default_rng([self.seed, user, t, 2])
-        options = [positive, *sample_negatives(self.pool, self.seen.get(user, set()),
-                                               self.cfg.choice_candidates - 1, rng)]
+        options = [positive, *self._negatives(user, self.cfg.choice_candidates - 1, rng)]
         options = [options[i] for i in rng.permutation(len(options))]
         text = choice_text(self.catalog, seq[:t], self._context(user, t), options, self.cfg.history_len,
                            self._notes(user, t))

@@ -8,7 +8,8 @@ rank more than it deserves. With K folds, the users are split into K seeded grou
 same kind and settings are trained, each on the training sequences of the other groups' users (early
 stopping on their valid cases); a user's SFT examples get their ranks from the model that never saw that
 user. Valid and test prompts keep the train-cf model, trained on every user's training sequence. Nothing
-of valid or test is trained on: the valid cases only stop training, as in train-cf.
+of valid or test is trained on: the valid cases only stop training, as in train-cf. Items a fold model
+never saw (in none of its training sequences) rank last, tied (cf.base.SeenItemsOnly), as with train-cf's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 
 from ..artifacts import write_json
 from ..cf import build_model
-from ..cf.base import Cases
+from ..cf.base import Cases, SeenItemsOnly, seen_items
 from ..device import resolve_device
 
 
@@ -47,11 +48,12 @@ def fold_teachers(data: dict[str, pd.DataFrame], run_cfg: Any, folder: Path,
         model = build_model(name, n_items, run_cfg.cf.params.get(name), run_cfg.cf.train, seed + 1 + fold,
                             resolve_device("cpu"))
         path = folder / f"{name}-fold{fold}-of-{k}.pt"
+        trained_on = train["user"].map(lambda u: fold_of[int(u)] != fold).to_numpy()
+        sequences = [np.asarray(s, dtype=np.int64) for s in train.loc[trained_on, "items"]]
+        seen = seen_items(sequences, n_items)
         if path.is_file():
-            models.append(model.load(path))
+            models.append(SeenItemsOnly(model.load(path), seen))
             continue
-        seen = train["user"].map(lambda u: fold_of[int(u)] != fold).to_numpy()
-        sequences = [np.asarray(s, dtype=np.int64) for s in train.loc[seen, "items"]]
         stop_on = Cases.from_frame(valid[valid["user"].map(lambda u: fold_of.get(int(u), -1) != fold)])
         t0 = time.perf_counter()
         log(f"candidate CF rank teacher {fold + 1}/{k}: {name} on the {len(sequences):,} training sequences of "
@@ -61,5 +63,5 @@ def fold_teachers(data: dict[str, pd.DataFrame], run_cfg: Any, folder: Path,
         model.save(path)
         write_json(path.with_suffix(".json"), info)
         log(f"candidate CF rank teacher {fold + 1}/{k}: {info}")
-        models.append(model)
+        models.append(SeenItemsOnly(model, seen))
     return lambda user: models[fold_of[int(user)]]

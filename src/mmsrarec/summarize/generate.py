@@ -57,7 +57,7 @@ def generate(model: Any, processor: Any, prompts: list[str], images: list[Any] |
         inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if not sampling:
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                              pad_token_id=tokenizer.pad_token_id)
     else:
         if seed is None:
@@ -65,6 +65,6 @@ def generate(model: Any, processor: Any, prompts: list[str], images: list[Any] |
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 **sampling)
+                                 use_cache=True, **sampling)
     new = out[:, inputs["input_ids"].shape[1]:]
     return tokenizer.batch_decode(new, skip_special_tokens=True)
