@@ -257,3 +257,15 @@ def test_no_cold_item_reaches_the_index_or_the_sft_and_grpo_items(cold_run):
     in_training = {int(i) for seq in pd.read_parquet(run_dir / "prepare" / "train.parquet")["items"] for i in seq}
     trained, _ = split_items(data["items"], SummarizerTrainConfig(held_out_fraction=0.2), 0, trainable=in_training)
     assert len(trained) and not set(trained["item"]) & cold
+
+
+def test_a_user_with_too_few_unseen_warm_items_has_no_valid_case_and_trains_on_all_its_warm_items():
+    from mmsrarec.data.splits import split_cold
+
+    seqs = {1: np.array([1, 2, 3, 4, 5]), 2: np.array([1, 2, 5, 6])}  # cold 5, 6, 7; warm pool 1, 2, 3, 4, 8
+    train, cases, short, facts = split_cold(seqs, np.array([5, 6, 7]), 8, min_history=1, num_negatives=2)
+    assert cases["valid"]["user"].tolist() == [2]  # user 1 has seen 4 of the 5 warm items: 1 left, 2 needed
+    assert facts["users_without_enough_warm_negatives"] == 1 and short == 0
+    assert dict(zip(train["user"], train["items"]))[1] == [1, 2, 3, 4]  # every warm item trains
+    assert cases["test"]["user"].tolist() == [1]  # user 2 has seen 2 of the 3 cold items: 1 left, 2 needed
+    assert facts["users_without_enough_cold_negatives"] == 1

@@ -110,7 +110,10 @@ def format_stats(stats: dict) -> str:
                         if cold['users_too_short_for_a_test_case'] else "")
                      + (f", {cold['users_without_enough_cold_negatives']:,} with fewer than "
                         f"{stats['negatives_per_case']} unseen cold items left for negatives"
-                        if cold.get('users_without_enough_cold_negatives') else ""))
+                        if cold.get('users_without_enough_cold_negatives') else "")
+                     + (f"; {cold['users_without_enough_warm_negatives']:,} users with fewer than "
+                        f"{stats['negatives_per_case']} unseen warm items left have no valid case"
+                        if cold.get('users_without_enough_warm_negatives') else ""))
     if stats["users_too_short_for_a_case"]:
         held_out = "valid case" if cold else "held-out case"
         lines.append(f"  {stats['users_too_short_for_a_case']} users too short for a {held_out}")

@@ -15,7 +15,8 @@ Three schemes:
   early-stop and are selected as under loo). The test target is the user's last interaction with an
   item of C, its history the user's warm items before it in time; cold items are never in a training
   sequence or a history. Users without a cold interaction have no test case, nor have users who
-  interacted with so many cold items that fewer than data.num_negatives remain for their list (counted).
+  interacted with so many cold items that fewer than data.num_negatives remain for their list; a user
+  who saw so many warm items that fewer than data.num_negatives remain has no valid case (both counted).
 A user too short to give a case with `min_history` history items keeps all its items in training
 (and is counted in the statistics); with split=cold that holds for the valid case, and a user whose
 last cold interaction has fewer than `min_history` warm items before it has no test case (counted too).
@@ -78,20 +79,25 @@ def split_cold(seqs: dict[int, np.ndarray], cold: np.ndarray, n_items: int, min_
     """The cold-item split (module docstring): (train, {valid, test}, users too short for a valid case,
     facts: users with a cold interaction, users too short for a test case, users who interacted with so many
     cold items that fewer than `num_negatives` are left to draw their test negatives from (no test case: their
-    list could only be filled with warm items), interactions kept out of training)."""
+    list could only be filled with warm items), users who saw so many warm items that fewer than `num_negatives`
+    are left for their valid negatives (no valid case; all their warm items train), interactions kept out of
+    training)."""
     is_cold = np.zeros(n_items + 1, dtype=bool)
     is_cold[cold] = True
     train, valid, test, short = [], [], [], 0
     facts = {"users_with_cold_interaction": 0, "users_too_short_for_a_test_case": 0,
-             "users_without_enough_cold_negatives": 0, "cold_interactions": 0}
+             "users_without_enough_cold_negatives": 0, "users_without_enough_warm_negatives": 0,
+             "cold_interactions": 0}
+    n_warm = n_items - len(cold)
     for user, s in seqs.items():
         flags = is_cold[s]
         warm = s[~flags]
-        if len(warm) >= min_history + 1:
+        if len(warm) >= min_history + 1 and n_warm - len(np.unique(warm)) >= num_negatives:
             train.append((user, warm[:-1]))
             valid.append((user, warm[:-1], int(warm[-1])))
-        else:
-            short += 1
+        else:  # too short, or so many warm items seen that too few are left for the valid negatives
+            short += len(warm) < min_history + 1
+            facts["users_without_enough_warm_negatives"] += len(warm) >= min_history + 1
             if len(warm):
                 train.append((user, warm))
         where = np.flatnonzero(flags)
