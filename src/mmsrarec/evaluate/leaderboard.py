@@ -154,8 +154,9 @@ SLICE_LINES = [
     "Every row again on slices of the test cases: by the target's popularity in training (times it occurs in the "
     "training sequences; evaluate.popularity_buckets) and by the case's history length (evaluate.history_buckets).",
     "Each cell: the slice's test metric with its 95% bootstrap interval over the slice's cases; each difference is "
-    "paired case by case with the best CF model on the slice's valid cases (marked * where the slice has no valid "
-    "cases: the best by all of valid). Every headline metric, and the valid values, are in slices.csv/.json."]
+    "paired case by case with the best CF model on the slice's valid cases (marked * where the slice has fewer "
+    "than 10 valid cases or the CF models tie on them, as at chance on never-seen targets: the best by all of "
+    "valid). Every headline metric, and the valid values, are in slices.csv/.json."]
 
 
 def interval_text(r: dict | None, key: str = "value", sign: str = "") -> str:
