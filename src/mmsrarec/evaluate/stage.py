@@ -81,7 +81,7 @@ def run(ctx) -> None:
     lines = verdict(ctx, per, labelled, cf_models)
     if lines:
         write_text(ctx.out / VERDICT, "\n".join(lines))
-        ctx.log("verdict:\n" + "\n".join(lines))
+        ctx.log(f"verdict: {ctx.out.parent / 'evaluate' / VERDICT} (`mmsrarec run` prints it)")
     from .report import ReportInputs, write_report  # after the leaderboard, which the report reads
     shown = {}  # each method's sampled test cases, for its rankings in the report
     for method, scored in sources.items():
