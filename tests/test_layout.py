@@ -110,3 +110,26 @@ def test_neither_llm_method_imports_the_other():
                 any(t.startswith("mmsrarec.rank") for t in graph[m])}
     assert not {m for m in graph if m.startswith("mmsrarec.rank") and
                 any(t.startswith("mmsrarec.mllmmsr") for t in graph[m])}
+
+
+def test_the_installed_libraries_meet_the_declared_requirements():
+    """The floors in pyproject.toml are the versions the code was checked with: the environment the tests
+    run in must satisfy every declared requirement (a floor raised without reinstalling, or an upper bound
+    the installed version crosses, fails here)."""
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    unmet = []
+    for line in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        req = Requirement(line)
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            unmet.append(f"{req}: not installed")
+            continue
+        if not req.specifier.contains(installed.split("+")[0], prereleases=True):
+            unmet.append(f"{req}: {installed} installed")
+    assert not unmet, unmet

@@ -151,3 +151,51 @@ def test_mllm_msr_recommender_draws_its_negatives_as_configured():
         by = {answer: [r["item"] for r in rows if r["completion"][0]["content"] == answer] for answer in ("Yes", "No")}
         ratios[negatives] = _mean_count(by["No"], counts) / _mean_count(by["Yes"], counts)
     assert ratios["uniform"] < 0.6 and 0.7 <= ratios["popularity"] <= 1.4
+
+
+@pytest.mark.parametrize("negatives", ["uniform", "popularity"])
+def test_stand_in_cold_items_are_shown_only_among_themselves(negatives):
+    """rank.stand_in_cold: the stand-ins never appear in a history or the title task; an example whose
+    positive is a stand-in has only stand-ins as negatives / distractors, and no other example shows one."""
+    from dataclasses import replace
+
+    from mmsrarec.rank.tasks import stand_in_items
+
+    data = skewed_data()
+    cfg = replace(config(negatives), stand_in_cold=0.3,
+                  tasks=TaskWeights(main=1, aux_choice=0.5, aux_title=0.2, aux_next_keywords=0.2))
+    pool, _ = item_counts(data["train"]["items"])
+    stand_ins = set(stand_in_items(pool, 0.3, 7).tolist())
+    assert len(stand_ins) == round(0.3 * len(pool))
+    assert stand_ins == set(stand_in_items(pool, 0.3, 7).tolist()) != set(stand_in_items(pool, 0.3, 8).tolist())
+    rows = build_examples(data, catalog(), cfg, seed=7).to_list()
+    assert rows == build_examples(data, catalog(), cfg, seed=7).to_list()
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for row in rows:
+        text = row["prompt"][0]["content"]
+        history = re.findall(r"^- Item (\d+):", text, flags=re.M)
+        assert history or row["task"] == "aux_title"
+        assert not stand_ins & {int(i) for i in history}, row
+        if row["task"] == "main":
+            groups.setdefault((row["user"], row["position"]), []).append(row)
+        elif row["task"] == "aux_choice":
+            options = {int(i) for i in re.findall(r"^[A-Z]\. Item (\d+):", text, flags=re.M)}
+            assert len(options) == 4
+            assert options <= stand_ins if row["item"] in stand_ins else not options & stand_ins, row
+        elif row["task"] == "aux_title":
+            assert row["item"] not in stand_ins
+    cold_groups = 0
+    for group in groups.values():
+        positive = next(r["item"] for r in group if r["completion"][0]["content"] == "Yes")
+        shown = {r["item"] for r in group}
+        assert len(shown) == 2
+        if positive in stand_ins:
+            cold_groups += 1
+            assert shown <= stand_ins
+        else:
+            assert not shown & stand_ins
+    assert cold_groups > 20  # the stand-ins' own examples exist
+    with pytest.raises(Exception, match="stand_in_cold"):
+        replace(config(negatives), stand_in_cold=0.2, candidate_votes=5).validate()
+    with pytest.raises(Exception, match="stand_in_cold"):
+        replace(config(negatives), stand_in_cold=1.0).validate()

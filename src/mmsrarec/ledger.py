@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
+from . import ARTIFACTS_VERSION
 from .artifacts import sha256_json
 from .configtools import key_dict
 from .errors import ArtifactError
@@ -46,7 +46,7 @@ def fingerprint(cfg) -> str:
     plan = runner.plan("evaluate")
     sections = {name: key_dict(runner.stages[name].section(cfg)) for name in plan}
     revisions = {name: runner.stages[name].revision for name in plan if runner.stages[name].revision}
-    return sha256_json({"sections": sections, "version": __version__,
+    return sha256_json({"sections": sections, "version": ARTIFACTS_VERSION,
                         **({"revisions": revisions} if revisions else {})})[:16]
 
 

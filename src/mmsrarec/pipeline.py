@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__, distributed
+from . import ARTIFACTS_VERSION, distributed
 from .artifacts import hash_tree, read_json, sha256_json, write_json
 from .configtools import key_dict, to_dict
 from .errors import ArtifactError, MmsrarecError
@@ -299,7 +299,7 @@ class Runner:
         stage = self.stages[name]
         done = self._done if done is None else done
         inputs = {dep: done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
-        keyed = {"config": key_dict(stage.section(self.cfg)), "inputs": inputs, "version": __version__}
+        keyed = {"config": key_dict(stage.section(self.cfg)), "inputs": inputs, "version": ARTIFACTS_VERSION}
         if stage.revision:
             keyed["revision"] = stage.revision
         return sha256_json(keyed), inputs

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 @dataclass
 class CFTrainConfig:
     epochs: int = field(200, help="maximum training epochs")
-    batch_size: int = field(64, help="training windows per batch (64: ~1.5k updates per epoch on ML-100K)")
+    batch_size: int = field(64, help="training windows per batch")
     lr: float = field(1e-3, help="Adam learning rate")
     weight_decay: float = field(0.0, help="Adam weight decay")
     patience: int = field(10, help="stop after this many evaluations without a better validation metric")

@@ -51,7 +51,7 @@ class SFTSettings:
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1 = epochs decide)")
     lr: float = field(2e-4, help="AdamW learning rate of the LoRA weights")
     batch_size: int = field(2, help="examples per device batch (memory grows with it: the full-vocabulary logits "
-                                    "of every position are kept; SmolLM2-135M at 8 x ~600 tokens peaked at 20 GB)")
+                                    "of every position are kept; see docs/results_log.md)")
     grad_accum: int = field(4, help="batches accumulated per optimizer step (effective batch = batch_size x grad_accum)")
     max_seq_len: int = field(640, help="longest example in tokens; longer examples are dropped (and counted), "
                                        "never truncated, since truncation would cut off the answer")
@@ -60,13 +60,13 @@ class SFTSettings:
     warmup_ratio: float = field(0.03, help="share of steps with linear learning-rate warm-up (0 = none)")
     activation_checkpointing: bool = field(False, help="recompute activations in backward (less memory, slower)")
     sampling: str = field("random", help="order of the examples: 'random', or 'group_by_length' (shuffled chunks "
-                                         "of up to 50 batches, each sorted by length: less padding; ML-100K's SFT "
-                                         "at batch 16: 1.3% padding instead of 24.5%, 1.31x fewer tokens)")
+                                         "of up to 50 batches, each sorted by length: less padding, so fewer tokens "
+                                         "per epoch; see docs/results_log.md)")
     loss: str = field("token", help="how answer tokens are averaged: 'token' (TRL's loss: every answer token of a "
-                                    "step weighs the same, so the long answers of the next-keywords and title tasks, "
-                                    "~22 and ~7 tokens on ML-100K against the Yes/No task's 3, hold ~45% of the "
-                                    "answer tokens with 14% of the examples) or 'example' (each example's mean over "
-                                    "its own answer tokens, averaged over examples: every example weighs the same)")
+                                    "step weighs the same, so the long answers of the next-keywords and title tasks "
+                                    "weigh more than the short Yes/No answers of the main task) or 'example' (each "
+                                    "example's mean over its own answer tokens, averaged over examples: every "
+                                    "example weighs the same); see docs/method.md")
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "max_seq_len", "save_steps"):

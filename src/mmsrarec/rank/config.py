@@ -52,6 +52,11 @@ class RankConfig:
         "positives (training interactions) are, so an item's popularity alone does not tell a positive from a "
         "negative; uniform = every such item equally likely (negatives are then mostly less popular than "
         "positives, a shortcut SFT can learn). docs/ranker_training.md"))
+    stand_in_cold: float = field(0.0, neutral=True, help=(
+        "a share in [0, 1): that seeded share of the training items stands in for cold items in the SFT "
+        "examples: they leave every history and the title task, an example whose positive is one of them draws "
+        "its negatives among them, no other example shows them; 0 = off. For the cold-item protocol "
+        "(data.split: cold), whose test candidates no SFT example shows. rank/tasks.py, docs/ranker_training.md"))
     max_examples: int = field(1000, help="SFT examples in all (all tasks; 0 = no cap); keeps CPU runs affordable")
     examples_per_user: int = field(8, help="training positions sampled per user (0 = all)")
     history_len: int = field(10, help="most recent history items shown in a prompt")
@@ -64,8 +69,7 @@ class RankConfig:
     candidate_votes: int = field(
         0, help="k > 0: end each candidate's line with how many of the case's k most similar training users "
                 "chose it next ('(chosen next by 3 of 500 similar users)'), the index searched again at this k; "
-                "0 = off (the paper). Training windows only, never the case's own user. On ML-100K this vote "
-                "alone ranks at HR@5 0.68 at k = 500 (benchmarks/context_signal.py)")
+                "0 = off (the paper). Training windows only, never the case's own user. See docs/method.md")
     candidate_cf_rank: str = field(
         "", help="a model of cf.models (e.g. sasrec): end each candidate's line with its rank when that model, "
                  "trained on the training split, ranks every item for the case's history ('sasrec ranks it 4'; "
@@ -80,7 +84,7 @@ class RankConfig:
         help="k >= 2: the SFT examples' candidate_cf_rank comes from k models of that kind, each trained without "
              "one seeded fold of the users, a user's examples ranked by the model that never saw the user "
              "(rank/teachers.py); 0 = the train-cf model, which was trained on the examples' own targets and so "
-             "ranks them better than it ranks valid or test (benchmarks/cf_rank_shift.py). Valid and test "
+             "ranks them better than it ranks valid or test (see docs/method.md). Valid and test "
              "prompts always use the train-cf model")
     use_keywords: bool = field(True, help="describe items by their summarized keywords; false = by the raw item "
                                           "text (the 'no summarization' ablation)")
@@ -116,6 +120,11 @@ class RankConfig:
         if self.candidate_cf_rank_folds and (self.candidate_cf_rank_folds < 2 or not self.candidate_cf_rank):
             raise InvalidValue("candidate_cf_rank_folds", f"must be 0 or >= 2 with rank.candidate_cf_rank on, got "
                                f"{self.candidate_cf_rank_folds} with candidate_cf_rank {self.candidate_cf_rank!r}")
+        if not 0 <= self.stand_in_cold < 1:
+            raise InvalidValue("stand_in_cold", f"must be in [0, 1), got {self.stand_in_cold}")
+        if self.stand_in_cold and (self.candidate_votes or self.candidate_cf_rank):
+            raise InvalidValue("stand_in_cold", "hides items from the SFT histories, which the candidate notes "
+                               "(candidate_votes, candidate_cf_rank) are computed from: turn those off")
         if (self.candidate_image or self.history_image) and self.model.kind != "vlm":
             key = "candidate_image" if self.candidate_image else "history_image"
             raise InvalidValue(key, "needs a vision-language model (rank.model.kind: vlm)")

@@ -18,6 +18,14 @@ positives follow, so popularity alone does not separate them; `uniform` every un
 Every draw comes from a generator seeded by (seed, user, position, purpose), so
 the examples are identical run after run.
 
+rank.stand_in_cold (a share, 0 = off) makes some examples look like the cold-item protocol's test cases
+(docs/protocols.md), which no other example does: a seeded share of the training items are stand-ins
+for cold items. They leave every example's history and the title task, a main or choice example whose
+positive is a stand-in draws its negatives among the stand-ins, and every other example's negatives
+exclude them. So a stand-in is only ever shown as a candidate among stand-ins, never in a history, the
+way a cold item is at test: telling them apart takes their content, not what the ranker learned about
+them elsewhere. (The retrieved context still comes from the index over all training windows.)
+
 The output is a `datasets.Dataset` in TRL's conversational prompt-completion format (`prompt`: the
 user turn, `completion`: the assistant answer), so SFT puts the loss on the answer tokens only; VLM
 examples carry an `images` column of image paths decoded by `datasets.Image`.
@@ -84,9 +92,14 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
         raise ValueError("no training sequence has two items: there is nothing to build SFT examples from")
     pool, interactions = item_counts(data["train"]["items"])
     seen = interacted_items(data)
-    counts = task_counts(cfg, len(positions), len(pool))
     weights = interactions if cfg.negatives == "popularity" else None
-    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes, weights)
+    stand_ins = stand_in_items(pool, cfg.stand_in_cold, seed)
+    if len(stand_ins):
+        positions = [p for p in positions if not np.isin(p[2][:p[1]], stand_ins).all()]  # a history is left
+        if not positions:
+            raise ValueError("rank.stand_in_cold leaves no training case with a history: lower it")
+    counts = task_counts(cfg, len(positions), len(pool) - len(stand_ins))
+    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes, weights, stand_ins)
     rows: list[dict] = []
     order = {task: np.random.default_rng([seed, i, 99]).permutation(len(positions)) for i, task in enumerate(TASKS)}
     for k in order["main"][:counts["main"] // (1 + cfg.neg_per_pos)]:
@@ -95,23 +108,44 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
         rows.append(builder.choice(*positions[k]))
     for k in order["aux_next_keywords"][:counts["aux_next_keywords"]]:
         rows.append(builder.next_keywords(*positions[k]))
-    described = np.array([i for i in pool if catalog.descriptions.get(int(i))], dtype=np.int64)
+    described = np.array([i for i in np.setdiff1d(pool, stand_ins) if catalog.descriptions.get(int(i))],
+                         dtype=np.int64)
     for item in np.random.default_rng([seed, 98]).permutation(described)[:counts["aux_title"]]:
         rows.append(builder.title(int(item)))
     rows = [rows[i] for i in np.random.default_rng([seed, 97]).permutation(len(rows))]
     return to_dataset(rows, is_vlm)
 
 
+def stand_in_items(pool: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """rank.stand_in_cold: the seeded share of the training items (`pool`, sorted) that the SFT examples
+    treat as cold items (sorted; empty when share is 0)."""
+    n = int(round(share * len(pool)))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, 96]).choice(pool, size=n, replace=False)).astype(np.int64)
+
+
 class _Builder:
     def __init__(self, catalog: Catalog, cfg: RankConfig, context: Context, is_vlm: bool,
                  seen: dict[int, set[int]], pool: np.ndarray, seed: int, notes: NoteSource | None = None,
-                 weights: np.ndarray | None = None):
+                 weights: np.ndarray | None = None, stand_ins: np.ndarray | None = None):
         self.catalog, self.cfg, self.context, self.is_vlm = catalog, cfg, context, is_vlm
-        self.seen, self.pool, self.seed, self.notes = seen, pool, seed, notes
-        self.weights = weights  # of the pool's items, for rank.negatives = popularity (None: uniform)
+        self.seen, self.seed, self.notes = seen, seed, notes
+        # the negatives' pools (and their weights for rank.negatives = popularity; None: uniform): the warm
+        # items, and the stand-ins for cold items (rank.stand_in_cold), which only a stand-in's examples draw
+        stand_ins = np.zeros(0, dtype=np.int64) if stand_ins is None else stand_ins
+        self.stand_ins = set(stand_ins.tolist())
+        cold = np.isin(pool, stand_ins)
+        self.pools = {False: (pool[~cold], None if weights is None else weights[~cold]),
+                      True: (pool[cold], None if weights is None else weights[cold])}
 
-    def _negatives(self, user: int, n: int, rng: np.random.Generator) -> list[int]:
-        return sample_negatives(self.pool, self.seen.get(user, set()), n, rng, self.weights)
+    def _negatives(self, user: int, positive: int, n: int, rng: np.random.Generator) -> list[int]:
+        pool, weights = self.pools[positive in self.stand_ins]
+        return sample_negatives(pool, self.seen.get(user, set()), n, rng, weights)
+
+    def _history(self, seq: np.ndarray, t: int) -> np.ndarray:
+        history = seq[:t]
+        return history[~np.isin(history, list(self.stand_ins))] if self.stand_ins else history
 
     def _context(self, user: int, t: int) -> str:
         return self.context(user, t) if self.cfg.use_retrieval else ""
@@ -131,9 +165,9 @@ class _Builder:
         return row
 
     def main(self, user: int, t: int, seq: np.ndarray) -> list[dict]:
-        history, positive = seq[:t], int(seq[t])
+        history, positive = self._history(seq, t), int(seq[t])
         rng = np.random.default_rng([self.seed, user, t, 1])
-        negatives = self._negatives(user, self.cfg.neg_per_pos, rng)
+        negatives = self._negatives(user, positive, self.cfg.neg_per_pos, rng)
         prefix = main_prefix_text(self.catalog, history, self._context(user, t), self.cfg.history_len)
         history_image = self._image(int(history[-1])) if self.cfg.history_image else ""
         notes = self._notes(user, t)
@@ -149,16 +183,16 @@ class _Builder:
     def choice(self, user: int, t: int, seq: np.ndarray) -> dict:
         positive = int(seq[t])
         rng = np.random.default_rng([self.seed, user, t, 2])
-        options = [positive, *self._negatives(user, self.cfg.choice_candidates - 1, rng)]
+        options = [positive, *self._negatives(user, positive, self.cfg.choice_candidates - 1, rng)]
         options = [options[i] for i in rng.permutation(len(options))]
-        text = choice_text(self.catalog, seq[:t], self._context(user, t), options, self.cfg.history_len,
+        text = choice_text(self.catalog, self._history(seq, t), self._context(user, t), options, self.cfg.history_len,
                            self._notes(user, t))
         return self._row("aux_choice", user, t, positive, [user_message([text], self.is_vlm)],
                          LETTERS[options.index(positive)])
 
     def next_keywords(self, user: int, t: int, seq: np.ndarray) -> dict:
         positive = int(seq[t])
-        text = next_keywords_text(self.catalog, seq[:t], self._context(user, t), self.cfg.history_len)
+        text = next_keywords_text(self.catalog, self._history(seq, t), self._context(user, t), self.cfg.history_len)
         answer = self.catalog.descriptions.get(positive) or self.catalog.titles[positive]
         return self._row("aux_next_keywords", user, t, positive, [user_message([text], self.is_vlm)], answer)
 
