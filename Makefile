@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONFIG ?= configs/demo.yaml
 
-.PHONY: setup browser demo test test-fast bench-cf clean
+.PHONY: setup browser demo test test-fast clean
 
 setup: $(VENV)/.installed
 

@@ -71,12 +71,13 @@ def with_item_images(folder: Path, name: str, n_items: int, size, color) -> Path
     return folder
 
 
-def load_benchmark(name: str):
-    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+def load_script(path: str):
+    """A script of the repository (e.g. tools/lent_gpu.py, experiments/ranker_ab.py) as a module: benchmarks/,
+    experiments/ and tools/ hold scripts, not packages."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    name = Path(path).stem
+    spec = importlib.util.spec_from_file_location(f"script_{name}", Path(__file__).resolve().parents[1] / path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)

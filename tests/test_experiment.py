@@ -16,7 +16,7 @@ from mmsrarec.errors import ConfigError, MmsrarecError
 from mmsrarec.evaluate.rerank import cf_top, rerank_cases, rerank_metrics, rerank_names
 from mmsrarec.experiment import aggregate, board_of_finished, members, run_experiment
 
-from conftest import load_benchmark
+from conftest import load_script
 
 
 class FixedScores:
@@ -339,9 +339,9 @@ def test_stop_before_then_parallel_runs_finish_the_experiment(toy_overrides, tin
     assert set(board["method"]) == {"pop", "mmsrarec", "zero-shot", "no-retrieval"}
     assert "[train-ranker]" in (variant / "run.log").read_text()
     assert (variant / "train-ranker" / "manifest.json").is_file() and not (variant / "train-ranker").is_symlink()
-    # what comes back from a GPU machine (benchmarks/lent_gpu.py): the ranker and evaluate folders without
+    # what comes back from a GPU machine (tools/lent_gpu.py): the ranker and evaluate folders without
     # weights, in parts; put into the CPU machine's run, every run there is finished and merged
-    lent_gpu = load_benchmark("lent_gpu")
+    lent_gpu = load_script("tools/lent_gpu.py")
     parts = lent_gpu.results(main_dir, Path(cfg.runs_dir).parent / "back" / "results.tgz", chunk=20_000)
     assert len(parts) > 1 and not any(".safetensors" in n for p in parts for n in _names(parts))
     here_over = [*over, f"runs_dir={here}"]

@@ -21,7 +21,7 @@ from mmsrarec.index.store import load_index, load_neighbours
 from mmsrarec.index.windows import training_windows
 from mmsrarec.stages import Runner
 
-from conftest import load_benchmark, write_held_out_dataset
+from conftest import load_script, write_held_out_dataset
 
 faiss = pytest.importorskip("faiss")
 faiss.omp_set_num_threads(1)  # 2 shared cores: OpenMP threads spinning against each other only slow the tests
@@ -332,7 +332,7 @@ def test_index_config_is_checked():
 
 
 def test_context_signal_readers_score_what_the_neighbours_chose():
-    signal = load_benchmark("context_signal")
+    signal = load_script("experiments/context_signal.py")
     words = {1: ["space", "war"], 2: ["romance"], 3: ["war", "drama"], 4: ["space"], 5: ["comedy"]}
     candidates = np.array([[1, 2, 5], [2, 1, 5]])
     next_items = np.array([[1, 4, 0], [3, 3, 0]])  # 0 / nan: fewer neighbours than k
@@ -356,7 +356,7 @@ def test_context_signal_readers_score_what_the_neighbours_chose():
 def test_context_signal_never_finds_a_valid_or_test_item_in_the_context(built, tmp_path):
     """On the leaky dataset every valid / test item is one nobody else touches: the neighbours' next
     items (training windows only) can never be it, at any k, and the readers rank it no higher than chance."""
-    signal = load_benchmark("context_signal")
+    signal = load_script("experiments/context_signal.py")
     out = tmp_path / "signal"
     signal.main([*sum((["--set", o] for o in [*built["overrides"], "rank.use_keywords=false"]), []),
                  "--k", "3", "10", "--lists", "5", "--out", str(out)])

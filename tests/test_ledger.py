@@ -13,7 +13,7 @@ from mmsrarec.config import load_config
 from mmsrarec.errors import ArtifactError
 from mmsrarec.experiment import members, run_experiment
 
-from conftest import load_benchmark
+from conftest import load_script
 
 
 def _over(toy_overrides, book, runs_dir, *extra):
@@ -53,7 +53,7 @@ def test_a_fresh_checkout_takes_the_runs_it_lacks_from_the_ledger(toy_overrides,
     assert pd.read_csv(out_b / "leaderboard.csv")["test_hr@5"].tolist() == pytest.approx(
         pd.read_csv(out / "leaderboard.csv")["test_hr@5"].tolist())
     assert len(ledger.read(book)) == len(written)
-    lent_gpu = load_benchmark("lent_gpu")  # a loan packs only the runs the ledger lacks
+    lent_gpu = load_script("tools/lent_gpu.py")  # a loan packs only the runs the ledger lacks
     assert [m.label for m in lent_gpu.picked(load_config(None, there), None, there, [])] == []
 
 
@@ -117,7 +117,7 @@ def test_rows_of_runs_whose_folders_are_gone_come_from_their_logged_key_lines(tm
 [evaluate] no-aux sampled  test hr@5=0.6878  ndcg@5=0.4858  auc=0.7947
 [evaluate] new sampled  test hr@5=0.6878  ndcg@5=0.4858  auc=0.8123  gauc=0.7947
 """)
-    parse = load_benchmark("ledger_from_log").parse
+    parse = load_script("tools/ledger_from_log.py").parse
     rows = parse(log, "2025-no-aux", first="2025-main")
     assert [(r["label"], r["method"], r["protocol"]) for r in rows] == [
         ("2025-main", "pop", "sampled"), ("2025-main", "mmsrarec", "rerank"), ("2025-main", "mmsrarec+sasrec", "sampled"),
@@ -150,8 +150,8 @@ COMMITTED_RUNS = {"2025-main", "2026-main", "2027-main", "2025-zero-shot-llm", "
 
 
 def test_the_committed_ledger_holds_its_runs_under_the_present_config_but_the_cf_revisions(monkeypatch):
-    """Carried over revision 1 of the stages (issue #28) by benchmarks/migrate_ledger.py, after
-    benchmarks/revision1_check.py found no output of those runs that the revision changes. Issue #29 made them
+    """Carried over revision 1 of the stages (issue #28) by tools/migrate_ledger.py, after
+    experiments/revision1_check.py found no output of those runs that the revision changes. Issue #29 made them
     stale on purpose: a CF model now ranks an item it never saw in training last (cf.base.SeenItemsOnly;
     score-cf revision 1, rerank-ranker revision 2), and 4 of ML-100K's items are in no training sequence of
     these runs, so their full-protocol and rerank rows may change; they need a rerun on a GPU. With those two
@@ -190,8 +190,8 @@ def test_rename_metric_moves_every_rows_values_to_the_new_name_once():
     with pytest.raises(ArtifactError, match="renamed 'gauc' before"):
         ledger.rename_metric(moved.assign(test_auc=0.8), "auc", "gauc")
     # the error names the ledger file and what to do
-    with pytest.raises(ArtifactError, match=r"^benchmarks/results/x\.csv: .*leave the rename out.*restore the file"):
-        ledger.rename_metric(moved.assign(test_auc=0.8), "auc", "gauc", "benchmarks/results/x.csv")
+    with pytest.raises(ArtifactError, match=r"^experiments/results/x\.csv: .*leave the rename out.*restore the file"):
+        ledger.rename_metric(moved.assign(test_auc=0.8), "auc", "gauc", "experiments/results/x.csv")
 
 
 @pytest.mark.parametrize("args, says", [
@@ -200,7 +200,7 @@ def test_rename_metric_moves_every_rows_values_to_the_new_name_once():
     (["apply", "c.yaml", "old.json", "--rename", "auc"], r"--rename: 'auc' is not OLD=NEW"),
     (["apply", "c.yaml", "old.json", "--rename", "auc="], r"--rename: 'auc=' is not OLD=NEW")])
 def test_migrate_ledger_refuses_a_malformed_option_with_a_usage_message(args, says, capsys):
-    script = load_benchmark("migrate_ledger")
+    script = load_script("tools/migrate_ledger.py")
     with pytest.raises(SystemExit) as stop:
         script.main(args)
     assert stop.value.code == 2 and re.search(says, capsys.readouterr().err)

@@ -1,8 +1,9 @@
 """Configs and key help say what a setting is for, not what it measured (issue #31).
 
 A config comment says what the file is for, how to run it and why a value is set; a key's help says what
-the key does and its allowed values. Measurements, timings and the history of runs belong in docs/ and
-benchmarks/results/. These tests fail when a comment in configs/**/*.yaml or a key's help quotes one.
+the key does and its allowed values. Measurements, timings and the history of runs belong in docs/,
+experiments/results/ and benchmarks/results/. These tests fail when a comment in configs/**/*.yaml or a key's
+help quotes one.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ LEGITIMATE = [
     "-log PPL (-mean NLL, in nats)",
     "a 5-item history (the official MicroLens K - 1)",
     "Frozen 2026-12-04: a changed setting is a new file with a new date",
-    "benchmarks/lent_gpu.py packs the runs a GPU session can finish",
+    "tools/lent_gpu.py packs the runs a GPU session can finish",
     "a machine lent for a short time",
 ]
 

@@ -175,7 +175,7 @@ def test_the_faiss_index_is_the_index_stages_own_unless_candidate_votes_search_i
     reruns nothing and a GPU pack leaves it behind; with votes, train-ranker and evaluate search it again."""
     from pathlib import Path
 
-    from conftest import load_benchmark
+    from conftest import load_script
     from mmsrarec.stages import STAGES
 
     plain = load_config(None, toy_overrides)
@@ -183,7 +183,7 @@ def test_the_faiss_index_is_the_index_stages_own_unless_candidate_votes_search_i
     index = STAGES["index"]
     assert index.owns("index.faiss", plain) and index.owns("index.npy", plain)
     assert not index.owns("index.faiss", votes) and not index.owns("neighbours_test.parquet", plain)
-    left_here = load_benchmark("lent_gpu")._left_here
+    left_here = load_script("tools/lent_gpu.py")._left_here
     path = Path("run/toy/index/index.faiss")
     assert left_here(path, [plain]) and not left_here(path, [plain, votes])
     assert not left_here(Path("run/toy/index/neighbours_train.parquet"), [plain])

@@ -901,9 +901,9 @@ def _ab_scores(target_ranks):
 
 
 def test_ranker_ab_across_seeds_averages_the_seeds_and_pairs_the_same_cases(tmp_path):
-    from conftest import load_benchmark
+    from conftest import load_script
 
-    ab = load_benchmark("ranker_ab")
+    ab = load_script("experiments/ranker_ab.py")
 
     def run(seed, ranks, cases=(3, 9, 12, 40), extra=()):
         rows = [{"variant": name, "overrides": over, "scores": _ab_scores(r),
@@ -944,9 +944,9 @@ def test_ranker_ab_across_seeds_averages_the_seeds_and_pairs_the_same_cases(tmp_
 
 
 def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
-    from conftest import load_benchmark
+    from conftest import load_script
 
-    ab = load_benchmark("ranker_ab")
+    ab = load_script("experiments/ranker_ab.py")
 
     rows = [{"variant": name, "scores": _ab_scores(r), **ab.metrics(np.array(_ab_scores(r), float)), **extra}
             for name, r, extra in [("plain", [6, 6, 6, 6], {"overrides": []}),
@@ -954,7 +954,7 @@ def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
                                    ("sasrec (base run)", [0, 0, 0, 0], {"method": "sasrec"})]]
     rows.append({"variant": "sasrec level reader (no LLM)", "hr@5": 0.75})  # no per-case scores
     out = tmp_path / "ab"
-    out.with_suffix(".json").write_text(json.dumps({"command": "python benchmarks/ranker_ab.py ...", "seed": 2025,
+    out.with_suffix(".json").write_text(json.dumps({"command": "python experiments/ranker_ab.py ...", "seed": 2025,
                                                     "cases": 4, "all_cases": 50, "candidates": 21, "wall_s": 1.0,
                                                     "machine": "x", "rows": rows}))
     ab.main(["--redraw", "--out", str(out), "--pair", "levels", "sasrec (base run)"])
@@ -974,11 +974,11 @@ def test_ranker_ab_pair_adds_any_two_scored_rows_and_redraw_keeps_it(tmp_path):
 
 
 def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy_overrides, tiny_lm, tmp_path):
-    from conftest import load_benchmark
+    from conftest import load_script
     from mmsrarec.config import load_config
     from mmsrarec.stages import Runner
 
-    ab = load_benchmark("ranker_ab")
+    ab = load_script("experiments/ranker_ab.py")
     over = [*toy_overrides, "cf.models=[pop,sasrec]", "evaluate.methods=[pop,sasrec]", "evaluate.protocols=[sampled]",
             "cf.train.epochs=2", f"rank.model.name_or_path={tiny_lm}", "rank.use_keywords=false",
             "rank.sft.max_steps=2", "rank.sft.batch_size=4"]
@@ -1087,7 +1087,7 @@ def test_ranker_ab_benchmark_links_the_base_stages_and_scores_the_same_cases(toy
     # the companion diagnostic: the CF model's rank of the next item at SFT positions against valid and test
     from mmsrarec.rank.prompts import LEVEL_WORDS
 
-    shift = load_benchmark("cf_rank_shift")
+    shift = load_script("experiments/cf_rank_shift.py")
     shift.main([*sum((["--set", o] for o in over), []), "--sample", "8", "--folds", "2",
                 "--out", str(tmp_path / "shift")])
     groups = json.loads((tmp_path / "shift.json").read_text())["rows"]

@@ -163,7 +163,7 @@ def rename_metric(book: pd.DataFrame, old: str, new: str, path: str | Path = "th
     if taken:
         raise ArtifactError(f"{path}: the ledger already has values under {taken}: its {old!r} was renamed {new!r} "
                             f"before, and renaming again would empty them; leave the rename out (no --rename "
-                            f"{old}={new} for benchmarks/migrate_ledger.py), or restore the file from git to redo it")
+                            f"{old}={new} for tools/migrate_ledger.py), or restore the file from git to redo it")
     book = book.copy()
     for column, renamed in moved.items():
         book[renamed] = book[column]

@@ -3,7 +3,7 @@
 rank.candidate_cf_rank puts a CF model's rank of each candidate into the prompt. The train-cf model was
 trained on the very sequences the SFT examples come from, so at an SFT position it ranks a target it was
 trained to predict, and at valid / test one it never saw: the next item's median SASRec rank on ML-100K is
-26 at SFT positions against 46.5 at test (benchmarks/cf_rank_shift.py), so the ranker learns to trust the
+26 at SFT positions against 46.5 at test (experiments/cf_rank_shift.py), so the ranker learns to trust the
 rank more than it deserves. With K folds, the users are split into K seeded groups and K models of the
 same kind and settings are trained, each on the training sequences of the other groups' users (early
 stopping on their valid cases); a user's SFT examples get their ranks from the model that never saw that

@@ -1,4 +1,5 @@
-"""GRPO training of the keyword policy, in pieces the train-summarizer stage and the benchmark share.
+"""GRPO training of the keyword policy, in pieces the train-summarizer stage and
+experiments/summarizer_ml100k.py share.
 
 - `prompt_rows`: the prompts the summarize stage sends (same template, same truncation, same chat
   format), one text prompt per item plus, for a VLM, one image prompt per item with an image.
