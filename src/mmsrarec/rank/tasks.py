@@ -94,12 +94,12 @@ def build_examples(data: dict[str, pd.DataFrame], catalog: Catalog, cfg: RankCon
     seen = interacted_items(data)
     weights = interactions if cfg.negatives == "popularity" else None
     stand_ins = stand_in_items(pool, cfg.stand_in_cold, seed)
+    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes, weights, stand_ins)
     if len(stand_ins):
-        positions = [p for p in positions if not np.isin(p[2][:p[1]], stand_ins).all()]  # a history is left
+        positions = [p for p in positions if len(builder.history(p[2], p[1]))]  # a history is left
         if not positions:
             raise ValueError("rank.stand_in_cold leaves no training case with a history: lower it")
     counts = task_counts(cfg, len(positions), len(pool) - len(stand_ins))
-    builder = _Builder(catalog, cfg, context, is_vlm, seen, pool, seed, notes, weights, stand_ins)
     rows: list[dict] = []
     order = {task: np.random.default_rng([seed, i, 99]).permutation(len(positions)) for i, task in enumerate(TASKS)}
     for k in order["main"][:counts["main"] // (1 + cfg.neg_per_pos)]:
@@ -127,14 +127,13 @@ def stand_in_items(pool: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 class _Builder:
     def __init__(self, catalog: Catalog, cfg: RankConfig, context: Context, is_vlm: bool,
-                 seen: dict[int, set[int]], pool: np.ndarray, seed: int, notes: NoteSource | None = None,
-                 weights: np.ndarray | None = None, stand_ins: np.ndarray | None = None):
+                 seen: dict[int, set[int]], pool: np.ndarray, seed: int, notes: NoteSource | None,
+                 weights: np.ndarray | None, stand_ins: np.ndarray):
         self.catalog, self.cfg, self.context, self.is_vlm = catalog, cfg, context, is_vlm
         self.seen, self.seed, self.notes = seen, seed, notes
         # the negatives' pools (and their weights for rank.negatives = popularity; None: uniform): the warm
         # items, and the stand-ins for cold items (rank.stand_in_cold), which only a stand-in's examples draw
-        stand_ins = np.zeros(0, dtype=np.int64) if stand_ins is None else stand_ins
-        self.stand_ins = set(stand_ins.tolist())
+        self.stand_in_array, self.stand_ins = stand_ins, set(stand_ins.tolist())
         cold = np.isin(pool, stand_ins)
         self.pools = {False: (pool[~cold], None if weights is None else weights[~cold]),
                       True: (pool[cold], None if weights is None else weights[cold])}
@@ -143,9 +142,10 @@ class _Builder:
         pool, weights = self.pools[positive in self.stand_ins]
         return sample_negatives(pool, self.seen.get(user, set()), n, rng, weights)
 
-    def _history(self, seq: np.ndarray, t: int) -> np.ndarray:
+    def history(self, seq: np.ndarray, t: int) -> np.ndarray:
+        """What an example at position t of `seq` shows as history: seq[:t] less the stand-ins."""
         history = seq[:t]
-        return history[~np.isin(history, list(self.stand_ins))] if self.stand_ins else history
+        return history[~np.isin(history, self.stand_in_array)] if self.stand_ins else history
 
     def _context(self, user: int, t: int) -> str:
         return self.context(user, t) if self.cfg.use_retrieval else ""
@@ -165,7 +165,7 @@ class _Builder:
         return row
 
     def main(self, user: int, t: int, seq: np.ndarray) -> list[dict]:
-        history, positive = self._history(seq, t), int(seq[t])
+        history, positive = self.history(seq, t), int(seq[t])
         rng = np.random.default_rng([self.seed, user, t, 1])
         negatives = self._negatives(user, positive, self.cfg.neg_per_pos, rng)
         prefix = main_prefix_text(self.catalog, history, self._context(user, t), self.cfg.history_len)
@@ -185,14 +185,14 @@ class _Builder:
         rng = np.random.default_rng([self.seed, user, t, 2])
         options = [positive, *self._negatives(user, positive, self.cfg.choice_candidates - 1, rng)]
         options = [options[i] for i in rng.permutation(len(options))]
-        text = choice_text(self.catalog, self._history(seq, t), self._context(user, t), options, self.cfg.history_len,
+        text = choice_text(self.catalog, self.history(seq, t), self._context(user, t), options, self.cfg.history_len,
                            self._notes(user, t))
         return self._row("aux_choice", user, t, positive, [user_message([text], self.is_vlm)],
                          LETTERS[options.index(positive)])
 
     def next_keywords(self, user: int, t: int, seq: np.ndarray) -> dict:
         positive = int(seq[t])
-        text = next_keywords_text(self.catalog, self._history(seq, t), self._context(user, t), self.cfg.history_len)
+        text = next_keywords_text(self.catalog, self.history(seq, t), self._context(user, t), self.cfg.history_len)
         answer = self.catalog.descriptions.get(positive) or self.catalog.titles[positive]
         return self._row("aux_next_keywords", user, t, positive, [user_message([text], self.is_vlm)], answer)
 
