@@ -1,5 +1,5 @@
-"""Ranker SFT speed on the CPU: float32 vs bfloat16 (`rank.model.dtype`), or random vs length-grouped
-batches (`rank.sft.sampling`), one process.
+"""Ranker SFT speed on the CPU (or a GPU): float32 vs bfloat16 (`rank.model.dtype`), random vs length-grouped
+batches (`rank.sft.sampling`), or unpacked vs shared-prefix packed examples (`rank.sft.pack`), one process.
 
 Trains the real ranker (llm/train.py: TRL SFTTrainer + LoRA) on SFT examples for --steps optimizer
 steps per setting, one setting after the other, and reports the seconds per step after the first two
@@ -13,6 +13,14 @@ used; of the built ones (ordered by task), --examples are drawn at random (seed 
     python benchmarks/sft_speed.py                                  # dtype: SmolLM2-135M, 8 steps of 4 x 4
     python benchmarks/sft_speed.py --compare sampling --config configs/ml100k_gpu.yaml --examples 192 \\
         --batch 8 --accum 1 --steps 24 --dtype bfloat16 --out benchmarks/results/sft_sampling_cpu
+    python benchmarks/sft_speed.py --compare pack --config configs/demo.yaml --neg-per-pos 1 4 8 \\
+        --cases-per-step 2 --steps 4 --out benchmarks/results/sft_pack_cpu
+
+--compare pack builds main-task examples only (the aux tasks' shares set to 0) at each --neg-per-pos and
+trains --steps optimizer steps of --cases-per-step training cases each way: unpacked, a batch holds their
+1 + neg_per_pos examples each as a row; packed, a row per case. It reports the tokens per example (whole
+dataset: the tokens of its rows over its examples), the seconds per example (median step, after the first,
+over the examples of a step) and both ratios. On a GPU: --device cuda --dtype bfloat16.
 CPUs with AVX512-BF16 or AMX run bfloat16 matrix products about twice as fast as float32.
 """
 
@@ -31,22 +39,25 @@ from types import SimpleNamespace
 import torch
 
 SETTINGS = {"dtype": [{"dtype": "float32"}, {"dtype": "bfloat16"}],
-            "sampling": [{"sampling": "random"}, {"sampling": "group_by_length"}]}
+            "sampling": [{"sampling": "random"}, {"sampling": "group_by_length"}],
+            "pack": [{"pack": False}, {"pack": True}]}
 
 
-def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: int) -> dict:
+def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: int, device: str = "cpu") -> dict:
     import transformers
 
     from mmsrarec.rank.config import RankConfig
     from mmsrarec.llm.train import train_ranker
 
     cfg = RankConfig()
-    cfg.model.dtype = setting["dtype"]
+    cfg.model.dtype, cfg.model.device = setting["dtype"], device
     cfg.sft.sampling = setting["sampling"]
+    cfg.sft.pack = setting.get("pack", cfg.sft.pack)
     cfg.sft.batch_size, cfg.sft.grad_accum, cfg.sft.max_steps, cfg.sft.save_steps = batch, accum, steps, 10**6
-    label = f"{setting['dtype']}, {setting['sampling']}"
+    label = f"{setting['dtype']}, {setting['sampling']}, {'packed' if cfg.sft.pack else 'unpacked'}"
     times: list[float] = []
-    tokens: list[tuple[int, int]] = []  # (real, padded) per optimizer step
+    tokens: list[tuple[int, int]] = []  # (real, padded) per optimizer step; real: 2-D masks only
+    dataset = {}  # what the trainer trains on: its rows' tokens and examples
 
     class StepTimer(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -62,14 +73,18 @@ def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: 
         mask = kwargs.get("attention_mask")
         if mask is not None and tokens and module.training:
             real, padded = tokens[-1]
-            tokens[-1] = (real + int(mask.sum()), padded + mask.numel())
+            n = kwargs["input_ids"].numel()
+            tokens[-1] = (real + (int(mask.sum()) if mask.ndim == 2 else 0), padded + n)
 
     out = Path(tempfile.mkdtemp(prefix="sft-speed-"))
     hooked = []
 
     class Hook(transformers.TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
             hooked.append(model.register_forward_pre_hook(count, with_kwargs=True))
+            rows = train_dataloader.dataset
+            dataset.update(rows=len(rows), tokens=sum(len(ids) for ids in rows["input_ids"]),
+                           examples=sum(rows["examples"]) if "examples" in rows.column_names else len(rows))
 
     try:
         facts = train_ranker(examples, cfg, out, seed=seed, log=print, callbacks=[Hook(), StepTimer()])
@@ -78,7 +93,12 @@ def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: 
             handle.remove()
         shutil.rmtree(out, ignore_errors=True)
     timed = times[2:] or times
+    per_row = dataset["examples"] / dataset["rows"]
     return {**setting, "s_per_step_median": round(statistics.median(timed), 2),
+            "rows": dataset["rows"], "examples": dataset["examples"],
+            "tokens_per_example": round(dataset["tokens"] / dataset["examples"], 1),
+            "examples_per_step": round(batch * accum * per_row, 2),
+            "s_per_example": round(statistics.median(times[1:] or times) / (batch * accum * per_row), 3),
             "s_all_steps": round(sum(times), 1), "s_per_step_all": [round(t, 2) for t in times],
             "tokens_per_step": [r for r, _ in tokens], "padded_tokens_per_step": [p for _, p in tokens],
             "padding_share": round(1 - sum(r for r, _ in tokens) / max(1, sum(p for _, p in tokens)), 3),
@@ -107,16 +127,18 @@ def count_tokens(examples, batch: int, seed: int = 0) -> dict:
     return out
 
 
-def load_examples(args):
+def load_examples(args, overrides: list[str] = ()):
     from datasets import Dataset
 
     if args.config:
         from mmsrarec.config import load_config
         from mmsrarec.rank.stage import sft_examples
 
-        cfg = load_config(args.config, ["experiment.seeds=[]", "experiment.variants=[]"])
+        cfg = load_config(args.config, ["experiment.seeds=[]", "experiment.variants=[]", *overrides])
         run = Path(cfg.runs_dir) / cfg.name
         examples, _ = sft_examples(SimpleNamespace(cfg=cfg, input=lambda stage: run / stage))
+        if overrides:  # --compare pack: every example built is used, whole cases
+            return examples
         examples = examples.shuffle(seed=0)
     else:
         source = args.run / "train-ranker" / "examples.jsonl"
@@ -139,11 +161,19 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=4)
     ap.add_argument("--dtype", default="float32", help="the dtype of a --compare sampling")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--neg-per-pos", type=int, nargs="+", default=[1, 4, 8], help="--compare pack: rank.neg_per_pos values")
+    ap.add_argument("--cases-per-step", type=int, default=2, help="--compare pack: training cases per optimizer step")
     ap.add_argument("--count-only", action="store_true",
                     help="train nothing: count the tokens of one pass of random and length-grouped batches of --batch")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sft_dtype_cpu"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compare == "pack":
+        if not args.config:
+            raise SystemExit("--compare pack builds its examples: pass --config (a run with the stages before "
+                             "train-ranker done)")
+        return compare_pack(args)
     examples = load_examples(args)
     if args.count_only:
         counts = count_tokens(examples, args.batch)
@@ -169,6 +199,43 @@ def main() -> None:
               f"{r['padding_share']:.1%} | {r['first_loss']:.4f} | {r['last_loss']:.4f} |" for r in results]
     lines += ["", f"{settings[1][args.compare]} over {settings[0][args.compare]}: {speedup:.2f}x ({key}); "
               f"load average at the end {report['load_average_1_5_15min']}.", ""]
+    args.out.with_name(args.out.name + ".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def compare_pack(args) -> None:
+    """--compare pack: unpacked vs packed main-task examples at each --neg-per-pos (see the module docstring)."""
+    rows, report = [], {"compare": "pack", "threads": args.threads, "device": args.device, "dtype": args.dtype,
+                        "torch": torch.__version__, "cases_per_step": args.cases_per_step, "steps": args.steps,
+                        "results": []}
+    for n in args.neg_per_pos:
+        group = 1 + n
+        examples = load_examples(args, [f"rank.neg_per_pos={n}", "rank.tasks.aux_choice=0", "rank.tasks.aux_title=0",
+                                        "rank.tasks.aux_next_keywords=0",
+                                        f"rank.max_examples={args.steps * args.cases_per_step * group}"])
+        pair = [time_sft(examples, {"dtype": args.dtype, "sampling": "random", "pack": pack}, args.steps,
+                         args.cases_per_step * (1 if pack else group), 1, seed=1, device=args.device)
+                for pack in (False, True)]
+        unpacked, packed = pair
+        result = {"neg_per_pos": n, "examples": len(examples), "unpacked": unpacked, "packed": packed,
+                  "fewer_tokens": round(unpacked["tokens_per_example"] / packed["tokens_per_example"], 2),
+                  "less_time": round(unpacked["s_per_example"] / packed["s_per_example"], 2)}
+        report["results"].append(result)
+        rows.append(f"| {n} | {len(examples)} | {unpacked['tokens_per_example']:.0f} | {packed['tokens_per_example']:.0f} "
+                    f"| {result['fewer_tokens']:.2f}x | {unpacked['s_per_example']:.2f} | {packed['s_per_example']:.2f} "
+                    f"| {result['less_time']:.2f}x | {unpacked['first_loss']:.4f} / {packed['first_loss']:.4f} |")
+        print(rows[-1], flush=True)
+    report["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_name(args.out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Ranker SFT, unpacked vs shared-prefix packed (rank.sft.pack): {args.device}, {args.threads} threads, "
+             f"{args.dtype}, SmolLM2-135M + LoRA, main-task examples of {args.config}", "",
+             f"{args.cases_per_step} training cases per optimizer step, {args.steps} steps each way; seconds per example: "
+             "the median step after the first over the step's examples.", "",
+             "| neg_per_pos | examples | tokens / example, unpacked | packed | fewer tokens | s / example, unpacked "
+             "| packed | less time | first loss, unpacked / packed |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|", *rows, "",
+             f"Load average at the end {report['load_average_1_5_15min']}.", ""]
     args.out.with_name(args.out.name + ".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
 WORKER = Path(__file__).with_name("distributed_worker.py")
-TRAINERS = ("GRPOTrainer", "SFTTrainer")
+TRAINERS = ("GRPOTrainer", "AnswerLossSFTTrainer")  # the ranker trains packed (rank.sft.pack)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_ddp_example_loss_counts_the_examples_of_every_process(run_config):
     records = run_config.parent / "records-ddp-example"
     launch("ddp.yaml", [str(WORKER), str(records), "train-ranker", "--config", str(run_config), "--set", "name=ddp",
                         "--set", "rank.sft.loss=example"])
-    ranks = [json.loads((records / f"ExampleMeanSFTTrainer-rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((records / f"AnswerLossSFTTrainer-rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 and r["steps"] == 2 for r in ranks), ranks
     assert ranks[0]["after"] == ranks[1]["after"] != ranks[0]["before"], ranks
     ranker = json.loads((run_config.parent / "runs" / "ddp" / "train-ranker" / "ranker.json").read_text())

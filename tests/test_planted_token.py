@@ -101,8 +101,8 @@ def planted(tmp_path_factory) -> dict:
 
     real_trainer_class = llm_train.trainer_class
 
-    def sft_trainer_class(loss):
-        cls = real_trainer_class(loss)
+    def sft_trainer_class(loss, packed=False):
+        cls = real_trainer_class(loss, packed)
 
         def build(*args, train_dataset=None, **kwargs):
             stage = next(s for s in ("train-ranker", "train-mllmmsr") if s in str(kwargs["args"].output_dir))

@@ -459,10 +459,10 @@ def test_sft_loss_decreases_and_the_adapter_loads_back(tiny_lm, items, tmp_path)
     from mmsrarec.llm.train import read_log, train_ranker
 
     data, catalog = _train_data(items)
-    cfg = _cfg(tiny_lm, max_steps=10, lr=2e-2)
+    cfg = _cfg(tiny_lm, max_steps=20, lr=1e-2)  # packed (rank.sft.pack): a step holds ~1.7x the examples
     facts = train_ranker(build_examples(data, catalog, cfg, seed=0), cfg, tmp_path, seed=0, log=lambda m: None)
     log = read_log(tmp_path / "train_log.csv")
-    assert [r["step"] for r in log] == list(range(1, 11)) and facts["steps"] == 10
+    assert [r["step"] for r in log] == list(range(1, 21)) and facts["steps"] == 20 and facts["packed"]
     losses = [r["loss"] for r in log]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses
     base, tok = load_causal_lm(ModelConfig(name_or_path=str(tiny_lm), device="cpu"))
@@ -474,7 +474,8 @@ def test_sft_loss_decreases_and_the_adapter_loads_back(tiny_lm, items, tmp_path)
     assert facts["yes_token_id"] == answer_token_ids(tok)[0]
 
 
-def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm, items, tmp_path):
+@pytest.mark.parametrize("pack", [False, True])
+def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm, items, tmp_path, pack):
     import transformers
 
     from mmsrarec.llm.train import train_ranker
@@ -483,21 +484,21 @@ def test_length_grouped_batches_hold_less_padding_over_the_same_examples(tiny_lm
     examples = build_examples(data, catalog, _cfg(tiny_lm), seed=0)
     seen = {}
     for sampling in ("random", "group_by_length"):
-        tokens = seen.setdefault(sampling, [0, 0])  # real, with padding
+        tokens = seen.setdefault(sampling, [0, 0])  # real (the rows of one pass), with padding
 
         def count(module, args, kwargs, tokens=tokens):
             if module.training:
-                tokens[0] += int(kwargs["attention_mask"].sum())
-                tokens[1] += kwargs["attention_mask"].numel()
+                tokens[1] += kwargs["input_ids"].numel()
 
         class Hook(transformers.TrainerCallback):
-            def on_train_begin(self, args, state, control, model=None, **kwargs):
+            def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
                 model.register_forward_pre_hook(count, with_kwargs=True)
+                tokens[0] = sum(len(ids) for ids in train_dataloader.dataset["input_ids"])
 
-        facts = train_ranker(examples, _cfg(tiny_lm, sampling=sampling), tmp_path / sampling, seed=0,
-                             log=lambda m: None, callbacks=[Hook()])
-        assert facts["examples"] == len(examples)
-    assert seen["random"][0] == seen["group_by_length"][0]  # one pass over the same examples
+        facts = train_ranker(examples, _cfg(tiny_lm, sampling=sampling, pack=pack), tmp_path / f"{sampling}-{pack}",
+                             seed=0, log=lambda m: None, callbacks=[Hook()])
+        assert facts["examples"] == len(examples) and facts["packed"] is pack
+    assert seen["random"][0] == seen["group_by_length"][0]  # one pass over the same rows
     assert seen["group_by_length"][1] < seen["random"][1], seen
 
 
@@ -539,7 +540,7 @@ def test_example_loss_on_a_real_batch_equals_each_example_scored_alone_and_train
     per_example, answers = [], []
     with torch.no_grad():
         kept = example_mean_nll(*answer_logits(model, batch))
-        full_logits, full_labels = answer_logits(model, batch, keep_only_answers=False)
+        full_logits, full_labels, _ = answer_logits(model, batch, keep_only_answers=False)
         assert float(example_mean_nll(full_logits, full_labels)) == pytest.approx(float(kept), rel=1e-5)
         for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
             ids, labels = ids[mask.bool()][None], labels[mask.bool()][None]

@@ -62,6 +62,11 @@ class SFTSettings:
     sampling: str = field("random", help="order of the examples: 'random', or 'group_by_length' (shuffled chunks "
                                          "of up to 50 batches, each sorted by length: less padding, so fewer tokens "
                                          "per epoch; see docs/results_log.md)")
+    pack: bool = field(True, help=(
+        "text LMs: train a training case's examples (the positive, its negatives and any aux example of the "
+        "same case) as one row: their shared prompt prefix once, each example's own tokens as a block that "
+        "attends to the prefix and to itself (the same losses and gradients as unpacked, fewer tokens); "
+        "batch_size then counts rows. VLM examples train unpacked (llm/packing.py)"))
     loss: str = field("token", help="how answer tokens are averaged: 'token' (TRL's loss: every answer token of a "
                                     "step weighs the same, so the long answers of the next-keywords and title tasks "
                                     "weigh more than the short Yes/No answers of the main task) or 'example' (each "

@@ -2,8 +2,13 @@
 tokens only. What it trains is an SFTJob: the model, its LoRA and the SFT settings (rank.* or mllm_msr.*).
 
 sft.loss says how the answer tokens are averaged: 'token' is TRL's loss (every answer token of an
-optimizer step weighs the same); 'example' (ExampleMeanSFTTrainer) averages each example's tokens first, so
-a long aux answer (the next item's keywords, a title) weighs no more than a one-token Yes/No.
+optimizer step weighs the same); 'example' averages each example's tokens first, so a long aux answer (the
+next item's keywords, a title) weighs no more than a one-token Yes/No (AnswerLossSFTTrainer).
+
+sft.pack (text LMs): the examples of one training case (the positive, its negatives and any aux example of
+the same case) train as one row, their shared prompt prefix once and each example's own tokens as a block
+that attends to the prefix and itself (llm/packing.py); the losses and gradients are the unpacked ones.
+sft.batch_size then counts rows.
 
 Checkpoints go to <out>/checkpoints every `sft.save_steps` optimizer steps; a rerun resumes from the
 last complete one (trainer_state.json is written last), except one saved at the last step (last_checkpoint),
@@ -75,44 +80,77 @@ def example_lengths(dataset, processor: Any) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def example_nll_sum(logits, labels):
+def example_nll_sum(logits, labels, segments=None):
     """(sum over examples of each example's mean negative log-likelihood over its answer tokens, number of
     examples with an answer). logits[b, j] predicts labels[b, j] (already shifted); -100 marks a position
-    without a label; a row without any label is left out (a batch without any gives a zero that still has a
-    graph)."""
+    without a label; an example is a row, or with `segments` (packed rows, llm/packing.py; aligned with
+    labels) a (row, segment) pair. An example without any label is left out (a batch without any gives a
+    zero that still has a graph)."""
+    import torch
     import torch.nn.functional as F
 
     mask = labels != -100
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
-    counts = mask.sum(1)
+    if segments is None:
+        counts, sums = mask.sum(1), nll.sum(1)
+    else:  # one bucket per (row, segment)
+        width = int(segments.max()) + 2
+        bucket = (torch.arange(len(labels), device=labels.device)[:, None] * width + segments + 1)[mask]
+        counts = torch.zeros(len(labels) * width, device=labels.device).index_add_(0, bucket, torch.ones_like(nll[mask]))
+        sums = torch.zeros(len(labels) * width, device=labels.device, dtype=nll.dtype).index_add_(0, bucket, nll[mask])
     has = counts > 0
     if not has.any():
         return logits.sum() * 0.0, 0
-    return (nll.sum(1)[has] / counts[has]).sum(), int(has.sum())
+    return (sums[has] / counts[has]).sum(), int(has.sum())
 
 
-def example_mean_nll(logits, labels):
+def example_mean_nll(logits, labels, segments=None):
     """rank.sft.loss='example' on one batch: the mean over its examples of each example's mean answer NLL."""
-    total, n = example_nll_sum(logits, labels)
+    total, n = example_nll_sum(logits, labels, segments)
     return total / max(n, 1)
 
 
+def token_nll_sum(logits, labels):
+    """(sum of the NLL of every answer token, number of answer tokens): rank.sft.loss='token'."""
+    import torch.nn.functional as F
+
+    mask = labels != -100
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+    return nll.sum(), int(mask.sum())
+
+
 def answered_examples(batches: list[dict]) -> int:
-    """Examples with at least one answer token (a label after the shift) in these collated batches."""
-    return sum(int((b["labels"][:, 1:] != -100).any(1).sum()) for b in batches)
+    """Examples with at least one answer token (a label after the shift) in these collated batches: rows,
+    or (row, segment) pairs of packed rows."""
+    total = 0
+    for b in batches:
+        on = b["labels"][:, 1:] != -100
+        if "segments" in b:
+            rows = on.nonzero()[:, 0]
+            total += len({(int(r), int(s)) for r, s in zip(rows, b["segments"][:, 1:][on])})
+        else:
+            total += int(on.any(1).sum())
+    return total
+
+
+def answer_tokens(batches: list[dict]) -> int:
+    """Answer tokens (labels after the shift) in these collated batches."""
+    return sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
 
 
 def answer_logits(model, inputs: dict, keep_only_answers: bool = True):
-    """(logits, labels) at the positions whose next token has a label in some row of the batch (an
-    answer is a few tokens at the end of a long prompt, so the LM head runs on those alone through
-    `logits_to_keep`; keep_only_answers=False: every position)."""
+    """(logits, labels, segments) at the positions whose next token has a label in some row of the batch
+    (an answer is a few tokens at the end of a long prompt, so the LM head runs on those alone through
+    `logits_to_keep`; keep_only_answers=False: every position). segments: the packed rows' segment ids
+    aligned with labels, None for unpacked rows."""
     labels = inputs["labels"][:, 1:]
-    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    segments = inputs["segments"][:, 1:] if "segments" in inputs else None
+    forward = {k: v for k, v in inputs.items() if k not in ("labels", "segments")}
     if keep_only_answers:
         keep = (labels != -100).any(0).nonzero().squeeze(1)
         logits = model(**forward, use_cache=False, logits_to_keep=keep).logits
-        return logits, labels[:, keep]
-    return model(**forward, use_cache=False).logits[:, :-1], labels
+        return logits, labels[:, keep], None if segments is None else segments[:, keep]
+    return model(**forward, use_cache=False).logits[:, :-1], labels, segments
 
 
 def _keeps_logits(model) -> bool:
@@ -123,34 +161,51 @@ def _keeps_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def trainer_class(loss: str):
-    """SFTTrainer for rank.sft.loss='token'; ExampleMeanSFTTrainer for 'example'."""
+def trainer_class(loss: str, packed: bool = False):
+    """SFTTrainer for rank.sft.loss='token' on unpacked examples; AnswerLossSFTTrainer (below) for
+    'example', and for either loss with sft.pack."""
     import transformers
     from trl import SFTTrainer
 
-    if loss == "token":
+    if loss == "token" and not packed:
         return SFTTrainer
     if not hasattr(transformers.Trainer, "loss_is_scaled_for_ga"):
-        raise ValueError(f"rank.sft.loss='example' needs a transformers whose Trainer has loss_is_scaled_for_ga "
-                         f"(5.24 has it; this is {transformers.__version__}): upgrade it or use rank.sft.loss=token")
+        raise ValueError(f"rank.sft.loss='example' and sft.pack need a transformers whose Trainer has "
+                         f"loss_is_scaled_for_ga (5.24 has it; this is {transformers.__version__}): upgrade it, or "
+                         "use rank.sft.loss=token and sft.pack=false")
 
-    class ExampleMeanSFTTrainer(SFTTrainer):
-        """An optimizer step's loss is the mean, over all of its examples (every micro-batch of the gradient
-        accumulation and, under DDP, every process), of each example's mean answer NLL: get_batch_samples
-        counts the step's examples where the Trainer counts its tokens, and each micro-batch adds its
-        examples' sum over that count. So a short last micro-batch weighs its examples no more than the others."""
+    class AnswerLossSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer computing the loss on the answer positions only. An optimizer step's loss is
+        the step's answer NLL over all of its micro-batches (gradient accumulation) and, under DDP, every
+        process, divided by what it is averaged over: its answer tokens (loss 'token': TRL's loss) or, with
+        each example's tokens averaged first, its examples (loss 'example'). get_batch_samples counts
+        those where the Trainer counts tokens, and each micro-batch adds its sum over that count, so a
+        short last micro-batch weighs its examples no more than the others.
 
-        loss_is_scaled_for_ga = True  # divided by the step's example count, not by the accumulation steps
+        packed: after TRL has tokenized the examples, the rows of one training case become one packed row
+        (llm/packing.py) with a block attention mask, the default path for text LMs (sft.pack)."""
+
+        loss_is_scaled_for_ga = True  # divided by the step's count, not by the accumulation steps
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.keeps_logits = _keeps_logits(self.model)  # once, not per micro-batch
+            self.packed = packed
+            if packed:
+                from .packing import PackedCollator, pack_dataset
+
+                self.unpacked_rows = len(self.train_dataset)
+                self.train_dataset = pack_dataset(self.train_dataset)
+                self.data_collator = PackedCollator(self.processing_class.pad_token_id)
+                config = self.model.config
+                self.attention = (config._attn_implementation, self.model.dtype)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             import torch
 
             batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-            count = torch.tensor([answered_examples(batches)], device=device)
+            count = answered_examples(batches) if loss == "example" else answer_tokens(batches)
+            count = torch.tensor([count], device=device)
             if self._across_processes():
                 count = self.accelerator.gather(count)
             return batches, count.sum()
@@ -159,16 +214,20 @@ def trainer_class(loss: str):
             return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logits, labels = answer_logits(model, inputs, self.keeps_logits)
-            total, n = example_nll_sum(logits, labels)
-            if num_items_in_batch is None:  # not a training step (get_batch_samples gives every one a count)
-                loss = total / max(n, 1)
-            else:  # DDP averages the processes' gradients: undo that for a mean over all their examples
-                loss = total / num_items_in_batch.clamp(min=1) * (self.accelerator.num_processes
-                                                                  if self._across_processes() else 1)
-            return (loss, {"logits": logits}) if return_outputs else loss
+            if inputs["attention_mask"].ndim == 4:
+                from .packing import model_mask
 
-    return ExampleMeanSFTTrainer
+                inputs = {**inputs, "attention_mask": model_mask(inputs["attention_mask"], *self.attention)}
+            logits, labels, segments = answer_logits(model, inputs, self.keeps_logits)
+            total, n = example_nll_sum(logits, labels, segments) if loss == "example" else token_nll_sum(logits, labels)
+            if num_items_in_batch is None:  # not a training step (get_batch_samples gives every one a count)
+                loss_value = total / max(n, 1)
+            else:  # DDP averages the processes' gradients: undo that for a mean over all their examples
+                loss_value = total / num_items_in_batch.clamp(min=1) * (self.accelerator.num_processes
+                                                                        if self._across_processes() else 1)
+            return (loss_value, {"logits": logits}) if return_outputs else loss_value
+
+    return AnswerLossSFTTrainer
 
 
 def lora_targets(model, lora: LoraSettings, is_vlm: bool) -> str | list[str]:
@@ -220,6 +279,7 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     sft = cfg.sft
+    packed = sft.pack and not is_vlm  # llm/packing.py: VLM examples train unpacked
     args = SFTConfig(
         output_dir=str(out / CHECKPOINTS), seed=seed, data_seed=seed, use_cpu=device.type == "cpu",
         num_train_epochs=sft.epochs, max_steps=sft.max_steps, learning_rate=sft.lr, warmup_steps=sft.warmup_ratio,
@@ -228,14 +288,18 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
         fp16=False, completion_only_loss=True, max_length=None if is_vlm else sft.max_seq_len,
         save_strategy="steps", save_steps=sft.save_steps, save_total_limit=2, logging_steps=1, report_to="none",
         dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy=sft.sampling,
+        remove_unused_columns=not packed,  # a packed row's segment ids reach the collator
     )
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=lora_targets(model, cfg.lora, is_vlm), init_lora_weights=cfg.lora.init_weights(),
                       task_type="CAUSAL_LM")
-    trainer = trainer_class(sft.loss)(model=model, args=args, train_dataset=examples, processing_class=processor,
-                                      peft_config=lora, callbacks=callbacks)
+    trainer = trainer_class(sft.loss, packed)(model=model, args=args, train_dataset=examples,
+                                              processing_class=processor, peft_config=lora, callbacks=callbacks)
     resume = last_checkpoint(out / CHECKPOINTS, sft.max_steps)
-    log(f"SFT on {len(examples):,} examples, LoRA r={cfg.lora.r}, loss per {sft.loss}, {device.type}"
+    rows = len(trainer.train_dataset)
+    log(f"SFT on {len(examples):,} examples"
+        + (f" packed into {rows:,} rows (one per training case)" if packed else "")
+        + f", LoRA r={cfg.lora.r}, loss per {sft.loss}, {device.type}"
         + (f"; resuming from {resume.name}" if resume else ""))
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -255,6 +319,7 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     return {"examples": len(examples), "examples_dropped_too_long": dropped, "steps": trainer.state.global_step,
             "resumed_from": resume.name if resume else None, "train_time_s": round(wall, 2),
             "train_loss": round(float(train_loss), 5), "first_loss": losses[0] if losses else None,
+            "packed": packed, "rows": rows,
             "last_loss": losses[-1] if losses else None, "loss_per": sft.loss, "yes_token_id": yes_id,
             "no_token_id": no_id}
 

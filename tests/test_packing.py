@@ -1,0 +1,185 @@
+"""Shared-prefix SFT (sft.pack, llm/packing.py): a packed row's per-example losses and LoRA gradients equal
+the unpacked examples', on a tiny model and on SmolLM2-135M in float32, under both attention kernels; the
+trainer's packed step equals its unpacked step; the mask and positions by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmsrarec.llm.packing import PAD, pack_case, pack_dataset, positions_and_mask
+from mmsrarec.models import ModelConfig, load_causal_lm
+from mmsrarec.rank.config import LoraSettings, RankConfig, SFTSettings
+from mmsrarec.rank.prompts import Catalog
+from mmsrarec.rank.tasks import build_examples
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from mmsrarec.models.tiny import tiny_causal_lm
+    return tiny_causal_lm(tmp_path_factory.mktemp("packing") / "lm")
+
+
+def _data(n_items: int = 30):
+    items = pd.DataFrame({"item": range(1, n_items + 1), "title": [f"Item {i}" for i in range(1, n_items + 1)],
+                          "text": ["" for _ in range(n_items)], "image": ["" for _ in range(n_items)]})
+    pool = ["red apple", "blue kettle", "tea", "toy", "puzzle", "racing game", "comedy", "stroller"]
+    keywords = {i: [pool[(i + j) % len(pool)] for j in range(1 + i % 5)] for i in range(1, n_items + 1)}
+    train = pd.DataFrame({"user": np.arange(12), "items": [list(range(1 + u, 9 + u)) for u in range(12)]})
+    return {"train": train}, Catalog.build(items, keywords, use_keywords=True)
+
+
+def _cfg(model, neg_per_pos: int = 3, **sft) -> RankConfig:
+    base = dict(batch_size=64, grad_accum=1, lr=1e-3, save_steps=100, warmup_ratio=0.0, max_steps=1)
+    return RankConfig(model=ModelConfig(name_or_path=str(model), device="cpu"), max_examples=24,
+                      neg_per_pos=neg_per_pos, examples_per_user=1,
+                      lora=LoraSettings(r=4, alpha=8, dropout=0.0), sft=SFTSettings(**{**base, **sft}))
+
+
+def _prepared(model_dir, cfg, tmp_path, loss="token"):
+    """(the PEFT model with random B matrices, TRL's tokenized examples, the trainer) for cfg's examples."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from mmsrarec.llm.train import trainer_class
+
+    data, catalog = _data()
+    examples = build_examples(data, catalog, cfg, seed=0)
+    model, tok = load_causal_lm(cfg.model)
+    model.float()
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, completion_only_loss=True, report_to="none",
+                     remove_unused_columns=False, per_device_train_batch_size=64)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    torch.manual_seed(1)
+    trainer = trainer_class(loss, packed=False)(model=model, args=args, train_dataset=examples,
+                                                processing_class=tok, peft_config=lora)
+    return trainer.model, trainer.train_dataset, tok
+
+
+def _nll_per_example(model, batch, attn):
+    """Each example's mean answer NLL from one collated batch (packed or not), keyed by (row, segment)."""
+    from mmsrarec.llm.packing import model_mask
+
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "segments")}
+    if inputs["attention_mask"].ndim == 4:
+        inputs["attention_mask"] = model_mask(inputs["attention_mask"], attn, torch.float32)
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    segments = batch["segments"][:, 1:] if "segments" in batch else torch.zeros_like(labels)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    out = []
+    for row in range(len(labels)):
+        for seg in sorted(set(segments[row][labels[row] != -100].tolist())):
+            on = (labels[row] != -100) & (segments[row] == seg)
+            out.append(nll[row][on].mean())
+    return out
+
+
+def _compare(model, prepared, tok, attn):
+    """Packed vs unpacked: per-example losses, and the LoRA gradients of their sum."""
+    from mmsrarec.llm.packing import PackedCollator
+
+    model.base_model.model.config._attn_implementation = attn
+    packed = pack_dataset(prepared)
+    collate = PackedCollator(tok.pad_token_id)
+    assert len(packed) < len(prepared) and max(packed["examples"]) > 1
+    order = []  # the unpacked rows in the order packing lays them out
+    groups = {}
+    for i, (u, t) in enumerate(zip(prepared["user"], prepared["position"])):
+        groups.setdefault((u, t) if u >= 0 else ("row", i), []).append(i)
+    for members in groups.values():
+        order.extend(members)
+    alone = [collate([{"input_ids": prepared[i]["input_ids"], "labels": prepared[i]["labels"],
+                       "segments": [0] * len(prepared[i]["input_ids"])}]) for i in order]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(batches):
+        model.zero_grad()
+        losses = [loss for b in batches for loss in _nll_per_example(model, b, attn)]
+        torch.stack(losses).sum().backward()
+        return torch.stack(losses).detach(), torch.cat([p.grad.flatten() for p in params])
+
+    want_loss, want_grad = run(alone)
+    got_loss, got_grad = run([collate([packed[i] for i in range(len(packed))])])  # one padded batch of packs
+    assert len(got_loss) == len(want_loss) == len(prepared)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-5)
+    assert float((got_grad - want_grad).norm() / want_grad.norm()) < 1e-4
+    packed_tokens = sum(len(r) for r in packed["input_ids"])
+    return packed_tokens, sum(len(r) for r in prepared["input_ids"])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_losses_and_lora_gradients_equal_unpacked_on_a_tiny_model(tiny_lm, tmp_path, attn):
+    model, prepared, tok = _prepared(tiny_lm, _cfg(tiny_lm), tmp_path)
+    with torch.no_grad():  # far from uniform, so a wrong mask or position shows in the losses
+        for p in model.parameters():
+            if p.ndim >= 2 and not p.requires_grad:
+                p.normal_(0, 0.15)
+    packed_tokens, tokens = _compare(model, prepared, tok, attn)
+    assert packed_tokens < tokens
+
+
+def test_packed_losses_and_lora_gradients_equal_unpacked_on_smollm2_in_float32(tmp_path):
+    from mmsrarec.models import embedded_smollm2_dir
+
+    cfg = _cfg(embedded_smollm2_dir(), neg_per_pos=2)
+    cfg.max_examples = 12
+    model, prepared, tok = _prepared(embedded_smollm2_dir(), cfg, tmp_path)
+    _compare(model, prepared, tok, "sdpa")
+
+
+def test_pack_case_shares_the_common_prefix_and_never_an_answer():
+    ids = [[1, 2, 3, 4, 5, 9], [1, 2, 3, 7, 5, 8], [1, 2, 3, 4, 6, 8]]
+    labels = [[-100, -100, -100, -100, -100, 9], [-100] * 5 + [8], [-100] * 5 + [8]]
+    row = pack_case(ids, labels)
+    assert row["input_ids"] == [1, 2, 3, 4, 5, 9, 7, 5, 8, 4, 6, 8]
+    assert row["segments"] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert row["labels"] == [-100, -100, -100, -100, -100, 9, -100, -100, 8, -100, -100, 8]
+    # the same examples twice: everything before the answer is common, yet a block starts one token early
+    same = pack_case([[1, 2, 3, 9]] * 2, [[-100, -100, -100, 9]] * 2)
+    assert same["segments"] == [0, 0, 1, 1, 2, 2] and same["labels"] == [-100, -100, -100, 9, -100, 9]
+    with pytest.raises(ValueError):  # nothing shared before an answer
+        pack_case([[1, 2], [3, 2]], [[-100, 2], [-100, 2]])
+
+
+def test_block_mask_and_positions_by_hand():
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, 2], [0, 0, 0, PAD, PAD, PAD, PAD]])
+    positions, mask = positions_and_mask(segments)
+    assert positions[0].tolist() == [0, 1, 2, 3, 2, 3, 4]
+    assert positions[1, :3].tolist() == [0, 1, 2]
+    m = mask[0, 0].int()
+    assert m[4].tolist() == [1, 1, 0, 0, 1, 0, 0]  # block 2's first token: the prefix and itself
+    assert m[3].tolist() == [1, 1, 1, 1, 0, 0, 0]  # block 1's second token: the prefix and block 1
+    assert m[6].tolist() == [1, 1, 0, 0, 1, 1, 1]
+    assert mask[1, 0, 2].int().tolist() == [1, 1, 1, 0, 0, 0, 0]  # a lone example: causal
+    assert mask[1, 0, 5].int().tolist() == [0, 0, 0, 0, 0, 1, 0]  # padding attends itself alone
+
+
+@pytest.mark.parametrize("loss", ["token", "example"])
+def test_a_packed_training_step_equals_the_unpacked_step(tiny_lm, tmp_path, loss):
+    """train_ranker with sft.pack on and off over the same examples in one optimizer step of two
+    micro-batches: the same logged loss and gradient norm, and the same adapter after the step."""
+    from safetensors.torch import load_file
+
+    from mmsrarec.llm.train import read_log, train_ranker
+
+    data, catalog = _data()
+    results = {}
+    for pack in (False, True):
+        cfg = _cfg(tiny_lm, batch_size=16, grad_accum=2, loss=loss, pack=pack)
+        examples = build_examples(data, catalog, cfg, seed=0)
+        out = tmp_path / f"{loss}-{pack}"
+        facts = train_ranker(examples, cfg, out, seed=0, log=lambda m: None)
+        assert facts["packed"] is pack and facts["steps"] == 1
+        assert facts["rows"] < facts["examples"] if pack else facts["rows"] == facts["examples"]
+        results[pack] = read_log(out / "train_log.csv")[0], load_file(out / "adapter" / "adapter_model.safetensors")
+    (log_a, weights_a), (log_b, weights_b) = results[False], results[True]
+    assert log_b["loss"] == pytest.approx(log_a["loss"], rel=1e-4)
+    assert log_b["grad_norm"] == pytest.approx(log_a["grad_norm"], rel=1e-4)
+    for name in weights_a:
+        torch.testing.assert_close(weights_b[name], weights_a[name], rtol=1e-4, atol=1e-6)
