@@ -14,19 +14,20 @@ used; of the built ones (ordered by task), --examples are drawn at random (seed 
     python benchmarks/sft_speed.py --compare sampling --config configs/ml100k_gpu.yaml --examples 192 \\
         --batch 8 --accum 1 --steps 24 --dtype bfloat16 --out benchmarks/results/sft_sampling_cpu
     python benchmarks/sft_speed.py --compare pack --config configs/demo.yaml --neg-per-pos 1 4 8 \\
-        --cases-per-step 2 --steps 4 --out benchmarks/results/sft_pack_cpu
+        --cases-per-step 1 --steps 4 --out benchmarks/results/sft_pack_cpu
 
 --compare pack builds main-task examples only (the aux tasks' shares set to 0) at each --neg-per-pos and
 trains --steps optimizer steps of --cases-per-step training cases each way: unpacked, a batch holds their
 1 + neg_per_pos examples each as a row; packed, a row per case. It reports the tokens per example (whole
-dataset: the tokens of its rows over its examples), the seconds per example (median step, after the first,
-over the examples of a step) and both ratios. On a GPU: --device cuda --dtype bfloat16.
+dataset: the tokens of its rows over its examples), the seconds per example (the median step after the first
+two, collation included, over the examples of a step) and both ratios. On a GPU: --device cuda --dtype bfloat16.
 CPUs with AVX512-BF16 or AMX run bfloat16 matrix products about twice as fast as float32.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
@@ -60,21 +62,29 @@ def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: 
     dataset = {}  # what the trainer trains on: its rows' tokens and examples
 
     class StepTimer(transformers.TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
+        """A step's time runs from the end of the one before (the start of training for the first), so it
+        holds the collation of its batches, which the Trainer does before on_step_begin."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
             self.t = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
             tokens.append((0, 0))
 
         def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.t)
-            print(f"{label} step {len(times)}/{steps}: {times[-1]:.1f} s, {tokens[-1][0]} tokens "
-                  f"({tokens[-1][1]} with padding)", flush=True)
+            now = time.perf_counter()
+            times.append(now - self.t)
+            self.t = now
+            print(f"{label} step {len(times)}/{steps}: {times[-1]:.1f} s, {tokens[-1][1]} tokens with padding",
+                  flush=True)
 
     def count(module, args, kwargs):  # every forward of the training model: the batch's tokens
         mask = kwargs.get("attention_mask")
         if mask is not None and tokens and module.training:
             real, padded = tokens[-1]
-            n = kwargs["input_ids"].numel()
-            tokens[-1] = (real + (int(mask.sum()) if mask.ndim == 2 else 0), padded + n)
+            # a packed batch's 4-D mask does not count its tokens: its real tokens are the dataset's (below)
+            real = real + int(mask.sum()) if mask.ndim == 2 and real is not None else None
+            tokens[-1] = (real, padded + kwargs["input_ids"].numel())
 
     out = Path(tempfile.mkdtemp(prefix="sft-speed-"))
     hooked = []
@@ -83,11 +93,19 @@ def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: 
         def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
             hooked.append(model.register_forward_pre_hook(count, with_kwargs=True))
             rows = train_dataloader.dataset
-            dataset.update(rows=len(rows), tokens=sum(len(ids) for ids in rows["input_ids"]),
+            dataset.update(rows=len(rows), rows_per_batch=args.per_device_train_batch_size,
+                           tokens=sum(len(ids) for ids in rows["input_ids"]),
                            examples=sum(rows["examples"]) if "examples" in rows.column_names else len(rows))
 
+    trainer = contextlib.nullcontext()
+    if setting.get("trainer") == "trl":  # the path before AnswerLossSFTTrainer: TRL's loss over every position
+        import trl
+
+        trainer = mock.patch("mmsrarec.llm.train.trainer_class", lambda loss, packed=False: trl.SFTTrainer)
+        label += ", TRL's loss"
     try:
-        facts = train_ranker(examples, cfg, out, seed=seed, log=print, callbacks=[Hook(), StepTimer()])
+        with trainer:
+            facts = train_ranker(examples, cfg, out, seed=seed, log=print, callbacks=[Hook(), StepTimer()])
     finally:
         for handle in hooked:
             handle.remove()
@@ -97,11 +115,12 @@ def time_sft(examples, setting: dict, steps: int, batch: int, accum: int, seed: 
     return {**setting, "s_per_step_median": round(statistics.median(timed), 2),
             "rows": dataset["rows"], "examples": dataset["examples"],
             "tokens_per_example": round(dataset["tokens"] / dataset["examples"], 1),
-            "examples_per_step": round(batch * accum * per_row, 2),
-            "s_per_example": round(statistics.median(times[1:] or times) / (batch * accum * per_row), 3),
+            "examples_per_step": round(dataset["rows_per_batch"] * accum * per_row, 2),
+            "s_per_example": round(statistics.median(timed) / (dataset["rows_per_batch"] * accum * per_row), 3),
             "s_all_steps": round(sum(times), 1), "s_per_step_all": [round(t, 2) for t in times],
             "tokens_per_step": [r for r, _ in tokens], "padded_tokens_per_step": [p for _, p in tokens],
-            "padding_share": round(1 - sum(r for r, _ in tokens) / max(1, sum(p for _, p in tokens)), 3),
+            "padding_share": None if any(r is None for r, _ in tokens) else
+            round(1 - sum(r for r, _ in tokens) / max(1, sum(p for _, p in tokens)), 3),
             "first_loss": facts["first_loss"], "last_loss": facts["last_loss"]}
 
 
@@ -164,6 +183,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--neg-per-pos", type=int, nargs="+", default=[1, 4, 8], help="--compare pack: rank.neg_per_pos values")
     ap.add_argument("--cases-per-step", type=int, default=2, help="--compare pack: training cases per optimizer step")
+    ap.add_argument("--trl-at", type=int, nargs="*", default=[1],
+                    help="--compare pack: the neg_per_pos values that also time the path before, TRL's own loss")
     ap.add_argument("--count-only", action="store_true",
                     help="train nothing: count the tokens of one pass of random and length-grouped batches of --batch")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sft_dtype_cpu"))
@@ -181,7 +202,9 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_name(args.out.name + "_tokens.json").write_text(json.dumps(counts, indent=2) + "\n")
         return
-    settings = [{"dtype": args.dtype, "sampling": "random", **s} for s in SETTINGS[args.compare]]
+    # as these comparisons were measured: unpacked examples
+    settings = [{"dtype": args.dtype, "sampling": "random", "pack": False, "trainer": "trl", **s}
+                for s in SETTINGS[args.compare]]
     results = [time_sft(examples, s, args.steps, args.batch, args.accum, seed=1) for s in settings]
     key = "s_all_steps" if args.compare == "sampling" else "s_per_step_median"
     speedup = results[0][key] / results[1][key]
@@ -213,27 +236,36 @@ def compare_pack(args) -> None:
         examples = load_examples(args, [f"rank.neg_per_pos={n}", "rank.tasks.aux_choice=0", "rank.tasks.aux_title=0",
                                         "rank.tasks.aux_next_keywords=0",
                                         f"rank.max_examples={args.steps * args.cases_per_step * group}"])
-        pair = [time_sft(examples, {"dtype": args.dtype, "sampling": "random", "pack": pack}, args.steps,
-                         args.cases_per_step * (1 if pack else group), 1, seed=1, device=args.device)
-                for pack in (False, True)]
-        unpacked, packed = pair
-        result = {"neg_per_pos": n, "examples": len(examples), "unpacked": unpacked, "packed": packed,
+        arms = {"unpacked": {"pack": False}, "packed": {"pack": True}}
+        if n in args.trl_at:
+            arms = {"trl": {"pack": False, "trainer": "trl"}, **arms}
+        # sft.batch_size counts examples either way: packed, a batch holds the rows of that many
+        timed = {name: time_sft(examples, {"dtype": args.dtype, "sampling": "random", **arm}, args.steps,
+                                args.cases_per_step * group, 1, seed=1, device=args.device)
+                 for name, arm in arms.items()}
+        unpacked, packed, trl = timed["unpacked"], timed["packed"], timed.get("trl")
+        result = {"neg_per_pos": n, "examples": len(examples), **timed,
                   "fewer_tokens": round(unpacked["tokens_per_example"] / packed["tokens_per_example"], 2),
-                  "less_time": round(unpacked["s_per_example"] / packed["s_per_example"], 2)}
+                  "less_time": round(unpacked["s_per_example"] / packed["s_per_example"], 2),
+                  "less_time_than_trl_loss": round(trl["s_per_example"] / packed["s_per_example"], 2) if trl else None}
         report["results"].append(result)
+        before = f"{trl['s_per_example']:.2f} ({result['less_time_than_trl_loss']:.2f}x)" if trl else "-"
         rows.append(f"| {n} | {len(examples)} | {unpacked['tokens_per_example']:.0f} | {packed['tokens_per_example']:.0f} "
                     f"| {result['fewer_tokens']:.2f}x | {unpacked['s_per_example']:.2f} | {packed['s_per_example']:.2f} "
-                    f"| {result['less_time']:.2f}x | {unpacked['first_loss']:.4f} / {packed['first_loss']:.4f} |")
+                    f"| {result['less_time']:.2f}x | {before} |")
         print(rows[-1], flush=True)
     report["load_average_1_5_15min"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_name(args.out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Ranker SFT, unpacked vs shared-prefix packed (rank.sft.pack): {args.device}, {args.threads} threads, "
              f"{args.dtype}, SmolLM2-135M + LoRA, main-task examples of {args.config}", "",
-             f"{args.cases_per_step} training cases per optimizer step, {args.steps} steps each way; seconds per example: "
-             "the median step after the first over the step's examples.", "",
+             f"{args.cases_per_step} training case(s) per optimizer step, {args.steps} steps each way; seconds per "
+             "example: the median step after the first two, collation included, over the step's examples. "
+             "Unpacked and packed both take the output head at the answer positions only (AnswerLossSFTTrainer); "
+             "the last column is the path before it, TRL's SFTTrainer and loss (the head on every position), "
+             "unpacked, and its time over the packed one.", "",
              "| neg_per_pos | examples | tokens / example, unpacked | packed | fewer tokens | s / example, unpacked "
-             "| packed | less time | first loss, unpacked / packed |",
+             "| packed | less time | s / example, TRL's loss (over packed) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---|", *rows, "",
              f"Load average at the end {report['load_average_1_5_15min']}.", ""]
     args.out.with_name(args.out.name + ".md").write_text("\n".join(lines))

@@ -4,12 +4,14 @@ trainer's packed step equals its unpacked step; the mask and positions by hand."
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from mmsrarec.llm.packing import PAD, pack_case, pack_dataset, positions_and_mask
+from mmsrarec.llm.packing import PAD, block_mask, pack_case, pack_dataset, positions, rows_per_batch
 from mmsrarec.models import ModelConfig, load_causal_lm
 from mmsrarec.rank.config import LoraSettings, RankConfig, SFTSettings
 from mmsrarec.rank.prompts import Catalog
@@ -66,8 +68,7 @@ def _nll_per_example(model, batch, attn):
     from mmsrarec.llm.packing import model_mask
 
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "segments")}
-    if inputs["attention_mask"].ndim == 4:
-        inputs["attention_mask"] = model_mask(inputs["attention_mask"], attn, torch.float32)
+    inputs["attention_mask"] = model_mask(block_mask(batch["segments"]), attn, torch.float32)
     logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     segments = batch["segments"][:, 1:] if "segments" in batch else torch.zeros_like(labels)
@@ -149,9 +150,9 @@ def test_pack_case_shares_the_common_prefix_and_never_an_answer():
 
 def test_block_mask_and_positions_by_hand():
     segments = torch.tensor([[0, 0, 1, 1, 2, 2, 2], [0, 0, 0, PAD, PAD, PAD, PAD]])
-    positions, mask = positions_and_mask(segments)
-    assert positions[0].tolist() == [0, 1, 2, 3, 2, 3, 4]
-    assert positions[1, :3].tolist() == [0, 1, 2]
+    at, mask = positions(segments), block_mask(segments)
+    assert at[0].tolist() == [0, 1, 2, 3, 2, 3, 4]
+    assert at[1].tolist() == [0, 1, 2, 0, 0, 0, 0]  # padding at 0
     m = mask[0, 0].int()
     assert m[4].tolist() == [1, 1, 0, 0, 1, 0, 0]  # block 2's first token: the prefix and itself
     assert m[3].tolist() == [1, 1, 1, 1, 0, 0, 0]  # block 1's second token: the prefix and block 1
@@ -160,26 +161,138 @@ def test_block_mask_and_positions_by_hand():
     assert mask[1, 0, 5].int().tolist() == [0, 0, 0, 0, 0, 1, 0]  # padding attends itself alone
 
 
+def test_a_packed_batch_holds_about_as_many_examples_as_sft_batch_size():
+    keys = [(1, 2)] * 4 + [(3, 4)] * 4 + [7, 8]  # 10 examples in 4 rows
+    assert rows_per_batch(8, keys) == 3 and rows_per_batch(2, keys) == 1 and rows_per_batch(1, keys) == 1
+    assert rows_per_batch(8, list(range(10))) == 8  # nothing to pack: one example a row
+
+
 @pytest.mark.parametrize("loss", ["token", "example"])
 def test_a_packed_training_step_equals_the_unpacked_step(tiny_lm, tmp_path, loss):
     """train_ranker with sft.pack on and off over the same examples in one optimizer step of two
-    micro-batches: the same logged loss and gradient norm, and the same adapter after the step."""
+    micro-batches: the same logged loss and gradient norm, and the same adapter after the step; with loss
+    'token', both equal what TRL's own SFTTrainer (its loss over every position) logs for that step."""
+    from unittest import mock
+
+    import trl
     from safetensors.torch import load_file
 
     from mmsrarec.llm.train import read_log, train_ranker
 
     data, catalog = _data()
     results = {}
-    for pack in (False, True):
-        cfg = _cfg(tiny_lm, batch_size=16, grad_accum=2, loss=loss, pack=pack)
+    for arm in ("unpacked", "packed", "trl") if loss == "token" else ("unpacked", "packed"):
+        cfg = _cfg(tiny_lm, batch_size=16, grad_accum=2, loss=loss, pack=arm == "packed")
         examples = build_examples(data, catalog, cfg, seed=0)
-        out = tmp_path / f"{loss}-{pack}"
+        out = tmp_path / f"{loss}-{arm}"
+        with mock.patch("mmsrarec.llm.train.trainer_class", lambda loss, packed=False: trl.SFTTrainer) \
+                if arm == "trl" else contextlib.nullcontext():
+            facts = train_ranker(examples, cfg, out, seed=0, log=lambda m: None)
+        assert facts["packed"] is (arm == "packed") and facts["steps"] == 1
+        assert facts["rows"] < facts["examples"] if arm == "packed" else facts["rows"] == facts["examples"]
+        results[arm] = read_log(out / "train_log.csv")[0], load_file(out / "adapter" / "adapter_model.safetensors")
+    log_a, weights_a = results["unpacked"]
+    for arm in results.keys() - {"unpacked"}:
+        log_b, weights_b = results[arm]
+        assert log_b["loss"] == pytest.approx(log_a["loss"], rel=1e-4), arm
+        assert log_b["grad_norm"] == pytest.approx(log_a["grad_norm"], rel=1e-4), arm
+        for name in weights_a:
+            torch.testing.assert_close(weights_b[name], weights_a[name], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- VLMs: the image in the prefix
+
+def _vlm_data(folder):
+    from PIL import Image
+
+    data, catalog = _data()
+    for item in catalog.titles:
+        path = folder / f"{item}.png"
+        Image.new("RGB", (56 + 9 * (item % 6), 48 + 4 * (item % 7)), (8 * item, 120, 250 - 7 * item)).save(path)
+        catalog.images[item] = str(path)
+    return data, catalog
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_packed_vlm_losses_and_gradients_equal_unpacked_with_the_image_in_the_prefix(arch, tmp_path):
+    """rank.history_image: every example of a case starts with the same image, so the case packs with one copy
+    of it, and each block's mrope positions continue after the prefix's maximum."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from mmsrarec.llm.packing import GroupedExamples, PackedVisionCollator, block_mask, model_mask, vision_positions
+    from mmsrarec.llm.train import trainer_class
+    from mmsrarec.models import load_vlm
+    from mmsrarec.models import tiny
+
+    path = getattr(tiny, f"tiny_{arch}")(tmp_path / arch)
+    data, catalog = _vlm_data(tmp_path)
+    cfg = _cfg(path, neg_per_pos=2)
+    cfg.model.kind, cfg.history_image, cfg.max_examples = "vlm", True, 12
+    examples = build_examples(data, catalog, cfg, seed=0, is_vlm=True)
+    model, processor = load_vlm(ModelConfig(name_or_path=str(path), kind="vlm", device="cpu", dtype="float32"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.15)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, completion_only_loss=True, report_to="none",
+                     remove_unused_columns=False, max_length=None)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    torch.manual_seed(1)
+    trainer = trainer_class("token", packed=False)(model=model, args=args, train_dataset=examples,
+                                                   processing_class=processor, peft_config=lora)
+    peft_model, inner = trainer.model, trainer.data_collator
+    grouped = GroupedExamples(examples)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+
+    def per_example(batch, packed: bool, flat_positions: bool = False):
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "segments", "images_per_row")}
+        if packed:
+            inputs["attention_mask"] = model_mask(block_mask(batch["segments"]), "sdpa", torch.float32)
+            inputs["position_ids"] = batch["position_ids"] if flat_positions else vision_positions(peft_model, batch)
+        logits = peft_model(**inputs, use_cache=False).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        segments = batch["segments"][:, 1:] if packed else torch.zeros_like(labels)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        return [nll[r][(labels[r] != -100) & (segments[r] == s)].mean() for r in range(len(labels))
+                for s in sorted(set(segments[r][labels[r] != -100].tolist()))]
+
+    def run(losses_of):
+        peft_model.zero_grad()
+        losses = losses_of()
+        torch.stack(losses).sum().backward()
+        return torch.stack(losses).detach(), torch.cat([p.grad.flatten() for p in params])
+
+    collate = PackedVisionCollator(inner, processor.tokenizer.pad_token_id)
+    packed_batch = collate([grouped[i] for i in range(len(grouped))])
+    alone = [inner([dict(e)]) for i in range(len(grouped)) for e in grouped[i]]
+    want_loss, want_grad = run(lambda: [loss for b in alone for loss in per_example(b, False)])
+    got_loss, got_grad = run(lambda: per_example(packed_batch, True))
+    assert int(packed_batch["segments"].max()) >= 3  # a case's 3 main examples share one row
+    assert packed_batch["image_grid_thw"].shape[0] < sum(len(b["image_grid_thw"]) for b in alone if "image_grid_thw" in b)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-5)
+    assert float((got_grad - want_grad).norm() / want_grad.norm()) < 1e-4
+    # the test has teeth: 1-D positions restarting at the prefix length are wrong after an image
+    with torch.no_grad():
+        wrong = torch.stack(per_example(packed_batch, True, flat_positions=True))
+    assert float((wrong - want_loss).abs().max()) > 1e-3
+
+
+def test_vlm_ranker_trains_packed_with_the_history_image_and_unpacked_with_candidate_images(tmp_path):
+    from mmsrarec.llm.train import read_log, train_ranker
+    from mmsrarec.models.tiny import tiny_qwen2_vl
+
+    path = tiny_qwen2_vl(tmp_path / "vlm")
+    data, catalog = _vlm_data(tmp_path)
+    for candidate_image in (False, True):
+        cfg = _cfg(path, neg_per_pos=2, batch_size=6, grad_accum=1, max_steps=2)
+        cfg.model.kind, cfg.history_image, cfg.candidate_image, cfg.max_examples = "vlm", True, candidate_image, 16
+        examples = build_examples(data, catalog, cfg, seed=0, is_vlm=True)
+        out = tmp_path / f"run-{candidate_image}"
         facts = train_ranker(examples, cfg, out, seed=0, log=lambda m: None)
-        assert facts["packed"] is pack and facts["steps"] == 1
-        assert facts["rows"] < facts["examples"] if pack else facts["rows"] == facts["examples"]
-        results[pack] = read_log(out / "train_log.csv")[0], load_file(out / "adapter" / "adapter_model.safetensors")
-    (log_a, weights_a), (log_b, weights_b) = results[False], results[True]
-    assert log_b["loss"] == pytest.approx(log_a["loss"], rel=1e-4)
-    assert log_b["grad_norm"] == pytest.approx(log_a["grad_norm"], rel=1e-4)
-    for name in weights_a:
-        torch.testing.assert_close(weights_b[name], weights_a[name], rtol=1e-4, atol=1e-6)
+        assert facts["packed"] and facts["steps"] == 2
+        assert np.isfinite([r["loss"] for r in read_log(out / "train_log.csv")]).all()
+        # one row per case with the history image alone; a row per example when each has its own image
+        assert (facts["rows"] < facts["examples"]) != candidate_image, facts

@@ -50,11 +50,13 @@ class SFTSettings:
     epochs: float = field(1.0, help="passes over the SFT examples")
     max_steps: int = field(-1, help="stop after this many optimizer steps (-1 = epochs decide)")
     lr: float = field(2e-4, help="AdamW learning rate of the LoRA weights")
-    batch_size: int = field(2, help="examples per device batch (memory grows with it: the full-vocabulary logits "
-                                    "of every position are kept; see docs/results_log.md)")
+    batch_size: int = field(2, help="examples per device batch (with pack: the packed rows of about that many; "
+                                    "memory grows with it: the full-vocabulary logits of every position are kept; "
+                                    "see docs/results_log.md)")
     grad_accum: int = field(4, help="batches accumulated per optimizer step (effective batch = batch_size x grad_accum)")
-    max_seq_len: int = field(640, help="longest example in tokens; longer examples are dropped (and counted), "
-                                       "never truncated, since truncation would cut off the answer")
+    max_seq_len: int = field(640, help="longest example in tokens (as if unpacked: a packed row may be longer); "
+                                       "longer examples are dropped (and counted), never truncated, since "
+                                       "truncation would cut off the answer")
     save_steps: int = field(50, help="write a checkpoint every this many optimizer steps (a killed run resumes "
                                      "from the last one)")
     warmup_ratio: float = field(0.03, help="share of steps with linear learning-rate warm-up (0 = none)")
@@ -63,10 +65,12 @@ class SFTSettings:
                                          "of up to 50 batches, each sorted by length: less padding, so fewer tokens "
                                          "per epoch; see docs/results_log.md)")
     pack: bool = field(True, help=(
-        "text LMs: train a training case's examples (the positive, its negatives and any aux example of the "
+        "train a training case's examples (the positive, its negatives and any aux example of the "
         "same case) as one row: their shared prompt prefix once, each example's own tokens as a block that "
-        "attends to the prefix and to itself (the same losses and gradients as unpacked, fewer tokens); "
-        "batch_size then counts rows. VLM examples train unpacked (llm/packing.py)"))
+        "attends to the prefix and to itself (the same losses and gradients as unpacked with lora.dropout 0, "
+        "fewer tokens); a batch holds the rows of about batch_size examples. For a VLM, the examples of a case "
+        "pack when their image is in the shared prefix (history_image), not when each has its own "
+        "(candidate_image) (llm/packing.py)"))
     loss: str = field("token", help="how answer tokens are averaged: 'token' (TRL's loss: every answer token of a "
                                     "step weighs the same, so the long answers of the next-keywords and title tasks "
                                     "weigh more than the short Yes/No answers of the main task) or 'example' (each "

@@ -5,10 +5,10 @@ sft.loss says how the answer tokens are averaged: 'token' is TRL's loss (every a
 optimizer step weighs the same); 'example' averages each example's tokens first, so a long aux answer (the
 next item's keywords, a title) weighs no more than a one-token Yes/No (AnswerLossSFTTrainer).
 
-sft.pack (text LMs): the examples of one training case (the positive, its negatives and any aux example of
+sft.pack: the examples of one training case (the positive, its negatives and any aux example of
 the same case) train as one row, their shared prompt prefix once and each example's own tokens as a block
 that attends to the prefix and itself (llm/packing.py); the losses and gradients are the unpacked ones.
-sft.batch_size then counts rows.
+sft.batch_size still counts examples: a batch holds the rows of about that many.
 
 Checkpoints go to <out>/checkpoints every `sft.save_steps` optimizer steps; a rerun resumes from the
 last complete one (trainer_state.json is written last), except one saved at the last step (last_checkpoint),
@@ -122,12 +122,16 @@ def token_nll_sum(logits, labels):
 def answered_examples(batches: list[dict]) -> int:
     """Examples with at least one answer token (a label after the shift) in these collated batches: rows,
     or (row, segment) pairs of packed rows."""
+    import torch
+
     total = 0
     for b in batches:
         on = b["labels"][:, 1:] != -100
-        if "segments" in b:
-            rows = on.nonzero()[:, 0]
-            total += len({(int(r), int(s)) for r, s in zip(rows, b["segments"][:, 1:][on])})
+        if "segments" in b:  # distinct (row, segment) pairs among the answer positions
+            segments = b["segments"][:, 1:]
+            width = int(segments.max()) + 2
+            rows = torch.arange(len(on), device=on.device)[:, None].expand_as(on)
+            total += int(torch.unique((rows * width + segments + 1)[on]).numel())
         else:
             total += int(on.any(1).sum())
     return total
@@ -145,7 +149,7 @@ def answer_logits(model, inputs: dict, keep_only_answers: bool = True):
     aligned with labels, None for unpacked rows."""
     labels = inputs["labels"][:, 1:]
     segments = inputs["segments"][:, 1:] if "segments" in inputs else None
-    forward = {k: v for k, v in inputs.items() if k not in ("labels", "segments")}
+    forward = {k: v for k, v in inputs.items() if k not in ("labels", "segments", "images_per_row")}
     if keep_only_answers:
         keep = (labels != -100).any(0).nonzero().squeeze(1)
         logits = model(**forward, use_cache=False, logits_to_keep=keep).logits
@@ -162,20 +166,18 @@ def _keeps_logits(model) -> bool:
 
 
 def trainer_class(loss: str, packed: bool = False):
-    """SFTTrainer for rank.sft.loss='token' on unpacked examples; AnswerLossSFTTrainer (below) for
-    'example', and for either loss with sft.pack."""
+    """The SFT trainer: AnswerLossSFTTrainer (below), for loss 'token' or 'example', packed or not."""
     import transformers
     from trl import SFTTrainer
 
-    if loss == "token" and not packed:
-        return SFTTrainer
     if not hasattr(transformers.Trainer, "loss_is_scaled_for_ga"):
-        raise ValueError(f"rank.sft.loss='example' and sft.pack need a transformers whose Trainer has "
-                         f"loss_is_scaled_for_ga (5.24 has it; this is {transformers.__version__}): upgrade it, or "
-                         "use rank.sft.loss=token and sft.pack=false")
+        raise ValueError(f"the ranker's SFT needs a transformers whose Trainer has loss_is_scaled_for_ga (5.24 has "
+                         f"it; this is {transformers.__version__}): upgrade it")
 
     class AnswerLossSFTTrainer(SFTTrainer):
-        """TRL's SFTTrainer computing the loss on the answer positions only. An optimizer step's loss is
+        """TRL's SFTTrainer computing the loss on the answer positions only: the output head runs on them
+        alone (logits_to_keep), not on every position of a prompt hundreds of tokens long as TRL's loss
+        does; the loss is the same. An optimizer step's loss is
         the step's answer NLL over all of its micro-batches (gradient accumulation) and, under DDP, every
         process, divided by what it is averaged over: its answer tokens (loss 'token': TRL's loss) or, with
         each example's tokens averaged first, its examples (loss 'example'). get_batch_samples counts
@@ -192,13 +194,16 @@ def trainer_class(loss: str, packed: bool = False):
             self.keeps_logits = _keeps_logits(self.model)  # once, not per micro-batch
             self.packed = packed
             if packed:
-                from .packing import PackedCollator, pack_dataset
+                from .packing import GroupedExamples, PackedCollator, PackedVisionCollator, pack_dataset
 
-                self.unpacked_rows = len(self.train_dataset)
-                self.train_dataset = pack_dataset(self.train_dataset)
-                self.data_collator = PackedCollator(self.processing_class.pad_token_id)
-                config = self.model.config
-                self.attention = (config._attn_implementation, self.model.dtype)
+                pad = tokenizer_of(self.processing_class).pad_token_id
+                if "input_ids" in self.train_dataset.column_names:  # text: TRL tokenized the examples
+                    self.train_dataset = pack_dataset(self.train_dataset)
+                    self.data_collator = PackedCollator(pad)
+                else:  # vision: TRL's collator processes them, batch by batch
+                    self.train_dataset = GroupedExamples(self.train_dataset)
+                    self.data_collator = PackedVisionCollator(self.data_collator, pad)
+                self.attention = (self.model.config.get_text_config()._attn_implementation, self.model.dtype)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             import torch
@@ -214,10 +219,12 @@ def trainer_class(loss: str, packed: bool = False):
             return self.args.average_tokens_across_devices and self.accelerator.num_processes > 1
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if inputs["attention_mask"].ndim == 4:
-                from .packing import model_mask
+            if "segments" in inputs:  # packed rows: the block mask, built on the model's device
+                from .packing import block_mask, model_mask, vision_positions
 
-                inputs = {**inputs, "attention_mask": model_mask(inputs["attention_mask"], *self.attention)}
+                inputs = {**inputs, "attention_mask": model_mask(block_mask(inputs["segments"]), *self.attention)}
+                if "images_per_row" in inputs:  # VLM rows: positions (mrope) need the model
+                    inputs["position_ids"] = vision_positions(self.model, inputs)
             logits, labels, segments = answer_logits(model, inputs, self.keeps_logits)
             total, n = example_nll_sum(logits, labels, segments) if loss == "example" else token_nll_sum(logits, labels)
             if num_items_in_batch is None:  # not a training step (get_batch_samples gives every one a count)
@@ -279,16 +286,21 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     sft = cfg.sft
-    packed = sft.pack and not is_vlm  # llm/packing.py: VLM examples train unpacked
+    packed = sft.pack  # llm/packing.py
+    batch_size = sft.batch_size
+    if packed:  # sft.batch_size counts examples; a packed row holds a case's
+        from .packing import case_keys, rows_per_batch
+
+        batch_size = rows_per_batch(sft.batch_size, case_keys(examples))
     args = SFTConfig(
         output_dir=str(out / CHECKPOINTS), seed=seed, data_seed=seed, use_cpu=device.type == "cpu",
         num_train_epochs=sft.epochs, max_steps=sft.max_steps, learning_rate=sft.lr, warmup_steps=sft.warmup_ratio,
-        per_device_train_batch_size=sft.batch_size, gradient_accumulation_steps=sft.grad_accum,
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=sft.grad_accum,
         activation_checkpointing=sft.activation_checkpointing, bf16=device.type == "cuda" and str(dtype) == "torch.bfloat16",
         fp16=False, completion_only_loss=True, max_length=None if is_vlm else sft.max_seq_len,
         save_strategy="steps", save_steps=sft.save_steps, save_total_limit=2, logging_steps=1, report_to="none",
         dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy=sft.sampling,
-        remove_unused_columns=not packed,  # a packed row's segment ids reach the collator
+        remove_unused_columns=not packed,  # a packed row's segment ids (a case's raw VLM examples) reach the collator
     )
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=lora_targets(model, cfg.lora, is_vlm), init_lora_weights=cfg.lora.init_weights(),
@@ -298,7 +310,7 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     resume = last_checkpoint(out / CHECKPOINTS, sft.max_steps)
     rows = len(trainer.train_dataset)
     log(f"SFT on {len(examples):,} examples"
-        + (f" packed into {rows:,} rows (one per training case)" if packed else "")
+        + (f" packed into {rows:,} rows (one per training case), {batch_size} per batch" if packed else "")
         + f", LoRA r={cfg.lora.r}, loss per {sft.loss}, {device.type}"
         + (f"; resuming from {resume.name}" if resume else ""))
     t0 = time.perf_counter()
