@@ -68,9 +68,9 @@ class SFTSettings:
         "train a training case's examples (the positive, its negatives and any aux example of the "
         "same case) as one row: their shared prompt prefix once, each example's own tokens as a block that "
         "attends to the prefix and to itself (the same losses and gradients as unpacked with lora.dropout 0, "
-        "fewer tokens); a batch holds the rows of about batch_size examples. For a VLM, the examples of a case "
-        "pack when their image is in the shared prefix (history_image), not when each has its own "
-        "(candidate_image) (llm/packing.py)"))
+        "fewer tokens); a batch holds the rows of about batch_size examples, at least one case. On a Qwen2-VL "
+        "family VLM the examples of a case pack when their image is in the shared prefix (history_image), not "
+        "when each has its own (candidate_image); other VLMs train unpacked (llm/packing.py)"))
     loss: str = field("token", help="how answer tokens are averaged: 'token' (TRL's loss: every answer token of a "
                                     "step weighs the same, so the long answers of the next-keywords and title tasks "
                                     "weigh more than the short Yes/No answers of the main task) or 'example' (each "

@@ -20,7 +20,7 @@ first answer token and at least one token before it: a block's first token is ne
 the token before it in the row belongs to another block. Examples of no case (the aux_title task) and
 cases left with one example are rows of their own, with plain causal attention.
 
-VLMs (PackedVisionCollator): TRL's vision collator processes a case's examples (images and text, as
+VLMs of the Qwen2-VL family (PackedVisionCollator; `packs` says which models pack): TRL's vision collator processes a case's examples (images and text, as
 unpacked training would), then they are packed the same way when their images are the same and all
 image tokens lie in the shared prefix (rank.history_image: the last history item's image before the
 text); the row keeps one copy of the image. Examples with an image of their own (rank.candidate_image)
@@ -38,6 +38,16 @@ import numpy as np
 IGNORE = -100
 PREFIX = 0   # segment id of the shared prefix (and of a row that is one example)
 PAD = -1     # segment id of padding
+
+
+def packs(model: Any, is_vlm: bool) -> bool:
+    """Whether sft.pack can pack this model's examples: a text LM always; a VLM when it places image tokens
+    by get_rope_index (Qwen2-VL, Qwen2.5-VL: a flat pixel layout with image_grid_thw). Other VLMs (LLaVA,
+    Idefics3) train unpacked."""
+    if not is_vlm:
+        return True
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "model", None), "get_rope_index", None) is not None
 
 
 def case_keys(dataset) -> list[Any]:

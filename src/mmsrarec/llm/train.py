@@ -286,11 +286,11 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     sft = cfg.sft
-    packed = sft.pack  # llm/packing.py
+    from .packing import case_keys, packs, rows_per_batch
+
+    packed = sft.pack and packs(model, is_vlm)  # llm/packing.py
     batch_size = sft.batch_size
     if packed:  # sft.batch_size counts examples; a packed row holds a case's
-        from .packing import case_keys, rows_per_batch
-
         batch_size = rows_per_batch(sft.batch_size, case_keys(examples))
     args = SFTConfig(
         output_dir=str(out / CHECKPOINTS), seed=seed, data_seed=seed, use_cpu=device.type == "cpu",
@@ -308,7 +308,8 @@ def train_ranker(examples, cfg: SFTJob, out: Path, seed: int, log: Callable[[str
     trainer = trainer_class(sft.loss, packed)(model=model, args=args, train_dataset=examples,
                                               processing_class=processor, peft_config=lora, callbacks=callbacks)
     resume = last_checkpoint(out / CHECKPOINTS, sft.max_steps)
-    rows = len(trainer.train_dataset)
+    rows = len(trainer.train_dataset)  # packed: the cases (a VLM case whose examples cannot share a prefix unpacks)
+    packed = packed and rows < len(examples)
     log(f"SFT on {len(examples):,} examples"
         + (f" packed into {rows:,} rows (one per training case), {batch_size} per batch" if packed else "")
         + f", LoRA r={cfg.lora.r}, loss per {sft.loss}, {device.type}"
