@@ -5,6 +5,7 @@ trainer's packed step equals its unpacked step; the mask and positions by hand."
 from __future__ import annotations
 
 import contextlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -301,3 +302,27 @@ def test_vlm_ranker_trains_packed_with_the_history_image_and_unpacked_with_candi
 
     llava = load_vlm(ModelConfig(name_or_path=str(tiny.tiny_llava(tmp_path / "llava")), kind="vlm", device="cpu"))[0]
     assert not packs(llava, True)  # its image tokens are not placed by get_rope_index: it trains unpacked
+
+
+def test_paired_scores_pairs_the_same_lists_and_refuses_others(tmp_path, monkeypatch, capsys):
+    from conftest import load_script
+
+    script = load_script("experiments/paired_scores.py")
+    lists = [np.arange(5) + i for i in range(4)]
+
+    def write(name, greater, candidates=lists):
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"greater": greater, "ties": [0] * 4, "n": [4] * 4, "candidates": candidates}).to_parquet(path)
+        return str(path)
+
+    a, b = write("a", [0, 0, 4, 4]), write("b", [4, 4, 4, 4])  # a ranks two targets first, b last
+    monkeypatch.setattr("sys.argv", ["x", a, b, "--metrics", "hr@1", "--out", str(tmp_path / "out")])
+    script.main()
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["a_values"]["hr@1"] == 0.5 and report["b_values"]["hr@1"] == 0.0
+    diff, low, high = report["a_minus_b"]["hr@1"]
+    assert diff == 0.5 and 0.0 <= low <= diff <= high <= 1.0
+    other = write("c", [0] * 4, [np.arange(5) + 9 for _ in range(4)])
+    monkeypatch.setattr("sys.argv", ["x", a, other])
+    with pytest.raises(SystemExit, match="do not rank the same lists"):
+        script.main()

@@ -1,0 +1,53 @@
+"""Two rankers on the same stored lists, paired case by case: each one's HR@K / NDCG@K and the difference
+A - B with a 95% bootstrap interval over the cases (evaluate.intervals.paired_bootstrap, seed 0).
+
+Reads two per-case score files of one split (`<run>/score-ranker/sampled/<method>_<split>.parquet`, or any
+file with the columns greater, ties, n, candidates); refuses files that do not rank the same lists.
+
+    python experiments/paired_scores.py \\
+        runs/demo/experiment/2025-mmsrarec-neg4/score-ranker/sampled/mmsrarec-neg4_test.parquet \\
+        runs/demo/score-ranker/sampled/mmsrarec_test.parquet --out experiments/results/demo_negatives_test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmsrarec.evaluate.intervals import paired_bootstrap
+from mmsrarec.evaluate.metrics import per_case
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--metrics", nargs="+", default=["hr@5", "ndcg@5", "gauc"])
+    ap.add_argument("--out", type=Path, help="writes OUT.json and OUT.md")
+    args = ap.parse_args()
+    frames = [pd.read_parquet(p, columns=["greater", "ties", "n", "candidates"]) for p in (args.a, args.b)]
+    if len(frames[0]) != len(frames[1]) or any(not np.array_equal(x, y) for x, y in
+                                                 zip(frames[0]["candidates"], frames[1]["candidates"])):
+        raise SystemExit(f"{args.a} and {args.b} do not rank the same lists")
+    values = [per_case(args.metrics, *(f[c].to_numpy() for c in ("greater", "ties", "n"))) for f in frames]
+    diff = paired_bootstrap(values[0], values[1], np.random.default_rng(0))
+    report = {"a": str(args.a), "b": str(args.b), "cases": len(frames[0]),
+              "a_values": {m: round(float(np.mean(v)), 4) for m, v in values[0].items()},
+              "b_values": {m: round(float(np.mean(v)), 4) for m, v in values[1].items()}, "a_minus_b": diff}
+    lines = [f"# {args.a} minus {args.b}, {len(frames[0])} cases", "",
+             "| metric | A | B | A - B (95%) |", "|---|---:|---:|---|"]
+    lines += [f"| {m} | {report['a_values'][m]:.4f} | {report['b_values'][m]:.4f} | "
+              f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] |" for m, d in diff.items()]
+    print("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name(args.out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_name(args.out.name + ".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
