@@ -154,8 +154,9 @@ def test_the_committed_ledger_holds_its_runs_under_the_present_config_but_the_cf
     experiments/revision1_check.py found no output of those runs that the revision changes. Issue #29 made them
     stale on purpose: a CF model now ranks an item it never saw in training last (cf.base.SeenItemsOnly;
     score-cf revision 1, rerank-ranker revision 2), and 4 of ML-100K's items are in no training sequence of
-    these runs, so their full-protocol and rerank rows may change; they need a rerun on a GPU. With those two
-    revisions as they were, every committed run is current: nothing else moved."""
+    these runs, so their full-protocol and rerank rows may change; they need a rerun on a GPU. Issue #30 made
+    their rankers stale too: they were trained unpacked, before sft.pack (default true). With those two
+    revisions as they were and sft.pack off, every committed run is current: nothing else moved."""
     import dataclasses
     from pathlib import Path
 
@@ -168,9 +169,16 @@ def test_the_committed_ledger_holds_its_runs_under_the_present_config_but_the_cf
     now = {m.label: ledger.fingerprint(m.cfg) for m in members(load_config(str(config), []), str(config), [])}
     monkeypatch.setattr(stages, "STAGES", before)
 
-    cfg = load_config(str(config), [])
+    # the code before sft.pack trained unpacked: the key as it was, without the field
+    from mmsrarec.llm.config import SFTSettings
+
+    pack = SFTSettings.__dataclass_fields__["pack"]
+    monkeypatch.setattr(pack, "metadata", {**pack.metadata, "neutral": True})
+    monkeypatch.setattr(pack, "default", False)
+    unpacked = ["rank.sft.pack=false", "mllm_msr.sft.pack=false"]
+    cfg = load_config(str(config), unpacked)
     book = ledger.read(config.parents[1] / cfg.experiment.ledger)
-    fingerprints = {m.label: ledger.fingerprint(m.cfg) for m in members(cfg, str(config), [])}
+    fingerprints = {m.label: ledger.fingerprint(m.cfg) for m in members(cfg, str(config), unpacked)}
     current = {label for label, fp in zip(book["label"], book["fingerprint"]) if fingerprints.get(label) == fp}
     assert COMMITTED_RUNS <= current, f"stale in the ledger: {sorted(COMMITTED_RUNS - current)}"
     assert not COMMITTED_RUNS & {label for label, fp in zip(book["label"], book["fingerprint"]) if now.get(label) == fp}
