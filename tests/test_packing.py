@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmsrarec.llm.packing import PAD, block_mask, pack_case, pack_dataset, positions, rows_per_batch
+from mmsrarec.llm.packing import PAD, block_mask, case_groups, pack_case, pack_dataset, positions, rows_per_batch
 from mmsrarec.models import ModelConfig, load_causal_lm
 from mmsrarec.rank.config import LoraSettings, RankConfig, SFTSettings
 from mmsrarec.rank.prompts import Catalog
@@ -64,22 +64,31 @@ def _prepared(model_dir, cfg, tmp_path, loss="token"):
     return trainer.model, trainer.train_dataset, tok
 
 
-def _nll_per_example(model, batch, attn):
-    """Each example's mean answer NLL from one collated batch (packed or not), keyed by (row, segment)."""
+def _nll_per_example(model, batch, attn="sdpa", position_ids=None):
+    """Each example's mean answer NLL from one collated batch, keyed by (row, segment): a packed batch
+    (segments) runs under its block mask (and position_ids when given), an unpacked one as collated."""
     from mmsrarec.llm.packing import model_mask
 
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "segments")}
-    inputs["attention_mask"] = model_mask(block_mask(batch["segments"]), attn, torch.float32)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "segments", "images_per_row")}
+    if "segments" in batch:
+        inputs["attention_mask"] = model_mask(block_mask(batch["segments"]), attn, torch.float32)
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
     logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     segments = batch["segments"][:, 1:] if "segments" in batch else torch.zeros_like(labels)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-    out = []
-    for row in range(len(labels)):
-        for seg in sorted(set(segments[row][labels[row] != -100].tolist())):
-            on = (labels[row] != -100) & (segments[row] == seg)
-            out.append(nll[row][on].mean())
-    return out
+    return [nll[r][(labels[r] != -100) & (segments[r] == s)].mean() for r in range(len(labels))
+            for s in sorted(set(segments[r][labels[r] != -100].tolist()))]
+
+
+def _losses_and_grads(model, batches, **kwargs):
+    """(every example's loss in `batches`, the gradient of their sum over the trainable parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    losses = [loss for b in batches for loss in _nll_per_example(model, b, **kwargs)]
+    torch.stack(losses).sum().backward()
+    return torch.stack(losses).detach(), torch.cat([p.grad.flatten() for p in params])
 
 
 def _compare(model, prepared, tok, attn):
@@ -90,24 +99,12 @@ def _compare(model, prepared, tok, attn):
     packed = pack_dataset(prepared)
     collate = PackedCollator(tok.pad_token_id)
     assert len(packed) < len(prepared) and max(packed["examples"]) > 1
-    order = []  # the unpacked rows in the order packing lays them out
-    groups = {}
-    for i, (u, t) in enumerate(zip(prepared["user"], prepared["position"])):
-        groups.setdefault((u, t) if u >= 0 else ("row", i), []).append(i)
-    for members in groups.values():
-        order.extend(members)
+    order = [i for members in case_groups(prepared) for i in members]  # the rows as packing lays them out
     alone = [collate([{"input_ids": prepared[i]["input_ids"], "labels": prepared[i]["labels"],
                        "segments": [0] * len(prepared[i]["input_ids"])}]) for i in order]
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def run(batches):
-        model.zero_grad()
-        losses = [loss for b in batches for loss in _nll_per_example(model, b, attn)]
-        torch.stack(losses).sum().backward()
-        return torch.stack(losses).detach(), torch.cat([p.grad.flatten() for p in params])
-
-    want_loss, want_grad = run(alone)
-    got_loss, got_grad = run([collate([packed[i] for i in range(len(packed))])])  # one padded batch of packs
+    want_loss, want_grad = _losses_and_grads(model, alone, attn=attn)
+    # one padded batch of packs
+    got_loss, got_grad = _losses_and_grads(model, [collate([packed[i] for i in range(len(packed))])], attn=attn)
     assert len(got_loss) == len(want_loss) == len(prepared)
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-5)
     assert float((got_grad - want_grad).norm() / want_grad.norm()) < 1e-4
@@ -221,7 +218,7 @@ def test_packed_vlm_losses_and_gradients_equal_unpacked_with_the_image_in_the_pr
     from peft import LoraConfig
     from trl import SFTConfig
 
-    from mmsrarec.llm.packing import GroupedExamples, PackedVisionCollator, block_mask, model_mask, vision_positions
+    from mmsrarec.llm.packing import GroupedExamples, PackedVisionCollator, vision_positions
     from mmsrarec.llm.train import trainer_class
     from mmsrarec.models import load_vlm
     from mmsrarec.models import tiny
@@ -246,38 +243,20 @@ def test_packed_vlm_losses_and_gradients_equal_unpacked_with_the_image_in_the_pr
                                                    processing_class=processor, peft_config=lora)
     peft_model, inner = trainer.model, trainer.data_collator
     grouped = GroupedExamples(examples)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-
-    def per_example(batch, packed: bool, flat_positions: bool = False):
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "segments", "images_per_row")}
-        if packed:
-            inputs["attention_mask"] = model_mask(block_mask(batch["segments"]), "sdpa", torch.float32)
-            inputs["position_ids"] = batch["position_ids"] if flat_positions else vision_positions(peft_model, batch)
-        logits = peft_model(**inputs, use_cache=False).logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        segments = batch["segments"][:, 1:] if packed else torch.zeros_like(labels)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-        return [nll[r][(labels[r] != -100) & (segments[r] == s)].mean() for r in range(len(labels))
-                for s in sorted(set(segments[r][labels[r] != -100].tolist()))]
-
-    def run(losses_of):
-        peft_model.zero_grad()
-        losses = losses_of()
-        torch.stack(losses).sum().backward()
-        return torch.stack(losses).detach(), torch.cat([p.grad.flatten() for p in params])
 
     collate = PackedVisionCollator(inner, processor.tokenizer.pad_token_id)
     packed_batch = collate([grouped[i] for i in range(len(grouped))])
     alone = [inner([dict(e)]) for i in range(len(grouped)) for e in grouped[i]]
-    want_loss, want_grad = run(lambda: [loss for b in alone for loss in per_example(b, False)])
-    got_loss, got_grad = run(lambda: per_example(packed_batch, True))
+    want_loss, want_grad = _losses_and_grads(peft_model, alone)
+    got_loss, got_grad = _losses_and_grads(peft_model, [packed_batch],
+                                           position_ids=vision_positions(peft_model, packed_batch))
     assert int(packed_batch["segments"].max()) >= 3  # a case's 3 main examples share one row
     assert packed_batch["image_grid_thw"].shape[0] < sum(len(b["image_grid_thw"]) for b in alone if "image_grid_thw" in b)
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-5)
     assert float((got_grad - want_grad).norm() / want_grad.norm()) < 1e-4
     # the test has teeth: 1-D positions restarting at the prefix length are wrong after an image
     with torch.no_grad():
-        wrong = torch.stack(per_example(packed_batch, True, flat_positions=True))
+        wrong = torch.stack(_nll_per_example(peft_model, packed_batch, position_ids=packed_batch["position_ids"]))
     assert float((wrong - want_loss).abs().max()) > 1e-3
 
 

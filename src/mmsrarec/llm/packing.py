@@ -20,9 +20,9 @@ first answer token and at least one token before it: a block's first token is ne
 the token before it in the row belongs to another block. Examples of no case (the aux_title task) and
 cases left with one example are rows of their own, with plain causal attention.
 
-VLMs of the Qwen2-VL family (PackedVisionCollator; `packs` says which models pack): TRL's vision collator processes a case's examples (images and text, as
-unpacked training would), then they are packed the same way when their images are the same and all
-image tokens lie in the shared prefix (rank.history_image: the last history item's image before the
+VLMs of the Qwen2-VL family (PackedVisionCollator; `packs` says which models pack): TRL's vision
+collator processes a case's examples (images and text, as unpacked training would), then they are
+packed the same way when their images are the same and all image tokens lie in the shared prefix (rank.history_image: the last history item's image before the
 text); the row keeps one copy of the image. Examples with an image of their own (rank.candidate_image)
 stay rows of their own. Qwen2-VL and Qwen2.5-VL use 3-D (mrope) positions, where an image advances the
 position by its grid, not its token count: the prefix's come from the model's get_rope_index and every
@@ -40,14 +40,17 @@ PREFIX = 0   # segment id of the shared prefix (and of a row that is one example
 PAD = -1     # segment id of padding
 
 
+def _rope_index(model: Any) -> Any:
+    """The get_rope_index of a (PEFT-wrapped) Qwen2-VL-family model's inner model, or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "model", None), "get_rope_index", None)
+
+
 def packs(model: Any, is_vlm: bool) -> bool:
     """Whether sft.pack can pack this model's examples: a text LM always; a VLM when it places image tokens
     by get_rope_index (Qwen2-VL, Qwen2.5-VL: a flat pixel layout with image_grid_thw). Other VLMs (LLaVA,
     Idefics3) train unpacked."""
-    if not is_vlm:
-        return True
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(getattr(base, "model", None), "get_rope_index", None) is not None
+    return not is_vlm or _rope_index(model) is not None
 
 
 def case_keys(dataset) -> list[Any]:
@@ -64,6 +67,14 @@ def case_keys(dataset) -> list[Any]:
                   for row in dataset.cast_column("images", List(Image(decode=False)))["images"]]
     return [(int(u), int(t), paths) if u >= 0 and t >= 0 else i
             for i, (u, t, paths) in enumerate(zip(dataset["user"], dataset["position"], images))]
+
+
+def case_groups(dataset) -> list[list[int]]:
+    """The rows of each training case (case_keys), cases in the order of their first row."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(case_keys(dataset)):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -101,12 +112,9 @@ def pack_dataset(dataset):
     examples (how many examples the row holds)."""
     from datasets import Dataset
 
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(case_keys(dataset)):
-        groups.setdefault(key, []).append(i)
     all_ids, all_labels = dataset["input_ids"], dataset["labels"]
     rows = []
-    for members in groups.values():
+    for members in case_groups(dataset):
         ids, labs = [all_ids[i] for i in members], [all_labels[i] for i in members]
         try:
             rows.append(pack_case(ids, labs))
@@ -175,11 +183,7 @@ class GroupedExamples:
     examples (case_keys order of first appearance); the trainer's sampler shuffles cases."""
 
     def __init__(self, dataset):
-        self.dataset = dataset
-        groups: dict[Any, list[int]] = {}
-        for i, key in enumerate(case_keys(dataset)):
-            groups.setdefault(key, []).append(i)
-        self.groups = list(groups.values())
+        self.dataset, self.groups = dataset, case_groups(dataset)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -197,7 +201,7 @@ class PackedVisionCollator:
     (vision_positions, in the trainer)."""
 
     def __init__(self, inner: Any, pad_token_id: int):
-        self.inner, self.pad = inner, pad_token_id
+        self.inner, self.pad_rows = inner, PackedCollator(pad_token_id)
 
     def _rows(self, members: list[dict]) -> list[dict]:
         import torch
@@ -240,7 +244,7 @@ class PackedVisionCollator:
         import torch
 
         rows = [row for members in cases for row in self._rows(members)]
-        out = PackedCollator(self.pad)(rows)
+        out = self.pad_rows(rows)
         if all(r["mm"] is not None for r in rows):
             mm = torch.zeros_like(out["input_ids"])
             for i, r in enumerate(rows):
@@ -261,8 +265,7 @@ def vision_positions(model: Any, batch: dict):
     import torch
 
     flat = positions(batch["segments"])
-    decoder = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-    rope_index = getattr(decoder, "get_rope_index", None)
+    rope_index = _rope_index(model)
     if rope_index is None:
         return flat
     segments = batch["segments"]
@@ -271,7 +274,6 @@ def vision_positions(model: Any, batch: dict):
     first_image = 0
     for row, n_images in enumerate(batch["images_per_row"].tolist()):
         if not n_images:
-            first_image += n_images
             continue
         prefix = segments[row] == PREFIX
         ids = batch["input_ids"][row][prefix][None]
@@ -284,9 +286,6 @@ def vision_positions(model: Any, batch: dict):
         block = (segments[row] != PREFIX) & (segments[row] != PAD)
         out[:, row, block] = int(at.max()) + 1 + flat[row, block] - n
     return out
-
-
-ATTENTION = ("sdpa", "eager")  # the kernels that take a 4-D mask tensor as it is
 
 
 def model_mask(mask, attn_implementation: str, dtype):
@@ -304,5 +303,5 @@ def model_mask(mask, attn_implementation: str, dtype):
 
 def rows_per_batch(batch_size: int, keys: Sequence[Any]) -> int:
     """sft.batch_size counts examples: the packed rows per batch that hold about that many (at least 1), given
-    each example's case key (case_keys), so that a step and an epoch hold as many examples packed as not."""
+    each example's case key (case_keys), so that an epoch has about as many steps packed as not."""
     return max(1, round(batch_size * len(set(keys)) / max(1, len(keys))))

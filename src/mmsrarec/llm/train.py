@@ -80,6 +80,14 @@ def example_lengths(dataset, processor: Any) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def _answer_nll(logits, labels):
+    """(the NLL at every position, zero where labels is -100; the mask of the labelled positions)."""
+    import torch.nn.functional as F
+
+    mask = labels != -100
+    return F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask, mask
+
+
 def example_nll_sum(logits, labels, segments=None):
     """(sum over examples of each example's mean negative log-likelihood over its answer tokens, number of
     examples with an answer). logits[b, j] predicts labels[b, j] (already shifted); -100 marks a position
@@ -87,10 +95,8 @@ def example_nll_sum(logits, labels, segments=None):
     labels) a (row, segment) pair. An example without any label is left out (a batch without any gives a
     zero that still has a graph)."""
     import torch
-    import torch.nn.functional as F
 
-    mask = labels != -100
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+    nll, mask = _answer_nll(logits, labels)
     if segments is None:
         counts, sums = mask.sum(1), nll.sum(1)
     else:  # one bucket per (row, segment)
@@ -112,10 +118,7 @@ def example_mean_nll(logits, labels, segments=None):
 
 def token_nll_sum(logits, labels):
     """(sum of the NLL of every answer token, number of answer tokens): rank.sft.loss='token'."""
-    import torch.nn.functional as F
-
-    mask = labels != -100
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none") * mask
+    nll, mask = _answer_nll(logits, labels)
     return nll.sum(), int(mask.sum())
 
 
@@ -192,7 +195,6 @@ def trainer_class(loss: str, packed: bool = False):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.keeps_logits = _keeps_logits(self.model)  # once, not per micro-batch
-            self.packed = packed
             if packed:
                 from .packing import GroupedExamples, PackedCollator, PackedVisionCollator, pack_dataset
 
