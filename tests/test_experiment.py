@@ -280,6 +280,12 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
                                           ("mmsrarec", "rerank"), ("zero-shot", "sampled"), ("zero-shot", "rerank"),
                                           ("no-retrieval", "sampled"), ("no-retrieval", "rerank")]}
     assert "± " in (out / "leaderboard.md").read_text()
+    # the slices of every run, merged: the variants' own rows beside the main run's, paired per slice
+    slices = pd.read_csv(out / "slices.csv")
+    assert {"pop", "sasrec", "mmsrarec", "zero-shot", "no-retrieval"} <= set(slices["method"])
+    assert (slices["seeds"] == 2).all()
+    assert set(pd.read_csv(out / "slice_deltas.csv")["variant"]) == {"zero-shot", "no-retrieval"}
+    assert "zero-shot minus mmsrarec" in (out / "leaderboard.md").read_text()
     main = out.parent
     variant = main / "experiment" / "5-no-retrieval"
     for stage in ("prepare", "train-cf", "summarize"):  # identical: linked, not recomputed
@@ -485,3 +491,29 @@ def test_a_variant_delta_over_fewer_seeds_says_so():
     assert got.loc["no-rl", "seeds"] == 2 and got.loc["no-rl", "sampled auc seeds"] == 1
     assert "sampled hr@5 seeds" not in got  # both seeds: no count
 
+
+
+def test_the_board_merges_slices_over_seeds_and_pairs_variants_per_slice(tmp_path):
+    from mmsrarec.experiment.board import aggregate_slices, slice_deltas, slices_section
+
+    def records(method, seed, values, cases=(3, 5)):
+        return [{"method": method, "protocol": "sampled", "slicing": "popularity", "slice": label, "split": "test",
+                 "cases": n, "metric": "hr@5", "value": v, "seed": seed}
+                for label, v, n in zip(["0", "1-4"], values, cases)]
+
+    table = pd.DataFrame(records("sasrec", 1, [0.0, 0.8]) + records("sasrec", 2, [0.0, 0.6], (4, 5))
+                         + records("mmsrarec", 1, [0.5, 0.2]) + records("mmsrarec", 2, [0.3, 0.4], (4, 5))
+                         + records("cold", 1, [0.6, 0.1]) + records("cold", 2, [0.6, 0.1], (4, 5)))
+    board = aggregate_slices(table).set_index(["method", "slice"])
+    assert board.loc[("sasrec", "1-4"), "value"] == pytest.approx(0.7)
+    assert board.loc[("sasrec", "1-4"), "std"] == pytest.approx(0.1414214)  # sample std of 0.8, 0.6
+    assert board.loc[("mmsrarec", "0"), ["cases_min", "cases_max", "seeds"]].tolist() == [3, 4, 2]
+    deltas = slice_deltas(table, "mmsrarec", ["cold"]).set_index("slice")
+    assert deltas.loc["0", "diff"] == pytest.approx(0.2)      # (0.6 - 0.5 + 0.6 - 0.3) / 2
+    assert deltas.loc["0", "std"] == pytest.approx(0.1414214)  # of 0.1 and 0.3
+    assert deltas.loc["1-4", "diff"] == pytest.approx(-0.2)    # (-0.1 - 0.3) / 2
+    lines = slices_section(table, {"popularity": ["0", "1-4", "5+"]}, "mmsrarec", ["cold"], tmp_path, False)
+    text = "\n".join(lines)
+    assert "| 0 | 3-4 | 0.0000 ± 0.0000 | 0.4000 ± 0.1414 | 0.6000 ± 0.0000 |" in text
+    assert "| 1-4 | -0.2000 ± 0.1414 |" in text and "| 5+ |" not in text  # a slice without cases is left out
+    assert (tmp_path / "slices.csv").is_file() and (tmp_path / "slice_deltas.csv").is_file()

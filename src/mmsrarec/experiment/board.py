@@ -1,7 +1,9 @@
 """The merged leaderboard of an experiment (runs/<name>/leaderboard/, or with experiment.redraw_data
 runs/<name>/leaderboard-redraw/: members.board_dir): one row per method and protocol with the mean and the
 spread (sample standard deviation) over seeds, from the runs finished here and, with experiment.ledger, the
-ledger's rows of the others (ledger.py); each variant paired with the main ranker.
+ledger's rows of the others (ledger.py); each variant paired with the main ranker. The slices of the runs
+finished here (each run's evaluate/slices.json; the ledger keeps none) are merged the same way: every method's
+test metric per slice, mean ± std over seeds, and each variant minus the main ranker per slice, paired by seed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..artifacts import read_json, write_json, write_text
 from ..config import RunConfig
 from ..errors import ArtifactError
 from ..evaluate.leaderboard import AUC_LINES, method_cell, sureness
+from ..evaluate.slices import WHAT, read_slices, shown_metric
 from .members import Member, board_dir, members
 
 
@@ -76,7 +79,8 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     if rows.empty:
         raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
     out = board_dir(cfg)
-    write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing, from_ledger)
+    write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing, from_ledger,
+                merge_slices(done, [m.label for m in everything]))
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
 
@@ -151,7 +155,10 @@ METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc", "gauc"], "full": ["hr@10"
 
 
 def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = (),
-                from_ledger: list[str] = ()) -> None:
+                from_ledger: list[str] = (), slices: tuple[pd.DataFrame, dict[str, list[str]]] | None = None
+                ) -> None:
+    """leaderboard.{md,csv,json}, runs.csv, ablations.csv (with variants) and, given `slices` (merge_slices),
+    slices.csv and the md's "Slices" section."""
     out.mkdir(parents=True, exist_ok=True)
     board = aggregate(rows)
     rows.to_csv(out / "runs.csv", index=False)
@@ -193,6 +200,11 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
                      + _of_seeds(r.get(f"{c} seeds"), r["seeds"]) for c in cols]
             lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+    if slices is not None and len(slices[0]):
+        lines += slices_section(*slices, cfg.rank.name, [v.name for v in cfg.experiment.variants], out,
+                                bool(from_ledger))
+    elif from_ledger:
+        lines += ["No slices: the ledger keeps none (they are in each run's own evaluate folder).", ""]
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
     if from_ledger:
@@ -232,6 +244,105 @@ def paired_deltas(rows: pd.DataFrame, main: str, variants: list[str]) -> pd.Data
         else:
             frame = frame.drop(columns=col)
     return frame
+
+
+def merge_slices(runs: list[tuple[Member, Path]], order: list[str]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """(the test records of every run's evaluate/slices.json, with its seed and label: all of a main run's
+    methods, a variant run's own rows only, as merge does; each slicing's labels in bucket order). Runs are
+    taken in `order` (the experiment's labels), so methods appear as on the board."""
+    rank = {label: i for i, label in enumerate(order)}
+    frames, labels = [], {}
+    for member, run_dir in sorted(runs, key=lambda run: rank.get(run[0].label, len(rank))):
+        if not (run_dir / "evaluate" / "slices.json").is_file():
+            continue
+        table, doc = read_slices(run_dir / "evaluate")
+        table = table[table["split"] == "test"]
+        if member.variant is not None:
+            table = table[table["method"].isin(member.own_rows)]
+        frames.append(table.assign(seed=member.seed, label=member.label))
+        for name, info in doc["slicings"].items():
+            labels.setdefault(name, info["labels"])
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), labels
+
+
+def aggregate_slices(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method, protocol, slicing, slice and metric: mean and sample std over seeds of the slice's value,
+    its seeds, and its cases per seed (the smallest and the largest: redrawn lists have their own)."""
+    out = []
+    keys = ["method", "protocol", "slicing", "slice", "metric"]
+    for key, group in table.dropna(subset=["value"]).groupby(keys, sort=False):
+        values = group["value"].to_numpy(dtype=float)
+        out.append({**dict(zip(keys, key)), "seeds": int(group["seed"].nunique()), "value": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                    "cases_min": int(group["cases"].min()), "cases_max": int(group["cases"].max())})
+    return pd.DataFrame(out)
+
+
+def slice_deltas(table: pd.DataFrame, main: str, variants: list[str]) -> pd.DataFrame:
+    """Per variant, protocol, slicing, slice and metric: (variant - main) of the slice's value on each seed that
+    has both, as mean and sample std over those seeds (paired_deltas, per slice)."""
+    keys = ["protocol", "slicing", "slice", "metric", "seed"]
+    base = table[table["method"] == main].set_index(keys)["value"]
+    out = []
+    for variant in variants:
+        diff = (table[table["method"] == variant].set_index(keys)["value"] - base).dropna()
+        for key, group in diff.groupby(level=keys[:-1], sort=False):
+            out.append({"variant": variant, **dict(zip(keys[:-1], key)), "seeds": len(group),
+                        "diff": float(group.mean()),
+                        "std": float(group.std(ddof=1)) if len(group) > 1 else float("nan")})
+    return pd.DataFrame(out)
+
+
+def slices_section(table: pd.DataFrame, labels: dict[str, list[str]], main: str, variants: list[str], out: Path,
+                   ledger_too: bool) -> list[str]:
+    """slices.csv (aggregate_slices, every metric) and slice_deltas.csv; the md lines: per protocol and slicing,
+    the shown metric (slices.shown_metric) per slice and method, mean ± std over seeds, then each variant minus
+    the main ranker per slice."""
+    board, deltas = aggregate_slices(table), slice_deltas(table, main, variants)
+    board.to_csv(out / "slices.csv", index=False)
+    if len(deltas):
+        deltas.to_csv(out / "slice_deltas.csv", index=False)
+    lines = ["## Slices", "",
+             "Each method's test metric per slice of the test cases (evaluate.popularity_buckets, "
+             "evaluate.history_buckets), mean ± std over its seeds; the cases are per seed. Each run's own "
+             "intervals and paired differences to the best CF model are in its evaluate/leaderboard.md; every "
+             "metric, and each cell's number of seeds, is in slices.csv." + (" Runs taken from the ledger have no slices here." if ledger_too else ""),
+             ""]
+    for protocol in dict.fromkeys(board["protocol"]):
+        metric = shown_metric(table, protocol)
+        for slicing in [name for name in WHAT if name in labels]:  # popularity first
+            order = labels[slicing]
+            part = board[(board["protocol"] == protocol) & (board["slicing"] == slicing) & (board["metric"] == metric)]
+            shown = [label for label in order if label in set(part["slice"])]
+            if not shown:
+                continue
+            methods = list(dict.fromkeys(part["method"]))
+            cell = {(r["slice"], r["method"]): r for r in part.to_dict(orient="records")}
+            lines += [f"### {protocol}: test {metric} by {WHAT[slicing]}", "",
+                      "| slice | cases | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+            for label in shown:
+                have = [cell[(label, m)] for m in methods if (label, m) in cell]
+                low, high = min(r["cases_min"] for r in have), max(r["cases_max"] for r in have)
+                lines.append(f"| {label} | {low if low == high else f'{low}-{high}'} | "
+                             + " | ".join(_spread(cell.get((label, m))) for m in methods) + " |")
+            mine = deltas[(deltas["protocol"] == protocol) & (deltas["slicing"] == slicing)
+                          & (deltas["metric"] == metric)] if len(deltas) else deltas
+            if len(mine):
+                names = list(dict.fromkeys(mine["variant"]))
+                diff = {(r["slice"], r["variant"]): r for r in mine.to_dict(orient="records")}
+                lines += ["", "| slice | " + " | ".join(f"{v} minus {main}" for v in names) + " |",
+                          "|" + "---|" * (len(names) + 1)]
+                lines += [f"| {label} | " + " | ".join(_spread(diff.get((label, v)), "diff", "+") for v in names)
+                          + " |" for label in shown]
+            lines.append("")
+    return lines
+
+
+def _spread(r: dict | None, key: str = "value", sign: str = "") -> str:
+    if r is None:
+        return "–"
+    std = "" if np.isnan(r["std"]) else f" ± {r['std']:.4f}"  # one seed: no spread
+    return f"{r[key]:{sign}.4f}{std}"
 
 
 def _lists_line(cfg: RunConfig) -> str:
