@@ -512,8 +512,17 @@ def test_the_board_merges_slices_over_seeds_and_pairs_variants_per_slice(tmp_pat
     assert deltas.loc["0", "diff"] == pytest.approx(0.2)      # (0.6 - 0.5 + 0.6 - 0.3) / 2
     assert deltas.loc["0", "std"] == pytest.approx(0.1414214)  # of 0.1 and 0.3
     assert deltas.loc["1-4", "diff"] == pytest.approx(-0.2)    # (-0.1 - 0.3) / 2
-    lines = slices_section(table, {"popularity": ["0", "1-4", "5+"]}, "mmsrarec", ["cold"], tmp_path, False)
+    lines = slices_section(table, {"popularity": ["0", "1-4", "5+"]}, "mmsrarec", ["cold"], tmp_path, False, 2)
     text = "\n".join(lines)
     assert "| 0 | 3-4 | 0.0000 ± 0.0000 | 0.4000 ± 0.1414 | 0.6000 ± 0.0000 |" in text
     assert "| 1-4 | -0.2000 ± 0.1414 |" in text and "| 5+ |" not in text  # a slice without cases is left out
     assert (tmp_path / "slices.csv").is_file() and (tmp_path / "slice_deltas.csv").is_file()
+    # a board of 3 seeds whose slices come from 2 of them says so in every cell
+    text = "\n".join(slices_section(table, {"popularity": ["0", "1-4"]}, "mmsrarec", ["cold"], tmp_path, False, 3))
+    assert "| 1-4 | -0.2000 ± 0.1414 (2 of 3 seeds) |" in text
+
+
+def test_a_variant_cannot_take_a_methods_name(toy_overrides):
+    for name in ("mmsrarec", "pop", "text"):
+        with pytest.raises(ConfigError, match="already a method's name"):
+            load_config(None, [*toy_overrides, f"experiment.variants=[{{name: {name}, set: [rank.zero_shot=true]}}]"])

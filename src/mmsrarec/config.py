@@ -104,6 +104,11 @@ class RunConfig:
                                f"but data.seed pins them to {self.data.seed}: set data.seed=-1 (the default), "
                                "or experiment.redraw_data=false to keep them pinned (a variant's `set` must not "
                                "change data.seed either)")
+        methods = {self.rank.name, self.text.name, self.mllm_msr.name, *self.cf.models}
+        clash = [v.name for v in self.experiment.variants if v.name in methods]
+        if clash:
+            raise InvalidValue("experiment.variants", f"names {clash}, already a method's name ({sorted(methods)}): "
+                               "the board would mix the variant's rows with that method's; rename the variant")
         if "rerank" in self.evaluate.protocols and self.evaluate.rerank_cf not in self.cf.models:
             raise InvalidValue("evaluate.rerank_cf", f"is {self.evaluate.rerank_cf!r}, which cf.models does not train "
                                f"(cf.models = {self.cf.models})")

@@ -202,7 +202,7 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
         lines.append("")
     if slices is not None and len(slices[0]):
         lines += slices_section(*slices, cfg.rank.name, [v.name for v in cfg.experiment.variants], out,
-                                bool(from_ledger))
+                                bool(from_ledger), n_seeds)
     elif from_ledger:
         lines += ["No slices: the ledger keeps none (they are in each run's own evaluate folder).", ""]
     if missing:
@@ -261,7 +261,10 @@ def merge_slices(runs: list[tuple[Member, Path]], order: list[str]) -> tuple[pd.
             table = table[table["method"].isin(member.own_rows)]
         frames.append(table.assign(seed=member.seed, label=member.label))
         for name, info in doc["slicings"].items():
-            labels.setdefault(name, info["labels"])
+            if labels.setdefault(name, info["labels"]) != info["labels"]:
+                print(f"[experiment] WARNING: {member.label} slices {name} into {info['labels']}, the runs before "
+                      f"it into {labels[name]}: the board shows the first's slices and pairs only equal labels",
+                      file=sys.stderr)
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), labels
 
 
@@ -294,20 +297,23 @@ def slice_deltas(table: pd.DataFrame, main: str, variants: list[str]) -> pd.Data
 
 
 def slices_section(table: pd.DataFrame, labels: dict[str, list[str]], main: str, variants: list[str], out: Path,
-                   ledger_too: bool) -> list[str]:
+                   ledger_too: bool, n_seeds: int) -> list[str]:
     """slices.csv (aggregate_slices, every metric) and slice_deltas.csv; the md lines: per protocol and slicing,
-    the shown metric (slices.shown_metric) per slice and method, mean ± std over seeds, then each variant minus
-    the main ranker per slice."""
+    the shown metric (slices.shown_metric) per slice and method, mean ± std over seeds (marked where over fewer
+    than the board's n_seeds), then each variant minus the main ranker per slice."""
     board, deltas = aggregate_slices(table), slice_deltas(table, main, variants)
+    if board.empty:
+        return []
     board.to_csv(out / "slices.csv", index=False)
     if len(deltas):
         deltas.to_csv(out / "slice_deltas.csv", index=False)
     lines = ["## Slices", "",
-             "Each method's test metric per slice of the test cases (evaluate.popularity_buckets, "
-             "evaluate.history_buckets), mean ± std over its seeds; the cases are per seed. Each run's own "
-             "intervals and paired differences to the best CF model are in its evaluate/leaderboard.md; every "
-             "metric, and each cell's number of seeds, is in slices.csv." + (" Runs taken from the ledger have no slices here." if ledger_too else ""),
-             ""]
+             "One test metric per protocol (HR@5 sampled, HR@10 full) per slice of the test cases "
+             "(evaluate.popularity_buckets, evaluate.history_buckets), mean ± std over the seeds; `cases` is the "
+             "slice's test cases in one run (a range where seeds or methods differ). Each run's own intervals and "
+             "paired differences to the best CF model are in its evaluate/leaderboard.md; every metric is in "
+             "slices.csv, the variants' differences in slice_deltas.csv."
+             + (" Runs taken from the ledger have no slices here." if ledger_too else ""), ""]
     for protocol in dict.fromkeys(board["protocol"]):
         metric = shown_metric(table, protocol)
         for slicing in [name for name in WHAT if name in labels]:  # popularity first
@@ -324,25 +330,28 @@ def slices_section(table: pd.DataFrame, labels: dict[str, list[str]], main: str,
                 have = [cell[(label, m)] for m in methods if (label, m) in cell]
                 low, high = min(r["cases_min"] for r in have), max(r["cases_max"] for r in have)
                 lines.append(f"| {label} | {low if low == high else f'{low}-{high}'} | "
-                             + " | ".join(_spread(cell.get((label, m))) for m in methods) + " |")
+                             + " | ".join(_spread(cell.get((label, m)), n_seeds) for m in methods) + " |")
             mine = deltas[(deltas["protocol"] == protocol) & (deltas["slicing"] == slicing)
                           & (deltas["metric"] == metric)] if len(deltas) else deltas
             if len(mine):
                 names = list(dict.fromkeys(mine["variant"]))
                 diff = {(r["slice"], r["variant"]): r for r in mine.to_dict(orient="records")}
-                lines += ["", "| slice | " + " | ".join(f"{v} minus {main}" for v in names) + " |",
+                lines += ["", f"Variant minus {main} per slice, on the same seed (and lists), mean ± std over "
+                          "the seeds that have both; negative: the variant is worse.", "",
+                          "| slice | " + " | ".join(f"{v} minus {main}" for v in names) + " |",
                           "|" + "---|" * (len(names) + 1)]
-                lines += [f"| {label} | " + " | ".join(_spread(diff.get((label, v)), "diff", "+") for v in names)
-                          + " |" for label in shown]
+                lines += [f"| {label} | " + " | ".join(_spread(diff.get((label, v)), n_seeds, "diff", "+")
+                                                      for v in names) + " |" for label in shown]
             lines.append("")
     return lines
 
 
-def _spread(r: dict | None, key: str = "value", sign: str = "") -> str:
+def _spread(r: dict | None, n_seeds: int, key: str = "value", sign: str = "") -> str:
+    """mean ± std (no spread for one seed), and '(k of n seeds)' where over fewer than the board's n."""
     if r is None:
         return "–"
-    std = "" if np.isnan(r["std"]) else f" ± {r['std']:.4f}"  # one seed: no spread
-    return f"{r[key]:{sign}.4f}{std}"
+    std = "" if np.isnan(r["std"]) else f" ± {r['std']:.4f}"
+    return f"{r[key] + 0.0:{sign}.4f}{std}" + _of_seeds(r["seeds"], n_seeds)
 
 
 def _lists_line(cfg: RunConfig) -> str:
