@@ -271,14 +271,10 @@ def merge_slices(runs: list[tuple[Member, Path]], order: list[str]) -> tuple[pd.
 def aggregate_slices(table: pd.DataFrame) -> pd.DataFrame:
     """Per method, protocol, slicing, slice and metric: mean and sample std over seeds of the slice's value,
     its seeds, and its cases per seed (the smallest and the largest: redrawn lists have their own)."""
-    out = []
     keys = ["method", "protocol", "slicing", "slice", "metric"]
-    for key, group in table.dropna(subset=["value"]).groupby(keys, sort=False):
-        values = group["value"].to_numpy(dtype=float)
-        out.append({**dict(zip(keys, key)), "seeds": int(group["seed"].nunique()), "value": float(values.mean()),
-                    "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                    "cases_min": int(group["cases"].min()), "cases_max": int(group["cases"].max())})
-    return pd.DataFrame(out)
+    return (table.dropna(subset=["value"]).groupby(keys, sort=False)  # std: sample std, NaN for one seed
+            .agg(seeds=("seed", "nunique"), value=("value", "mean"), std=("value", "std"),
+                 cases_min=("cases", "min"), cases_max=("cases", "max")).reset_index())
 
 
 def slice_deltas(table: pd.DataFrame, main: str, variants: list[str]) -> pd.DataFrame:
@@ -289,11 +285,10 @@ def slice_deltas(table: pd.DataFrame, main: str, variants: list[str]) -> pd.Data
     out = []
     for variant in variants:
         diff = (table[table["method"] == variant].set_index(keys)["value"] - base).dropna()
-        for key, group in diff.groupby(level=keys[:-1], sort=False):
-            out.append({"variant": variant, **dict(zip(keys[:-1], key)), "seeds": len(group),
-                        "diff": float(group.mean()),
-                        "std": float(group.std(ddof=1)) if len(group) > 1 else float("nan")})
-    return pd.DataFrame(out)
+        if len(diff):  # one row per slice: over its seeds, std the sample std (NaN for one seed)
+            out.append(diff.groupby(level=keys[:-1], sort=False).agg(seeds="count", diff="mean", std="std")
+                       .reset_index().assign(variant=variant)[["variant", *keys[:-1], "seeds", "diff", "std"]])
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def slices_section(table: pd.DataFrame, labels: dict[str, list[str]], main: str, variants: list[str], out: Path,
