@@ -305,3 +305,31 @@ def test_paired_scores_pairs_the_same_lists_and_refuses_others(tmp_path, monkeyp
     monkeypatch.setattr("sys.argv", ["x", a, other])
     with pytest.raises(SystemExit, match="do not rank the same lists"):
         script.main()
+
+
+def test_paired_scores_blend_is_the_fused_ranking_minus_b(tmp_path, monkeypatch):
+    from conftest import load_script
+
+    script = load_script("experiments/paired_scores.py")
+    # target first; A and B each put one other candidate above the target, a different one
+    a_scores = [[0.9, 1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.2, 0.1]]
+    b_scores = [[0.9, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.2, 0.1]]
+
+    def write(name, scores):
+        s = np.asarray(scores)
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"greater": (s[:, 1:] > s[:, [0]]).sum(1), "ties": [0, 0], "n": [4, 4],
+                      "candidates": [np.arange(5)] * 2, "scores": list(s)}).to_parquet(path)
+        return str(path)
+
+    a, b = write("a", a_scores), write("b", b_scores)
+    monkeypatch.setattr("sys.argv", ["x", a, b, "--metrics", "hr@1", "--blend", "0", "0.5", "1",
+                                     "--out", str(tmp_path / "out")])
+    script.main()
+    blends = json.loads((tmp_path / "out.json").read_text())["blends"]
+    assert blends["0.0"]["values"]["hr@1"] == 0.0 and blends["1.0"]["values"]["hr@1"] == 0.0  # A alone, B alone
+    assert blends["0.5"]["values"]["hr@1"] == 0.5  # together they put the first case's target on top
+    assert blends["0.5"]["minus_b"]["hr@1"][0] == 0.5 and blends["1.0"]["minus_b"]["hr@1"] == [0.0, 0.0, 0.0]
+    monkeypatch.setattr("sys.argv", ["x", a, b, "--blend", "1.5"])
+    with pytest.raises(SystemExit, match="must be in"):
+        script.main()
