@@ -40,13 +40,14 @@ def main() -> None:
                     help="also (1 - W) * z(A) + W * z(B) minus B, for each W in [0, 1]")
     ap.add_argument("--out", type=Path, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
-    columns = ["greater", "ties", "n", "candidates", *(["scores"] if args.blend else [])]
+    if any(not 0.0 <= w <= 1.0 for w in args.blend):
+        raise SystemExit(f"--blend weights must be in [0, 1], got {args.blend}")
+    weights = sorted(set(args.blend))
+    columns = ["greater", "ties", "n", "candidates", *(["scores"] if weights else [])]
     try:
         frames = [pd.read_parquet(p, columns=columns) for p in (args.a, args.b)]
     except (OSError, ValueError) as e:  # a missing file or column (ArrowInvalid is a ValueError)
         raise SystemExit(f"cannot read {args.a} and {args.b} with the columns {', '.join(columns)}: {e}")
-    if any(not 0.0 <= w <= 1.0 for w in args.blend):
-        raise SystemExit(f"--blend weights must be in [0, 1], got {args.blend}")
     if len(frames[0]) != len(frames[1]) or any(not np.array_equal(x, y) for x, y in
                                                  zip(frames[0]["candidates"], frames[1]["candidates"])):
         raise SystemExit(f"{args.a} and {args.b} do not rank the same lists")
@@ -59,11 +60,15 @@ def main() -> None:
              "| metric | A | B | A - B (95%) |", "|---|---:|---:|---|"]
     lines += [f"| {m} | {report['a_values'][m]:.4f} | {report['b_values'][m]:.4f} | "
               f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] |" for m, d in diff.items()]
-    if args.blend:
+    if weights:
         a, b = (score_matrix(f) for f in frames)
+        for path, frame, scores in zip((args.a, args.b), frames, (a, b)):
+            if any(not np.array_equal(x, frame[c].to_numpy()) for x, c in zip(sampled_counts(scores),
+                                                                          ("greater", "ties", "n"))):
+                raise SystemExit(f"{path}: its scores and its stored ranks (greater, ties, n) do not match")
         lines += ["", "| blend (1 - W) z(A) + W z(B) | metric | blend | blend - B (95%) |", "|---|---|---:|---|"]
         report["blends"] = {}
-        for w in args.blend:
+        for w in weights:
             blended = per_case(args.metrics, *sampled_counts(fuse(a, b, w)))
             d = paired_bootstrap(blended, values[1], np.random.default_rng(0))
             report["blends"][str(w)] = {"values": {m: round(float(np.mean(v)), 4) for m, v in blended.items()},

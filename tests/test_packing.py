@@ -311,25 +311,33 @@ def test_paired_scores_blend_is_the_fused_ranking_minus_b(tmp_path, monkeypatch)
     from conftest import load_script
 
     script = load_script("experiments/paired_scores.py")
-    # target first; A and B each put one other candidate above the target, a different one
-    a_scores = [[0.9, 1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.2, 0.1]]
-    b_scores = [[0.9, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.2, 0.1]]
+    # target first. Cases 1-2: A and B each put a different candidate above the target, A on a 100x scale; only
+    # their z-scores blended put the target on top (a raw average follows A). Case 3: A alone ranks it first.
+    a_scores = [[90, 100, 0, 0, 0]] * 2 + [[200, 100, 0, 0, 0]]
+    b_scores = [[0.9, 0, 1, 0, 0]] * 2 + [[0, 1, 0.5, 0.2, 0.1]]
 
     def write(name, scores):
-        s = np.asarray(scores)
+        s = np.asarray(scores, dtype=float)
         path = tmp_path / f"{name}.parquet"
-        pd.DataFrame({"greater": (s[:, 1:] > s[:, [0]]).sum(1), "ties": [0, 0], "n": [4, 4],
-                      "candidates": [np.arange(5)] * 2, "scores": list(s)}).to_parquet(path)
+        pd.DataFrame({"greater": (s[:, 1:] > s[:, [0]]).sum(1), "ties": [0] * 3, "n": [4] * 3,
+                      "candidates": [np.arange(5)] * 3, "scores": list(s)}).to_parquet(path)
         return str(path)
 
     a, b = write("a", a_scores), write("b", b_scores)
-    monkeypatch.setattr("sys.argv", ["x", a, b, "--metrics", "hr@1", "--blend", "0", "0.5", "1",
+    monkeypatch.setattr("sys.argv", ["x", a, b, "--metrics", "hr@1", "--blend", "0", "0.5", "1", "0.50",
                                      "--out", str(tmp_path / "out")])
     script.main()
     blends = json.loads((tmp_path / "out.json").read_text())["blends"]
-    assert blends["0.0"]["values"]["hr@1"] == 0.0 and blends["1.0"]["values"]["hr@1"] == 0.0  # A alone, B alone
-    assert blends["0.5"]["values"]["hr@1"] == 0.5  # together they put the first case's target on top
-    assert blends["0.5"]["minus_b"]["hr@1"][0] == 0.5 and blends["1.0"]["minus_b"]["hr@1"] == [0.0, 0.0, 0.0]
+    assert sorted(blends) == ["0.0", "0.5", "1.0"]  # 0.50 is 0.5
+    assert blends["0.0"]["values"]["hr@1"] == round(1 / 3, 4)  # A alone: case 3
+    assert blends["1.0"]["values"]["hr@1"] == 0.0 and blends["1.0"]["minus_b"]["hr@1"] == [0.0, 0.0, 0.0]  # B alone
+    assert blends["0.5"]["values"]["hr@1"] == round(2 / 3, 4)  # cases 1-2, z-scored (a raw average gives 1/3)
+    assert blends["0.5"]["minus_b"]["hr@1"][0] == round(2 / 3, 4)
     monkeypatch.setattr("sys.argv", ["x", a, b, "--blend", "1.5"])
     with pytest.raises(SystemExit, match="must be in"):
+        script.main()
+    stale = pd.read_parquet(b).assign(greater=[4, 4, 4])  # counts that its scores do not give
+    stale.to_parquet(b)
+    monkeypatch.setattr("sys.argv", ["x", a, b, "--blend", "0.5"])
+    with pytest.raises(SystemExit, match="do not match"):
         script.main()
