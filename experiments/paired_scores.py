@@ -11,7 +11,7 @@ anything to B? The weights are fixed by the caller, not picked on these cases.
     python experiments/paired_scores.py \\
         runs/demo/experiment/2025-mmsrarec-neg4/score-ranker/sampled/mmsrarec-neg4_test.parquet \\
         runs/demo/score-ranker/sampled/mmsrarec_test.parquet --out experiments/results/demo_negatives_test
-    python experiments/paired_scores.py runs/X/score-ranker/sampled/mmsrarec_test.parquet \
+    python experiments/paired_scores.py runs/X/score-ranker/sampled/mmsrarec_test.parquet \\
         runs/X/score-text/sampled/text_test.parquet --blend 0.5 0.7
 """
 
@@ -28,7 +28,7 @@ from mmsrarec.evaluate.casefiles import score_matrix
 from mmsrarec.evaluate.fusion import fuse
 from mmsrarec.evaluate.intervals import paired_bootstrap
 from mmsrarec.evaluate.metrics import per_case
-from mmsrarec.evaluate.protocols import sampled_counts
+from mmsrarec.evaluate.protocols import sampled_counts, sampled_metrics
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         lines += ["", "| blend (1 - W) z(A) + W z(B) | metric | blend | blend - B (95%) |", "|---|---|---:|---|"]
         report["blends"] = {}
         for w in weights:
-            blended = per_case(args.metrics, *sampled_counts(fuse(a, b, w)))
+            blended = sampled_metrics(fuse(a, b, w), args.metrics)
             d = paired_bootstrap(blended, values[1], np.random.default_rng(0))
             report["blends"][str(w)] = {"values": {m: round(float(np.mean(v)), 4) for m, v in blended.items()},
                                         "minus_b": d}
