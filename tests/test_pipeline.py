@@ -1,5 +1,6 @@
 """Run directory: manifests, skip when unchanged, --force, resume after a kill, atomic outputs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -204,3 +205,88 @@ def test_a_raised_revision_redoes_the_stage_and_only_it(toy_overrides, capsys):
     err = capsys.readouterr().err
     assert "[prepare] running" in err  # redone; the same outputs, so train-cf's inputs are unchanged
     assert "[train-cf] up to date, skipped" in err
+
+
+def test_a_stage_that_reads_some_outputs_of_another_is_keyed_on_those_alone(toy_overrides, monkeypatch, capsys):
+    """Stage.reads: a stage that reads only x.json of stage a keeps its key when a rewrites y.json (another
+    seed's split, say), and is refused the outputs it did not declare."""
+    import sys
+    import types
+
+    module = types.ModuleType("partial_reader")
+
+    def write_a(ctx):
+        write_json(ctx.out / "x.json", {"x": 1})
+        write_json(ctx.out / "y.json", {"seed": ctx.cfg.seed})
+
+    module.write_a = write_a
+    module.reads_x = lambda ctx: write_json(ctx.out / "b.json", json.loads(ctx.input_file("a", "x.json").read_text()))
+    module.reads_y = lambda ctx: ctx.input_file("a", "y.json")
+    module.reads_folder = lambda ctx: ctx.input("a")
+    monkeypatch.setitem(sys.modules, "partial_reader", module)
+    a = Stage("a", "partial_reader:write_a", lambda c: [], lambda c: {"seed": c.seed})
+    x_only = {"a": ("x.json",)}
+    stages = {"a": a, "b": Stage("b", "partial_reader:reads_x", lambda c: ["a"], lambda c: {}, reads=x_only),
+              "whole": Stage("whole", "partial_reader:reads_x", lambda c: ["a"], lambda c: {}),
+              "sly": Stage("sly", "partial_reader:reads_y", lambda c: ["a"], lambda c: {}, reads=x_only),
+              "folder": Stage("folder", "partial_reader:reads_folder", lambda c: ["a"], lambda c: {}, reads=x_only),
+              "typo": Stage("typo", "partial_reader:reads_x", lambda c: ["a"], lambda c: {}, reads={"a": ("z.json",)})}
+    first = Runner(load_config(None, [*toy_overrides, "seed=1"]), stages)
+    b1, whole1 = first.run("b"), first.run("whole")
+    capsys.readouterr()
+    second = Runner(load_config(None, [*toy_overrides, "seed=2"]), stages)
+    b2, whole2 = second.run("b"), second.run("whole")
+    err = capsys.readouterr().err
+    assert "[a] running" in err and "[b] up to date, skipped" in err  # a redone, b not
+    assert b2["key"] == b1["key"] and b2["started_at"] == b1["started_at"]
+    assert whole2["key"] != whole1["key"]  # a stage that reads all of a follows all of it
+    with pytest.raises(ArtifactError, match=r"reads 'y.json' of stage 'a', but declares that it reads only x.json"):
+        second.run("sly")
+    with pytest.raises(ArtifactError, match=r"declares that it reads only x.json of stage 'a'.*input_file"):
+        second.run("folder")
+    with pytest.raises(ArtifactError, match=r"reads 'z.json' of stage 'a', which wrote no such output"):
+        second.run("typo")
+
+
+def test_a_stage_finished_before_it_declared_its_reads_still_stands(toy_overrides, monkeypatch, capsys):
+    """A version before Stage.reads keyed the stage on all of each stage it reads: what it finished under
+    that key read the same outputs, so it stands (no summaries redone by an upgrade), and only under the
+    outputs it was made from."""
+    import sys
+    import types
+
+    module = types.ModuleType("upgraded_reader")
+    module.write_a = lambda ctx: [write_json(ctx.out / f"{n}.json", {"seed": ctx.cfg.seed}) for n in "xy"]
+    module.reads_x = lambda ctx: write_json(ctx.out / "b.json", json.loads(ctx.input_file("a", "x.json").read_text()))
+    monkeypatch.setitem(sys.modules, "upgraded_reader", module)
+    a = Stage("a", "upgraded_reader:write_a", lambda c: [], lambda c: {"seed": c.seed})
+    before = Stage("b", "upgraded_reader:reads_x", lambda c: ["a"], lambda c: {})
+    after = dataclasses.replace(before, reads={"a": ("x.json",)})
+    cfg = load_config(None, [*toy_overrides, "seed=1"])
+    old = Runner(cfg, {"a": a, "b": before}).run("b")
+    capsys.readouterr()
+    new = Runner(cfg, {"a": a, "b": after})
+    assert new.run("b")["started_at"] == old["started_at"]
+    assert "[b] up to date, skipped" in capsys.readouterr().err
+    assert new.finished(new.plan("b")) is not None
+    capsys.readouterr()
+    moved = Runner(load_config(None, [*toy_overrides, "seed=2"]), {"a": a, "b": after})  # x.json is another now
+    assert moved.run("b")["key"] != old["key"]
+    assert "[b] running" in capsys.readouterr().err
+
+
+def test_the_item_summaries_do_not_follow_the_split(toy_overrides):
+    """summarize, summarize-tuned and describe-items read only the item table of prepare: two draws of the
+    lists (data.seed) over the same items give them the same key, where the index, which reads the split,
+    gets another."""
+    from mmsrarec.stages import STAGES
+
+    def prepared(seed):
+        return Runner(load_config(None, [*toy_overrides, f"name=toy{seed}", f"data.seed={seed}"])).run("prepare")
+
+    one, two = prepared(1), prepared(2)
+    assert one["outputs"]["items.parquet"] == two["outputs"]["items.parquet"]
+    assert one["outputs"]["test.parquet"] != two["outputs"]["test.parquet"]
+    for name in ("summarize", "summarize-tuned", "describe-items"):
+        assert STAGES[name].input_digest("prepare", one) == STAGES[name].input_digest("prepare", two), name
+    assert STAGES["index"].input_digest("prepare", one) != STAGES["index"].input_digest("prepare", two)

@@ -236,8 +236,7 @@ def _check_keys(config: str, overrides: list[str], only: list[str], manifests: P
                 ok = False
                 break
             manifest = read_json(path)
-            key, _ = runner.key(name)
-            same = key == manifest["key"]
+            same = manifest["key"] in runner.keys(name)
             ok &= same
             print(f"  {'ok      ' if same else 'MISMATCH'} {folder.name}/{name}")
             runner._done[name] = manifest

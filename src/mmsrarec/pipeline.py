@@ -52,6 +52,24 @@ class Stage:
     # raised when a fix changes what the stage writes for the same config and inputs, so that what an
     # earlier version wrote no longer stands (part of the key when > 0; stages never raised keep theirs)
     revision: int = 0
+    # a needed stage of which it reads only some outputs -> their names (glob patterns): its key then holds the
+    # hashes of those alone, so that a change to the rest (another seed's split, say) does not redo it; it
+    # opens them with StageContext.input_file, which refuses the others
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def input_digest(self, dep: str, manifest: dict) -> str:
+        """What the key holds of needed stage `dep`, from its manifest: its outputs_digest, or the hash of
+        the outputs this stage reads of it (Stage.reads)."""
+        patterns = self.reads.get(dep)
+        if patterns is None:
+            return manifest["outputs_digest"]
+        outputs = manifest["outputs"]
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in outputs):
+                raise ArtifactError(f"stage '{self.name}' reads {pattern!r} of stage '{dep}', which wrote no such "
+                                    f"output ({', '.join(sorted(outputs)) or 'none'})")
+        return sha256_json({"reads": {name: digest for name, digest in sorted(outputs.items())
+                                      if any(fnmatch.fnmatchcase(name, p) for p in patterns)}})
 
     def owns(self, output: str, cfg: Config) -> bool:
         """Whether `output` (a path inside the stage's folder) is one that no other stage reads under cfg."""
@@ -67,9 +85,26 @@ class StageContext:
     out: Path  # write here; it persists across kills until the stage finishes
     summary: dict = field(default_factory=dict)  # small facts to put into the manifest (counts, metrics)
     needs: tuple[str, ...] | None = None  # the stages it declared it reads (None: any, for direct calls)
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # Stage.reads
 
     def input(self, stage: str) -> Path:
         """The folder of a finished stage this one declared in its needs: what it reads is in its key."""
+        if stage in self.reads:
+            raise ArtifactError(f"stage '{self.stage}' declares that it reads only {', '.join(self.reads[stage])} of "
+                                f"stage '{stage}' (Stage.reads), so its key holds nothing else of it; open those "
+                                f"with input_file")
+        return self._folder(stage)
+
+    def input_file(self, stage: str, name: str) -> Path:
+        """The path of output `name` of a finished stage this one declared in its needs (and, where it
+        declares which of that stage's outputs it reads, one of those)."""
+        patterns = self.reads.get(stage)
+        if patterns is not None and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            raise ArtifactError(f"stage '{self.stage}' reads {name!r} of stage '{stage}', but declares that it reads "
+                                f"only {', '.join(patterns)} of it (Stage.reads); its key would not hold it")
+        return self._folder(stage) / name
+
+    def _folder(self, stage: str) -> Path:
         if self.needs is not None and stage not in self.needs:
             raise ArtifactError(f"stage '{self.stage}' reads stage '{stage}', which it does not declare in its needs "
                                 f"({', '.join(self.needs) or 'none'}); its key would not hold what it reads")
@@ -261,7 +296,7 @@ class Runner:
             if any(dep not in done for dep in self.stages[name].needs(self.cfg)):
                 continue  # something it reads has to run first: its key is known only then
             manifest = read_manifest(self.run_dir / name)
-            if manifest is None or manifest["key"] != self.key(name, done)[0]:
+            if manifest is None or manifest["key"] not in self.keys(name, done):
                 continue
             missing, changed = self._output_diff(self.run_dir / name, manifest)
             if changed or (missing and name in intact):
@@ -296,13 +331,28 @@ class Runner:
             print(f"[{name}] up to date, skipped ({self.run_dir / name}); use --force to redo it", file=sys.stderr)
 
     def key(self, name: str, done: dict[str, dict] | None = None) -> tuple[str, dict]:
+        """(the stage's key under the config and the finished stages it reads, what it holds of those)."""
         stage = self.stages[name]
         done = self._done if done is None else done
-        inputs = {dep: done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)}
+        inputs = {dep: stage.input_digest(dep, done[dep]) for dep in stage.needs(self.cfg)}
+        return self._hash_key(stage, inputs), inputs
+
+    def keys(self, name: str, done: dict[str, dict] | None = None) -> tuple[str, ...]:
+        """The keys under which a finished stage stands: its key, and for a stage that declares which outputs
+        it reads (Stage.reads) the key versions before that gave it, which held all of each stage it reads:
+        a stage finished under it read the same outputs (and more), so it still stands."""
+        stage = self.stages[name]
+        done = self._done if done is None else done
+        key, _ = self.key(name, done)
+        if not stage.reads:
+            return (key,)
+        return key, self._hash_key(stage, {dep: done[dep]["outputs_digest"] for dep in stage.needs(self.cfg)})
+
+    def _hash_key(self, stage: Stage, inputs: dict) -> str:
         keyed = {"config": key_dict(stage.section(self.cfg)), "inputs": inputs, "version": ARTIFACTS_VERSION}
         if stage.revision:
             keyed["revision"] = stage.revision
-        return sha256_json(keyed), inputs
+        return sha256_json(keyed)
 
     def ensure(self, name: str, force: bool = False) -> dict:
         with stage_lock(self.run_dir, name):  # decided and run by one process at a time
@@ -311,7 +361,7 @@ class Runner:
     def _ensure(self, name: str, force: bool) -> dict:
         key, inputs = self.key(name)
         if not force:
-            manifest, changed = self._keyed(self.run_dir / name, key)
+            manifest, changed = self._keyed(self.run_dir / name, self.keys(name))
             if manifest is not None and not changed:
                 self._say_standing(name, None)
                 self._done[name] = manifest
@@ -319,7 +369,7 @@ class Runner:
             if changed:
                 print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
                       file=sys.stderr)
-            shared = self._link_shared(name, key)
+            shared = self._link_shared(name, self.keys(name))
             if shared is not None:
                 return shared
         return self._execute(name, key, inputs, force)
@@ -333,23 +383,23 @@ class Runner:
             if any(dep not in self._done for dep in self.stages[name].needs(self.cfg)):
                 missing.append(name)
                 continue
-            key, _ = self.key(name)
+            keys = self.keys(name)
             with stage_lock(self.run_dir, name):
-                manifest, changed = self._keyed(self.run_dir / name, key)
+                manifest, changed = self._keyed(self.run_dir / name, keys)
                 if manifest is not None and not changed:
                     self._done[name] = manifest
-                elif self._link_shared(name, key) is None:
+                elif self._link_shared(name, keys) is None:
                     missing.append(name)
         return missing
 
-    def _link_shared(self, name: str, key: str) -> dict | None:
-        """Link `name` to an identical finished stage of a run in self.reuse (same key, outputs intact)."""
+    def _link_shared(self, name: str, keys: tuple[str, ...]) -> dict | None:
+        """Link `name` to an identical finished stage of a run in self.reuse (one of its keys, outputs intact)."""
         final = self.run_dir / name
         for other in self.reuse:
             source = other / name
             if source.resolve() == final.resolve():
                 continue
-            manifest, changed = self._keyed(source, key)
+            manifest, changed = self._keyed(source, keys)
             if manifest is None or changed:
                 continue
             remove_stage(final)
@@ -361,11 +411,11 @@ class Runner:
         return None
 
     @staticmethod
-    def _keyed(folder: Path, key: str) -> tuple[dict | None, list[str]]:
-        """(the manifest of the stage in `folder` if it is finished with `key`, else None; its outputs that
-        are gone or changed since it was written)."""
+    def _keyed(folder: Path, keys: tuple[str, ...]) -> tuple[dict | None, list[str]]:
+        """(the manifest of the stage in `folder` if it is finished with one of `keys`, else None; its outputs
+        that are gone or changed since it was written)."""
         manifest = read_manifest(folder)
-        if manifest is None or manifest["key"] != key:
+        if manifest is None or manifest["key"] not in keys:
             return None, []
         return manifest, Runner._changed_outputs(folder, manifest)
 
@@ -385,7 +435,7 @@ class Runner:
 
     def _context(self, name: str, out: Path) -> StageContext:
         return StageContext(cfg=self.cfg, stage=name, run_dir=self.run_dir, out=out,
-                            needs=tuple(self.stages[name].needs(self.cfg)))
+                            needs=tuple(self.stages[name].needs(self.cfg)), reads=dict(self.stages[name].reads))
 
     @contextlib.contextmanager
     def _reading(self, name: str, inputs: dict) -> Iterator[None]:
@@ -397,7 +447,7 @@ class Runner:
                 for run_dir in dict.fromkeys([self.run_dir, source.parent]):
                     held.enter_context(stage_lock(run_dir, dep, shared=True))
                 manifest = read_manifest(self.run_dir / dep)
-                if manifest is None or manifest["outputs_digest"] != digest:
+                if manifest is None or self.stages[name].input_digest(dep, manifest) != digest:
                     raise ArtifactError(f"stage '{dep}' of {self.run_dir} changed before '{name}' could read it "
                                         f"(another process redid it); run this again")
             yield

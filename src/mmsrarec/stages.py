@@ -180,6 +180,12 @@ def _evaluate_section(cfg: RunConfig) -> dict:
             **score_file_digests(cfg)}  # an outside score file's content is an input too
 
 
+# The stages that read only the item table of `prepare` (what each item is, not who interacted with it):
+# their keys hold its hash alone, so runs that draw other splits or lists of the same items (seeds under
+# experiment.redraw_data, another split) share them instead of summarizing the same items again.
+ITEMS_ONLY = {"prepare": ("items.parquet",)}
+
+
 def _stages() -> dict[str, Stage]:
     # revision 1: datasets refuse image paths out of their folder and non-finite numbers (prepare); text
     # reaches prompts only as mmsrarec.untrusted allows (every LLM stage); GRPO trains on items of training
@@ -197,17 +203,18 @@ def _stages() -> dict[str, Stage]:
               own=_index_own),
         Stage("summarize", "mmsrarec.summarize.stage:run", lambda c: ["prepare"],
               lambda c: {"summarize": c.summarize}, "summarize every item into keywords with the zero-shot policy",
-              check_summarize_backend, distributed=True, revision=1),
+              check_summarize_backend, distributed=True, revision=1, reads=ITEMS_ONLY),
         Stage("train-summarizer", "mmsrarec.summarize.train_stage:run", lambda c: ["prepare"],
               lambda c: {"train_summarizer": c.train_summarizer, "summarize": c.summarize, "seed": c.seed},
               "tune the keyword policy with GRPO", check_grpo_vllm, distributed=True, revision=1),
         Stage("summarize-tuned", "mmsrarec.summarize.stage:run_tuned", lambda c: ["prepare", "train-summarizer"],
               lambda c: {"summarize": c.summarize}, "summarize every item with the GRPO-tuned policy",
-              check_summarize_backend, distributed=True, revision=1),
+              check_summarize_backend, distributed=True, revision=1, reads=ITEMS_ONLY),
         Stage("train-ranker", "mmsrarec.rank.stage:run", ranker_needs, _train_ranker_section,
               "multitask LoRA SFT of the Yes/No ranker (TRL + PEFT)", distributed=True, revision=1),
         Stage("describe-items", "mmsrarec.mllmmsr.stage:describe_items", lambda c: ["prepare"], msr.describe_section,
-              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph", revision=1),
+              "MLLM-MSR: describe every item (text, and image with a VLM) in a short paragraph", revision=1,
+              reads=ITEMS_ONLY),
         Stage("summarize-users", "mmsrarec.mllmmsr.stage:summarize_users", lambda c: ["prepare", "describe-items"],
               msr.users_section, "MLLM-MSR: recurrent user-preference summaries, one LLM call per block of 3 items", revision=1),
         Stage("train-mllmmsr", "mmsrarec.mllmmsr.stage:train", lambda c: ["prepare", "describe-items",

@@ -32,7 +32,7 @@ def load_generator(model_cfg) -> Generator:
 
 def describe_items(ctx) -> None:
     cfg = ctx.cfg.mllm_msr
-    items = pd.read_parquet(ctx.input("prepare") / "items.parquet")
+    items = pd.read_parquet(ctx.input_file("prepare", "items.parquet"))
     store = ChunkStore(ctx.out / "chunks")
     generated = describe(items, cfg.items, lambda: load_generator(cfg.model), store, ctx.log)
     table = store.merged()

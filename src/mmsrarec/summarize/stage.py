@@ -113,7 +113,7 @@ def image_summaries(model, processor, batch: pd.DataFrame, cfg: SummarizeConfig)
 
 
 def _items(ctx) -> pd.DataFrame:
-    items = pd.read_parquet(ctx.input("prepare") / "items.parquet")
+    items = pd.read_parquet(ctx.input_file("prepare", "items.parquet"))
     limit = ctx.cfg.summarize.max_items
     return items.head(limit) if limit else items
 
