@@ -290,3 +290,57 @@ def test_the_item_summaries_do_not_follow_the_split(toy_overrides):
     for name in ("summarize", "summarize-tuned", "describe-items"):
         assert STAGES[name].input_digest("prepare", one) == STAGES[name].input_digest("prepare", two), name
     assert STAGES["index"].input_digest("prepare", one) != STAGES["index"].input_digest("prepare", two)
+
+
+def test_runs_that_read_the_same_outputs_link_one_stage_made_before_or_after_it_declared_its_reads(
+        toy_overrides, monkeypatch, capsys):
+    """A redrawn run (another seed: another y.json, the same x.json) links a stage that reads only x.json from
+    a run that finished it, whether that run keyed it the present way or on all of a as before Stage.reads;
+    not where its config section differs. A stage killed midway under the earlier key resumes."""
+    import sys
+    import types
+
+    module = types.ModuleType("linked_reader")
+    module.write_a = lambda ctx: [write_json(ctx.out / "x.json", {"x": 1}), write_json(ctx.out / "y.json", ctx.cfg.seed)]
+    killed = []
+
+    def reads_x(ctx):
+        if not (ctx.out / "part.json").exists():
+            write_json(ctx.out / "part.json", {"done": 1})
+            if ctx.cfg.name == "killed" and not killed:
+                killed.append(1)
+                raise KeyboardInterrupt
+        write_json(ctx.out / "b.json", json.loads(ctx.input_file("a", "x.json").read_text()))
+
+    module.reads_x = reads_x
+    monkeypatch.setitem(sys.modules, "linked_reader", module)
+    a = Stage("a", "linked_reader:write_a", lambda c: [], lambda c: {"seed": c.seed})
+    before = Stage("b", "linked_reader:reads_x", lambda c: ["a"], lambda c: {"n": c.data.num_negatives})
+    after = dataclasses.replace(before, reads={"a": ("x.json",)})
+
+    def runner(name, seed, stages, reuse=(), *more):
+        return Runner(load_config(None, [*toy_overrides, f"name={name}", f"seed={seed}", *more]),
+                      {"a": a, "b": stages}, reuse)
+
+    old = runner("old", 1, before)
+    old.run("b")
+    capsys.readouterr()
+    two = runner("two", 2, after, [old.run_dir])
+    two.run("b")
+    assert "[b] identical to" in capsys.readouterr().err and (two.run_dir / "b").is_symlink()
+    three = runner("three", 3, after, [two.run_dir])  # through two's link, to what old read
+    three.run("b")
+    assert "[b] identical to" in capsys.readouterr().err
+    fresh = runner("fresh", 4, after)
+    fresh.run("b")
+    five = runner("five", 5, after, [fresh.run_dir])  # a stage keyed the present way
+    five.run("b")
+    assert "[b] identical to" in capsys.readouterr().err and (five.run_dir / "b").is_symlink()
+    other = runner("other", 6, after, [old.run_dir, fresh.run_dir], "data.num_negatives=4")
+    other.run("b")
+    assert "[b] running" in capsys.readouterr().err and not (other.run_dir / "b").is_symlink()
+    with pytest.raises(KeyboardInterrupt):
+        runner("killed", 7, before).run("b")
+    capsys.readouterr()
+    runner("killed", 7, after).run("b")
+    assert "[b] resuming" in capsys.readouterr().err

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from . import ARTIFACTS_VERSION, distributed
 from .artifacts import hash_tree, read_json, sha256_json, write_json
@@ -55,7 +55,7 @@ class Stage:
     # a needed stage of which it reads only some outputs -> their names (glob patterns): its key then holds the
     # hashes of those alone, so that a change to the rest (another seed's split, say) does not redo it; it
     # opens them with StageContext.input_file, which refuses the others
-    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def input_digest(self, dep: str, manifest: dict) -> str:
         """What the key holds of needed stage `dep`, from its manifest: its outputs_digest, or the hash of
@@ -85,7 +85,7 @@ class StageContext:
     out: Path  # write here; it persists across kills until the stage finishes
     summary: dict = field(default_factory=dict)  # small facts to put into the manifest (counts, metrics)
     needs: tuple[str, ...] | None = None  # the stages it declared it reads (None: any, for direct calls)
-    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # Stage.reads
+    reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # Stage.reads
 
     def input(self, stage: str) -> Path:
         """The folder of a finished stage this one declared in its needs: what it reads is in its key."""
@@ -99,6 +99,9 @@ class StageContext:
         """The path of output `name` of a finished stage this one declared in its needs (and, where it
         declares which of that stage's outputs it reads, one of those)."""
         patterns = self.reads.get(stage)
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ArtifactError(f"stage '{self.stage}' asks for {name!r} of stage '{stage}': an output is named by its "
+                                f"path inside that stage's folder")
         if patterns is not None and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             raise ArtifactError(f"stage '{self.stage}' reads {name!r} of stage '{stage}', but declares that it reads "
                                 f"only {', '.join(patterns)} of it (Stage.reads); its key would not hold it")
@@ -400,6 +403,8 @@ class Runner:
             if source.resolve() == final.resolve():
                 continue
             manifest, changed = self._keyed(source, keys)
+            if manifest is None:
+                manifest, changed = self._keyed(source, self._rekeyed(name, source))
             if manifest is None or changed:
                 continue
             remove_stage(final)
@@ -409,6 +414,25 @@ class Runner:
             self._done[name] = manifest
             return manifest
         return None
+
+    def _rekeyed(self, name: str, folder: Path) -> tuple[str, ...]:
+        """The key of the finished stage in `folder` (of another run) as this version makes it, where an earlier
+        version keyed it on all of each stage it read (Stage.reads) and those are still what it read there:
+        (its key), so that it may be linked; () otherwise. Its config section must be this config's (its
+        recorded inputs under this section give its key)."""
+        stage = self.stages[name]
+        manifest = read_manifest(folder)
+        if not stage.reads or manifest is None or set(manifest["inputs"]) != set(stage.needs(self.cfg)):
+            return ()
+        if self._hash_key(stage, manifest["inputs"]) != manifest["key"]:
+            return ()  # another config section (or a key made the present way: _keyed has judged it)
+        inputs = {}
+        for dep, digest in manifest["inputs"].items():
+            read = read_manifest(folder.resolve().parent / dep)  # the run it was made in, through any link
+            if read is None or read["outputs_digest"] != digest:
+                return ()  # what it read there is gone or redone since
+            inputs[dep] = stage.input_digest(dep, read)
+        return (manifest["key"],) if self._hash_key(stage, inputs) == self.key(name)[0] else ()
 
     @staticmethod
     def _keyed(folder: Path, keys: tuple[str, ...]) -> tuple[dict | None, list[str]]:
@@ -461,7 +485,7 @@ class Runner:
         final = self.run_dir / name
         partial = self.run_dir / f"{name}.partial"
         marker = partial / ".key"
-        if partial.exists() and (force or not marker.is_file() or marker.read_text() != key):
+        if partial.exists() and (force or not marker.is_file() or marker.read_text() not in self.keys(name)):
             shutil.rmtree(partial)  # leftovers of another config (or --force): start clean
         resumed = partial.exists()
         partial.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ This is the only module that knows every domain; the engine (pipeline.py) knows 
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 from pathlib import Path
 
 from . import pipeline
@@ -183,7 +184,7 @@ def _evaluate_section(cfg: RunConfig) -> dict:
 # The stages that read only the item table of `prepare` (what each item is, not who interacted with it):
 # their keys hold its hash alone, so runs that draw other splits or lists of the same items (seeds under
 # experiment.redraw_data, another split) share them instead of summarizing the same items again.
-ITEMS_ONLY = {"prepare": ("items.parquet",)}
+ITEMS_ONLY = MappingProxyType({"prepare": ("items.parquet",)})
 
 
 def _stages() -> dict[str, Stage]:
