@@ -328,6 +328,9 @@ def test_runs_that_read_the_same_outputs_link_one_stage_made_before_or_after_it_
     two = runner("two", 2, after, [old.run_dir])
     two.run("b")
     assert "[b] identical to" in capsys.readouterr().err and (two.run_dir / "b").is_symlink()
+    assert two.finished(two.plan("b")) is not None  # what it linked stands there (the board counts the run)
+    runner("two", 2, after, [old.run_dir]).run("b")
+    assert "[b] up to date, skipped" in capsys.readouterr().err
     three = runner("three", 3, after, [two.run_dir])  # through two's link, to what old read
     three.run("b")
     assert "[b] identical to" in capsys.readouterr().err

@@ -299,7 +299,8 @@ class Runner:
             if any(dep not in done for dep in self.stages[name].needs(self.cfg)):
                 continue  # something it reads has to run first: its key is known only then
             manifest = read_manifest(self.run_dir / name)
-            if manifest is None or manifest["key"] not in self.keys(name, done):
+            if manifest is None or manifest["key"] not in (*self.keys(name, done),
+                                                           *self._rekeyed(name, self.run_dir / name, done)):
                 continue
             missing, changed = self._output_diff(self.run_dir / name, manifest)
             if changed or (missing and name in intact):
@@ -364,7 +365,8 @@ class Runner:
     def _ensure(self, name: str, force: bool) -> dict:
         key, inputs = self.key(name)
         if not force:
-            manifest, changed = self._keyed(self.run_dir / name, self.keys(name))
+            manifest, changed = self._keyed(self.run_dir / name,
+                                            (*self.keys(name), *self._rekeyed(name, self.run_dir / name)))
             if manifest is not None and not changed:
                 self._say_standing(name, None)
                 self._done[name] = manifest
@@ -388,7 +390,7 @@ class Runner:
                 continue
             keys = self.keys(name)
             with stage_lock(self.run_dir, name):
-                manifest, changed = self._keyed(self.run_dir / name, keys)
+                manifest, changed = self._keyed(self.run_dir / name, (*keys, *self._rekeyed(name, self.run_dir / name)))
                 if manifest is not None and not changed:
                     self._done[name] = manifest
                 elif self._link_shared(name, keys) is None:
@@ -415,8 +417,8 @@ class Runner:
             return manifest
         return None
 
-    def _rekeyed(self, name: str, folder: Path) -> tuple[str, ...]:
-        """The key of the finished stage in `folder` (of another run) as this version makes it, where an earlier
+    def _rekeyed(self, name: str, folder: Path, done: dict[str, dict] | None = None) -> tuple[str, ...]:
+        """The key of the finished stage in `folder` (of another run, or linked from one) as this version makes it, where an earlier
         version keyed it on all of each stage it read (Stage.reads) and those are still what it read there:
         (its key), so that it may be linked; () otherwise. Its config section must be this config's (its
         recorded inputs under this section give its key)."""
@@ -432,7 +434,7 @@ class Runner:
             if read is None or read["outputs_digest"] != digest:
                 return ()  # what it read there is gone or redone since
             inputs[dep] = stage.input_digest(dep, read)
-        return (manifest["key"],) if self._hash_key(stage, inputs) == self.key(name)[0] else ()
+        return (manifest["key"],) if self._hash_key(stage, inputs) == self.key(name, done)[0] else ()
 
     @staticmethod
     def _keyed(folder: Path, keys: tuple[str, ...]) -> tuple[dict | None, list[str]]:
