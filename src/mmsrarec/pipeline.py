@@ -299,8 +299,7 @@ class Runner:
             if any(dep not in done for dep in self.stages[name].needs(self.cfg)):
                 continue  # something it reads has to run first: its key is known only then
             manifest = read_manifest(self.run_dir / name)
-            if manifest is None or manifest["key"] not in (*self.keys(name, done),
-                                                           *self._rekeyed(name, self.run_dir / name, done)):
+            if manifest is None or manifest["key"] not in self._accepted(name, self.run_dir / name, done):
                 continue
             missing, changed = self._output_diff(self.run_dir / name, manifest)
             if changed or (missing and name in intact):
@@ -365,8 +364,7 @@ class Runner:
     def _ensure(self, name: str, force: bool) -> dict:
         key, inputs = self.key(name)
         if not force:
-            manifest, changed = self._keyed(self.run_dir / name,
-                                            (*self.keys(name), *self._rekeyed(name, self.run_dir / name)))
+            manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
             if manifest is not None and not changed:
                 self._say_standing(name, None)
                 self._done[name] = manifest
@@ -374,7 +372,7 @@ class Runner:
             if changed:
                 print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
                       file=sys.stderr)
-            shared = self._link_shared(name, self.keys(name))
+            shared = self._link_shared(name)
             if shared is not None:
                 return shared
         return self._execute(name, key, inputs, force)
@@ -388,25 +386,23 @@ class Runner:
             if any(dep not in self._done for dep in self.stages[name].needs(self.cfg)):
                 missing.append(name)
                 continue
-            keys = self.keys(name)
             with stage_lock(self.run_dir, name):
-                manifest, changed = self._keyed(self.run_dir / name, (*keys, *self._rekeyed(name, self.run_dir / name)))
+                manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
                 if manifest is not None and not changed:
                     self._done[name] = manifest
-                elif self._link_shared(name, keys) is None:
+                elif self._link_shared(name) is None:
                     missing.append(name)
         return missing
 
-    def _link_shared(self, name: str, keys: tuple[str, ...]) -> dict | None:
-        """Link `name` to an identical finished stage of a run in self.reuse (one of its keys, outputs intact)."""
+    def _link_shared(self, name: str) -> dict | None:
+        """Link `name` to an identical finished stage of a run in self.reuse (a key it is accepted under, see
+        _accepted; outputs intact)."""
         final = self.run_dir / name
         for other in self.reuse:
             source = other / name
             if source.resolve() == final.resolve():
                 continue
-            manifest, changed = self._keyed(source, keys)
-            if manifest is None:
-                manifest, changed = self._keyed(source, self._rekeyed(name, source))
+            manifest, changed = self._keyed(source, self._accepted(name, source))
             if manifest is None or changed:
                 continue
             remove_stage(final)
@@ -417,11 +413,17 @@ class Runner:
             return manifest
         return None
 
-    def _rekeyed(self, name: str, folder: Path, done: dict[str, dict] | None = None) -> tuple[str, ...]:
-        """The key of the finished stage in `folder` (of another run, or linked from one) as this version makes it, where an earlier
-        version keyed it on all of each stage it read (Stage.reads) and those are still what it read there:
-        (its key), so that it may be linked; () otherwise. Its config section must be this config's (its
-        recorded inputs under this section give its key)."""
+    def _accepted(self, name: str, folder: Path, done: dict[str, dict] | None = None) -> tuple[str, ...]:
+        """The keys under which the finished stage in `folder` (this run's, another's, or linked from one)
+        stands for `name` here: those of `keys`, and its own where _rekeyed finds it made the present way."""
+        keys = self.keys(name, done)
+        return (*keys, *self._rekeyed(name, folder, keys[0]))
+
+    def _rekeyed(self, name: str, folder: Path, key: str) -> tuple[str, ...]:
+        """(the key of the finished stage in `folder`), where an earlier version keyed it on all of each stage
+        it read (Stage.reads), those are still what it read in the run it was made in, and made this version's
+        way it is `key`; () otherwise. Its config section must be this config's (its recorded inputs under
+        this section give its key)."""
         stage = self.stages[name]
         manifest = read_manifest(folder)
         if not stage.reads or manifest is None or set(manifest["inputs"]) != set(stage.needs(self.cfg)):
@@ -434,7 +436,7 @@ class Runner:
             if read is None or read["outputs_digest"] != digest:
                 return ()  # what it read there is gone or redone since
             inputs[dep] = stage.input_digest(dep, read)
-        return (manifest["key"],) if self._hash_key(stage, inputs) == self.key(name, done)[0] else ()
+        return (manifest["key"],) if self._hash_key(stage, inputs) == key else ()
 
     @staticmethod
     def _keyed(folder: Path, keys: tuple[str, ...]) -> tuple[dict | None, list[str]]:
