@@ -303,6 +303,19 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
     runs = pd.read_csv(out / "runs.csv")
     hit_rates = runs.loc[runs["protocol"] == "rerank", "retrieval_hit_rate"]
     assert ((hit_rates >= 0) & (hit_rates <= 1)).all()
+    # each variant paired case by case with its seed's main ranker and best CF model (experiment/pairs.py): the
+    # mean of the per-case differences is the difference of the two runs' rows on that seed
+    pairs = pd.read_csv(out / "variant_pairs.csv")
+    assert set(pairs["variant"]) == {"zero-shot", "no-retrieval"} and set(pairs["seed"]) == {5, 6}
+    # (no rerank pairs: the board's rerank metrics are hr@10 and ndcg@10, and this toy computes k up to 5)
+    assert set(pairs["role"]) == {"main ranker", "best CF"} and set(pairs["protocol"]) == {"sampled"}
+    rate = runs.set_index(["label", "method", "protocol"])["test_hr@5"]
+    mine = pairs[(pairs["role"] == "main ranker") & (pairs["metric"] == "hr@5")]
+    assert len(mine) == 4  # 2 variants x 2 seeds
+    for r in mine.itertuples():
+        want = rate[(f"{r.seed}-{r.variant}", r.variant, r.protocol)] - rate[(f"{r.seed}-main", "mmsrarec", r.protocol)]
+        assert r.diff == pytest.approx(want, abs=1e-4) and r.lo <= r.diff <= r.hi
+    assert "### Variants case by case" in (out / "leaderboard.md").read_text()
 
 
 def test_a_pinned_data_seed_equal_to_the_run_seed_is_the_same_prepare_stage(toy_overrides):
@@ -526,3 +539,48 @@ def test_a_variant_cannot_take_a_methods_name(toy_overrides):
     for name in ("mmsrarec", "pop", "text"):
         with pytest.raises(ConfigError, match="already a method's name"):
             load_config(None, [*toy_overrides, f"experiment.variants=[{{name: {name}, set: [rank.zero_shot=true]}}]"])
+
+
+def test_each_variant_is_paired_case_by_case_with_its_seeds_main_ranker_best_cf_and_text(tmp_path, capsys):
+    """experiment/pairs.py on hand-made evaluate/cases.parquet files: the difference is the mean of the per-case
+    differences, matched by user where the order differs; a run without the file is named, other cases refused."""
+    from mmsrarec.config import Variant
+    from mmsrarec.experiment import Member
+    from mmsrarec.experiment.pairs import case_pairs, pairs_lines
+
+    cfg, variant = load_config(None, []), Variant(name="big")
+
+    def run(name, methods, users=(1, 2, 3, 4)):
+        folder = tmp_path / name / "evaluate"
+        folder.mkdir(parents=True)
+        frames = [pd.DataFrame({"method": m, "protocol": "sampled", "split": split, "user": list(users),
+                                "hr@5": [float(v) for v in hits], "ndcg@5": [v / 2 for v in hits]})
+                  for m, hits in methods.items() for split in ("valid", "test")]
+        pd.concat(frames).to_parquet(folder / "cases.parquet")
+        return tmp_path / name
+
+    main = run("1-main", {"mmsrarec": [1, 0, 1, 0], "sasrec": [1, 1, 1, 1], "text": [0, 0, 0, 1]})
+    # the variant's cases in another order: users 4, 3, 2, 1 with hits 0, 1, 1, 1 are users 1-4 with 1, 1, 1, 0
+    big = run("1-big", {"big": [0, 1, 1, 1]}, users=(4, 3, 2, 1))
+    other = run("2-big", {"big": [1, 1, 1, 1]}, users=(5, 6, 7, 8))  # seed 2's main run has other cases
+    main2 = run("2-main", {"mmsrarec": [0, 0, 0, 0]})
+    old = tmp_path / "3-big"
+    (old / "evaluate").mkdir(parents=True)  # evaluated before cases.parquet
+    rows = pd.DataFrame([{"label": "1-main", "seed": 1, "method": "mmsrarec", "protocol": "sampled", "vs_cf": "sasrec"},
+                         {"label": "2-main", "seed": 2, "method": "mmsrarec", "protocol": "sampled", "vs_cf": None}])
+    done = [(Member(1, None, cfg), main), (Member(1, variant, cfg), big), (Member(2, None, cfg), main2),
+            (Member(2, variant, cfg), other), (Member(3, variant, cfg), old)]
+    pairs, stale = case_pairs(done, rows, "mmsrarec", "text", {"sampled": ["hr@5", "ndcg@5", "auc"]})
+    assert stale == ["3-big"]
+    got = pairs.set_index(["seed", "minus", "metric"])
+    assert set(got.index) == {(1, p, m) for p in ("mmsrarec", "sasrec", "text") for m in ("hr@5", "ndcg@5")}
+    assert got.loc[(1, "mmsrarec", "hr@5"), "diff"] == pytest.approx(0.25)    # (1+1+1+0 - (1+0+1+0)) / 4
+    assert got.loc[(1, "mmsrarec", "ndcg@5"), "diff"] == pytest.approx(0.125)
+    assert got.loc[(1, "sasrec", "hr@5"), "diff"] == pytest.approx(-0.25)     # (3 - 4) / 4
+    assert got.loc[(1, "text", "hr@5"), "diff"] == pytest.approx(0.5)         # (3 - 1) / 4, text hits user 4 only
+    assert (got["cases"] == 4).all() and (got["lo"] <= got["diff"]).all() and (got["diff"] <= got["hi"]).all()
+    assert got.loc[(1, "sasrec", "hr@5"), "hi"] <= 0  # the variant misses user 4, which sasrec hits: never ahead
+    assert "2-big: its sampled test cases are not those of mmsrarec" in capsys.readouterr().err
+    text = "\n".join(pairs_lines(pairs, stale, False))
+    assert "| big | 1 | 4 | sasrec (best CF) | -0.2500 [" in text and "| big | 1 | 4 | text | +0.5000 [" in text
+    assert "Not paired case by case: 3-big" in text

@@ -242,6 +242,15 @@ def test_an_evaluate_run_writes_the_slices(toy_overrides):
     assert test["cases"].sum() == len(data["test"])
     md = (out / "leaderboard.md").read_text()
     assert "## Slices" in md and (out / "slices.png").is_file() and (out / "slices.csv").is_file()
+    # every row's per-case metrics (evaluate/casefiles.write_case_metrics): their means are the row's
+    cases, metrics = pd.read_parquet(out / "cases.parquet"), json.loads((out / "metrics.json").read_text())
+    for row in metrics:
+        for split in ("valid", "test"):
+            part = cases[(cases.method == row["method"]) & (cases.protocol == row["protocol"]) & (cases.split == split)]
+            assert len(part) == row[f"{split}_cases"] and part["user"].tolist() == data[split]["user"].tolist()
+            key = "hr@5" if row["protocol"] == "sampled" else "ndcg@10"
+            assert part[key].mean() == pytest.approx(row[f"{split}_{key}"])
+    assert "auc" not in cases  # the pooled auc has no per-case values
     assert 'id="slices"' in (out / "report.html").read_text()
 
 

@@ -24,6 +24,8 @@ from ..errors import ArtifactError
 from .protocols import sampled_counts
 
 METHODS_FILE = "methods.json"
+CASE_METRICS = "cases.parquet"  # evaluate's per-case metrics (write_case_metrics)
+USERS = "users"  # in evaluate's per-case values, beside each split's metrics: its cases' users
 
 
 def case_path(folder: Path, method: str, protocol: str, split: str) -> Path:
@@ -78,3 +80,27 @@ def write_methods(folder: Path, facts: dict[str, dict[str, dict]]) -> None:
 def read_methods(folder: Path) -> dict[str, dict[str, dict]]:
     path = Path(folder) / METHODS_FILE
     return read_json(path) if path.is_file() else {}
+
+
+def write_case_metrics(folder: Path, per: dict) -> Path:
+    """evaluate's `cases.parquet`: the per-case value of every metric that is a mean over cases (not the pooled
+    `auc`, which has none), one row per method, protocol, split and case (its `user`), NaN where a protocol
+    lacks the metric. `per` is {(method, protocol): {split: {USERS: users, metric: values}}}, as evaluate
+    computed them. The experiment board pairs runs case by case from it; a user can test with it too."""
+    frames = []
+    for (method, protocol), splits in per.items():
+        for split, values in splits.items():
+            metrics = {name: np.asarray(v, np.float64) for name, v in values.items()
+                       if name != USERS and not hasattr(v, "resampled")}  # a PooledAUC resamples, has no cases
+            frames.append(pd.DataFrame({"method": method, "protocol": protocol, "split": split,
+                                        "user": np.asarray(values[USERS], np.int64), **metrics}))
+    path = Path(folder) / CASE_METRICS
+    write_parquet(path, pd.concat(frames, ignore_index=True) if frames else
+                  pd.DataFrame(columns=["method", "protocol", "split", "user"]))
+    return path
+
+
+def read_case_metrics(folder: Path) -> pd.DataFrame | None:
+    """An evaluate folder's cases.parquet (write_case_metrics), None for a folder evaluated before it existed."""
+    path = Path(folder) / CASE_METRICS
+    return pd.read_parquet(path) if path.is_file() else None

@@ -9,8 +9,8 @@ of all test rows pooled, as the papers report it, recomputed from the stored sco
 sample of the cases), and `gauc`, the mean of the per-case AUCs. Test metrics are reported only; nothing
 here selects a model on them. Every row is also computed on slices of its cases, by the target's training
 popularity and by the history length (evaluate/slices.py), each paired with the best CF model on that slice.
-Writes leaderboard.{md,csv,json,png}, metrics.json, slices.{csv,json,png}, the per-case files of the rows
-computed here (outside score files, blends) and report.html.
+Writes leaderboard.{md,csv,json,png}, metrics.json, cases.parquet (every row's per-case metrics),
+slices.{csv,json,png}, the per-case files of the rows computed here (outside score files, blends) and report.html.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..artifacts import read_json, write_json, write_text
 from ..cf.base import Cases
 from ..data.prepare import load_prepared
 from ..errors import ArtifactError
-from .casefiles import case_path, read_cases, read_methods, score_matrix, write_scored_lists
+from .casefiles import USERS, case_path, read_cases, read_methods, score_matrix, write_case_metrics, write_scored_lists
 from .intervals import case_bootstrap, paired_bootstrap
 from .leaderboard import write_leaderboard
 from .metrics import POOLED, PooledAUC, metric_names, per_case
@@ -40,7 +40,6 @@ HEADLINE = {"sampled": ("hr@5", "ndcg@5", "auc", "gauc"), "full": ("hr@10", "ndc
 SELECTION = (("sampled", "ndcg@5"), ("full", "ndcg@10"))  # the valid metric the best CF model is picked by
 SLICINGS = ("popularity", "history")  # evaluate/slices.py's, in the columns of case_slices
 SLICE_MIN_VALID = 10  # a slice's best CF model is picked on at least this many of its valid cases
-USERS = "users"  # method_row's per-case values: each split's users (the cases), beside its metrics
 
 
 def run(ctx) -> None:
@@ -66,6 +65,7 @@ def run(ctx) -> None:
             ctx.log(f"{row['method']:10s} {row['protocol']:8s} no pooled auc: {row['auc_missing']}")
     cf_models = [m for m in ev.methods if m in cfg.cf.models]
     add_intervals(rows, per, cf_models, cfg.seed)
+    write_case_metrics(ctx.out, per)
     for row in rows:
         ctx.log(f"{row['method']:10s} {row['protocol']:8s} test " + "  ".join(
             f"{k}={row['test_' + k]:.4f}" for k in HEADLINE[row["protocol"]] if f"test_{k}" in row))

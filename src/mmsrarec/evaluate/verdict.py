@@ -94,8 +94,8 @@ def verdict_lines(per: dict, llm_methods: list[str], best_cf: str | None, text: 
     if not shown:
         lines += ["No LLM method was scored on the same lists as a CF model or the text baseline: nothing to compare. "
                   "(A variant's run in an experiment evaluates its own ranker only; the experiment's board, "
-                  "runs/<name>/leaderboard/ or leaderboard-redraw/, sets it beside the others, and "
-                  "`python experiments/paired_scores.py` pairs two score files case by case.)", ""]
+                  "runs/<name>/leaderboard/ or leaderboard-redraw/, pairs it case by case with its seed's main "
+                  "ranker, best CF model and text baseline: section \"Variants case by case\", variant_pairs.csv.)", ""]
     if grpo:
         zero, tuned = grpo.get("zero_shot"), grpo.get("tuned")
         if zero and tuned:

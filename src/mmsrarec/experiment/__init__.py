@@ -16,7 +16,8 @@ mean and the spread (sample standard deviation) over seeds: the classical baseli
 ranker from the main runs, each variant's ranker from its own runs. A metric that some seeds' rows
 lack (an older ledger row's pooled auc) is averaged over those that have it and says so.
 
-members.py: which runs an experiment has; scheduling.py: running them; board.py: the merged leaderboard.
+members.py: which runs an experiment has; scheduling.py: running them; board.py: the merged leaderboard;
+pairs.py: each variant paired case by case with its seed's main ranker, best CF model and text baseline.
 """
 
 from __future__ import annotations

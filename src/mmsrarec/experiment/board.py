@@ -4,6 +4,7 @@ spread (sample standard deviation) over seeds, from the runs finished here and, 
 ledger's rows of the others (ledger.py); each variant paired with the main ranker. The slices of the runs
 finished here (each run's evaluate/slices.json; the ledger keeps none) are merged the same way: every method's
 test metric per slice, mean ± std over seeds, and each variant minus the main ranker per slice, paired by seed.
+Each variant is also paired case by case with its seed's main ranker, best CF model and text baseline (pairs.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import ArtifactError
 from ..evaluate.leaderboard import AUC_LINES, method_cell, sureness
 from ..evaluate.slices import WHAT, read_slices, shown_metric
 from .members import Member, board_dir, members
+from .pairs import case_pairs, pairs_lines
 
 
 def board_of_finished(cfg: RunConfig, config_path: str | None, overrides: list[str]) -> Path:
@@ -79,8 +81,10 @@ def board(cfg: RunConfig, everything: list[Member], done: list[tuple[Member, Pat
     if rows.empty:
         raise ArtifactError(f"no run of experiment {cfg.name!r} has finished; `mmsrarec run --config ...` runs them")
     out = board_dir(cfg)
+    pairs = case_pairs(done, here, cfg.rank.name, cfg.text.name, METRIC_COLUMNS) \
+        if cfg.experiment.variants and done else None
     write_board(rows, out, cfg, len(cfg.experiment.seeds or [cfg.seed]), missing, from_ledger,
-                merge_slices(done, [m.label for m in everything]))
+                merge_slices(done, [m.label for m in everything]), pairs)
     print(f"[experiment] leaderboard: {out / 'leaderboard.md'}", file=sys.stderr)
     return out
 
@@ -155,10 +159,10 @@ METRIC_COLUMNS = {"sampled": ["hr@5", "ndcg@5", "auc", "gauc"], "full": ["hr@10"
 
 
 def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, missing: list[str] = (),
-                from_ledger: list[str] = (), slices: tuple[pd.DataFrame, dict[str, list[str]]] | None = None
-                ) -> None:
-    """leaderboard.{md,csv,json}, runs.csv, ablations.csv (with variants) and, given `slices` (merge_slices),
-    slices.csv and the md's "Slices" section."""
+                from_ledger: list[str] = (), slices: tuple[pd.DataFrame, dict[str, list[str]]] | None = None,
+                pairs: tuple[pd.DataFrame, list[str]] | None = None) -> None:
+    """leaderboard.{md,csv,json}, runs.csv, ablations.csv (with variants), given `pairs` (pairs.case_pairs)
+    variant_pairs.csv and, given `slices` (merge_slices), slices.csv and the md's "Slices" section."""
     out.mkdir(parents=True, exist_ok=True)
     board = aggregate(rows)
     rows.to_csv(out / "runs.csv", index=False)
@@ -200,6 +204,10 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
                      + _of_seeds(r.get(f"{c} seeds"), r["seeds"]) for c in cols]
             lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+    if pairs is not None:
+        if len(pairs[0]):
+            pairs[0].to_csv(out / "variant_pairs.csv", index=False)
+        lines += pairs_lines(*pairs, bool(from_ledger))
     if slices is not None and len(slices[0]):
         lines += slices_section(*slices, cfg.rank.name, [v.name for v in cfg.experiment.variants], out,
                                 bool(from_ledger), n_seeds)
