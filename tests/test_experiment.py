@@ -307,11 +307,10 @@ def test_ablations_and_seeds_share_upstream_stages_and_merge(toy_overrides, tiny
     # mean of the per-case differences is the difference of the two runs' rows on that seed
     pairs = pd.read_csv(out / "variant_pairs.csv")
     assert set(pairs["variant"]) == {"zero-shot", "no-retrieval"} and set(pairs["seed"]) == {5, 6}
-    # (no rerank pairs: the board's rerank metrics are hr@10 and ndcg@10, and this toy computes k up to 5)
-    assert set(pairs["role"]) == {"main ranker", "best CF"} and set(pairs["protocol"]) == {"sampled"}
+    assert set(pairs["role"]) == {"main ranker", "best CF"} and set(pairs["protocol"]) == {"sampled", "rerank"}
     rate = runs.set_index(["label", "method", "protocol"])["test_hr@5"]
     mine = pairs[(pairs["role"] == "main ranker") & (pairs["metric"] == "hr@5")]
-    assert len(mine) == 4  # 2 variants x 2 seeds
+    assert len(mine) == 8  # 2 variants x 2 seeds x 2 protocols (rerank: no hr@10 when reranking the top 10)
     for r in mine.itertuples():
         want = rate[(f"{r.seed}-{r.variant}", r.variant, r.protocol)] - rate[(f"{r.seed}-main", "mmsrarec", r.protocol)]
         assert r.diff == pytest.approx(want, abs=1e-4) and r.lo <= r.diff <= r.hi
@@ -542,45 +541,60 @@ def test_a_variant_cannot_take_a_methods_name(toy_overrides):
 
 
 def test_each_variant_is_paired_case_by_case_with_its_seeds_main_ranker_best_cf_and_text(tmp_path, capsys):
-    """experiment/pairs.py on hand-made evaluate/cases.parquet files: the difference is the mean of the per-case
-    differences, matched by user where the order differs; a run without the file is named, other cases refused."""
+    """experiment/pairs.py on hand-made evaluate/cases.parquet files: the difference and interval are those of the
+    per-case differences, matched by user where the order differs; a rerank row pairs with the CF model's full
+    rows at the largest k both have; runs without cases are named, other users refused."""
     from mmsrarec.config import Variant
+    from mmsrarec.evaluate.intervals import paired_bootstrap
     from mmsrarec.experiment import Member
     from mmsrarec.experiment.pairs import case_pairs, pairs_lines
 
     cfg, variant = load_config(None, []), Variant(name="big")
 
-    def run(name, methods, users=(1, 2, 3, 4)):
+    def run(name, methods, users=(1, 2, 3, 4), protocol="sampled", ks=(5,)):
         folder = tmp_path / name / "evaluate"
-        folder.mkdir(parents=True)
-        frames = [pd.DataFrame({"method": m, "protocol": "sampled", "split": split, "user": list(users),
-                                "hr@5": [float(v) for v in hits], "ndcg@5": [v / 2 for v in hits]})
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = [pd.DataFrame({"method": m, "protocol": protocol, "split": split, "user": list(users),
+                                **{f"hr@{k}": [float(v) for v in hits] for k in ks},
+                                **{f"ndcg@{k}": [v / 2 for v in hits] for k in ks}})
                   for m, hits in methods.items() for split in ("valid", "test")]
-        pd.concat(frames).to_parquet(folder / "cases.parquet")
+        old = pd.read_parquet(folder / "cases.parquet") if (folder / "cases.parquet").is_file() else None
+        pd.concat([old, *frames]).to_parquet(folder / "cases.parquet")
         return tmp_path / name
 
     main = run("1-main", {"mmsrarec": [1, 0, 1, 0], "sasrec": [1, 1, 1, 1], "text": [0, 0, 0, 1]})
+    run("1-main", {"mmsrarec": [0, 0, 1, 1]}, protocol="rerank", ks=(1, 5))
+    run("1-main", {"sasrec": [1, 0, 0, 1]}, protocol="full", ks=(5, 10))
     # the variant's cases in another order: users 4, 3, 2, 1 with hits 0, 1, 1, 1 are users 1-4 with 1, 1, 1, 0
     big = run("1-big", {"big": [0, 1, 1, 1]}, users=(4, 3, 2, 1))
+    run("1-big", {"big": [1, 1, 0, 0]}, users=(4, 3, 2, 1), protocol="rerank", ks=(1, 5))
     other = run("2-big", {"big": [1, 1, 1, 1]}, users=(5, 6, 7, 8))  # seed 2's main run has other cases
     main2 = run("2-main", {"mmsrarec": [0, 0, 0, 0]})
     old = tmp_path / "3-big"
     (old / "evaluate").mkdir(parents=True)  # evaluated before cases.parquet
+    alone = run("4-big", {"big": [1, 1, 1, 1]})  # its main run is not finished here
     rows = pd.DataFrame([{"label": "1-main", "seed": 1, "method": "mmsrarec", "protocol": "sampled", "vs_cf": "sasrec"},
+                         {"label": "1-main", "seed": 1, "method": "mmsrarec", "protocol": "rerank", "vs_cf": "sasrec"},
                          {"label": "2-main", "seed": 2, "method": "mmsrarec", "protocol": "sampled", "vs_cf": None}])
     done = [(Member(1, None, cfg), main), (Member(1, variant, cfg), big), (Member(2, None, cfg), main2),
-            (Member(2, variant, cfg), other), (Member(3, variant, cfg), old)]
-    pairs, stale = case_pairs(done, rows, "mmsrarec", "text", {"sampled": ["hr@5", "ndcg@5", "auc"]})
-    assert stale == ["3-big"]
-    got = pairs.set_index(["seed", "minus", "metric"])
-    assert set(got.index) == {(1, p, m) for p in ("mmsrarec", "sasrec", "text") for m in ("hr@5", "ndcg@5")}
-    assert got.loc[(1, "mmsrarec", "hr@5"), "diff"] == pytest.approx(0.25)    # (1+1+1+0 - (1+0+1+0)) / 4
-    assert got.loc[(1, "mmsrarec", "ndcg@5"), "diff"] == pytest.approx(0.125)
-    assert got.loc[(1, "sasrec", "hr@5"), "diff"] == pytest.approx(-0.25)     # (3 - 4) / 4
-    assert got.loc[(1, "text", "hr@5"), "diff"] == pytest.approx(0.5)         # (3 - 1) / 4, text hits user 4 only
-    assert (got["cases"] == 4).all() and (got["lo"] <= got["diff"]).all() and (got["diff"] <= got["hi"]).all()
-    assert got.loc[(1, "sasrec", "hr@5"), "hi"] <= 0  # the variant misses user 4, which sasrec hits: never ahead
+            (Member(2, variant, cfg), other), (Member(3, variant, cfg), old), (Member(4, variant, cfg), alone)]
+    pairs, unpaired = case_pairs(done, rows, "mmsrarec", "text",
+                                 {"sampled": ["hr@5", "ndcg@5", "auc"], "rerank": ["hr@10", "ndcg@10"]})
+    assert [u.split(" ")[0] for u in unpaired] == ["3-big", "4-big"] and "not finished here" in unpaired[1]
+    got = pairs.set_index(["seed", "protocol", "minus", "metric"])
+    assert set(got.index) == {(1, "sampled", p, m) for p in ("mmsrarec", "sasrec", "text") for m in ("hr@5", "ndcg@5")} \
+        | {(1, "rerank", p, m) for p in ("mmsrarec", "sasrec") for m in ("hr@5", "ndcg@5")}  # no hr@10 on rerank
+    big_hits = np.array([1, 1, 1, 0.0])  # users 1-4, in the partner's order
+    for minus, hits in [("mmsrarec", [1, 0, 1, 0]), ("sasrec", [1, 1, 1, 1]), ("text", [0, 0, 0, 1])]:
+        want = paired_bootstrap({"hr@5": big_hits}, {"hr@5": np.array(hits, float)}, np.random.default_rng([1, 1013]))
+        assert got.loc[(1, "sampled", minus, "hr@5"), ["diff", "lo", "hi"]].tolist() == pytest.approx(want["hr@5"])
+    assert got.loc[(1, "sampled", "mmsrarec", "hr@5"), "diff"] == pytest.approx(0.25)  # (3 - 2) / 4
+    assert got.loc[(1, "sampled", "mmsrarec", "hr@5"), "lo"] >= 0  # the variant hits every case mmsrarec hits
+    assert got.loc[(1, "sampled", "text", "hr@5"), "lo"] < 0       # text hits user 4, which the variant misses
+    assert got.loc[(1, "rerank", "mmsrarec", "hr@5"), "diff"] == pytest.approx(0.0)  # 0,0,1,1 against 0,0,1,1
+    assert got.loc[(1, "rerank", "sasrec", "ndcg@5"), "diff"] == pytest.approx(0.0)  # (2 - 2) / 4 / 2
+    assert (got["cases"] == 4).all()
     assert "2-big: its sampled test cases are not those of mmsrarec" in capsys.readouterr().err
-    text = "\n".join(pairs_lines(pairs, stale, False))
+    text = "\n".join(pairs_lines(pairs, unpaired))
     assert "| big | 1 | 4 | sasrec (best CF) | -0.2500 [" in text and "| big | 1 | 4 | text | +0.5000 [" in text
-    assert "Not paired case by case: 3-big" in text
+    assert "rerank:" in text and "Not paired case by case: 3-big (evaluated before" in text

@@ -204,10 +204,11 @@ def write_board(rows: pd.DataFrame, out: Path, cfg: RunConfig, n_seeds: int, mis
                      + _of_seeds(r.get(f"{c} seeds"), r["seeds"]) for c in cols]
             lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
+    (out / "variant_pairs.csv").unlink(missing_ok=True)  # none from an earlier board where there are none now
     if pairs is not None:
         if len(pairs[0]):
             pairs[0].to_csv(out / "variant_pairs.csv", index=False)
-        lines += pairs_lines(*pairs, bool(from_ledger))
+        lines += pairs_lines(*pairs)
     if slices is not None and len(slices[0]):
         lines += slices_section(*slices, cfg.rank.name, [v.name for v in cfg.experiment.variants], out,
                                 bool(from_ledger), n_seeds)
