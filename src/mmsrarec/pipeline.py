@@ -358,16 +358,29 @@ class Runner:
         return sha256_json(keyed)
 
     def ensure(self, name: str, force: bool = False) -> dict:
+        if not force:  # a finished stage is confirmed beside the processes reading it (they lock it shared)
+            with stage_lock(self.run_dir, name, shared=True):
+                manifest, _ = self._finished(name)
+            if manifest is not None:
+                return manifest
         with stage_lock(self.run_dir, name):  # decided and run by one process at a time
             return self._ensure(name, force)
+
+    def _finished(self, name: str) -> tuple[dict | None, list[str]]:
+        """(the stage's manifest if it is finished under one of its keys with its outputs intact, noted as done,
+        else None; the outputs changed since it was written)."""
+        manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
+        if manifest is None or changed:
+            return None, changed
+        self._say_standing(name, None)
+        self._done[name] = manifest
+        return manifest, []
 
     def _ensure(self, name: str, force: bool) -> dict:
         key, inputs = self.key(name)
         if not force:
-            manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
-            if manifest is not None and not changed:
-                self._say_standing(name, None)
-                self._done[name] = manifest
+            manifest, changed = self._finished(name)
+            if manifest is not None:
                 return manifest
             if changed:
                 print(f"[{name}] outputs changed since they were written ({', '.join(changed[:3])}); redoing",
