@@ -171,6 +171,22 @@ def test_pruned_outputs_stand_until_a_stage_that_reads_them_has_to_run(toy_overr
     assert calls == ["d", "a", "d"] and (weights.parent / "index.bin").exists()
 
 
+def test_force_redoes_the_target_alone_and_a_pruned_stage_before_it_stands(toy_overrides, monkeypatch, capsys):
+    """`mmsrarec evaluate --force` must not retrain a ranker whose weights were deleted after its scoring."""
+    calls: list = []
+    stages = _counting_stages(monkeypatch, calls)
+    cfg = load_config(None, toy_overrides)
+    Runner(cfg, stages).run("c")
+    weights = Runner(cfg, stages).run_dir / "a" / "weights.bin"
+    weights.unlink()
+    Runner(cfg, stages).run("c", force=True)  # c reads only b: a stays pruned
+    assert calls == ["a", "b", "c", "c"] and not weights.exists()
+    err = capsys.readouterr().err
+    assert "[a] finished; 1 of its outputs are gone" in err and "`mmsrarec b --force` redoes it" in err
+    Runner(cfg, stages).run("b", force=True)  # b reads what is gone of a: a runs again first
+    assert calls == ["a", "b", "c", "c", "a", "b"] and weights.exists()
+
+
 def test_the_faiss_index_is_the_index_stages_own_unless_candidate_votes_search_it(toy_overrides):
     """Without rank.candidate_votes later stages read only the neighbour tables, so a missing index.faiss
     reruns nothing and a GPU pack leaves it behind; with votes, train-ranker and evaluate search it again."""

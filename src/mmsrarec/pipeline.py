@@ -178,7 +178,7 @@ def stage_lock(run_dir: Path, name: str, shared: bool = False) -> Iterator[None]
         except BlockingIOError:
             holder = path.read_text(encoding="utf-8", errors="replace").strip()
             who = (f"being run by {holder}" if holder else
-                   "being read by another process (running a stage that needs it)")
+                   "being read by another process (running a stage that needs it, or checking that it is finished)")
             raise MmsrarecError(f"stage '{name}' of {run_dir} is {who}; wait for it to finish (or stop that "
                                 f"process: its lock goes with it), then run this again") from None
         except OSError as exc:  # ENOLCK / ENOTSUP: a file system without flock
@@ -239,7 +239,7 @@ class Runner:
         plan = self.plan(target)
         if stop_before is not None:
             plan = self._before(plan, stop_before)
-        standing, pruned = ({}, {}) if force else self.standing(plan, (target,) if target in plan else ())
+        standing, pruned = self.standing(plan, (target,) if target in plan else (), redo=(target,) if force else ())
         distributed.barrier()  # every process has decided before any stage runs
         for name in plan:
             if name in standing:
@@ -281,7 +281,7 @@ class Runner:
             self._done[name] = manifest
         return manifest
 
-    def standing(self, plan: list[str], intact: tuple[str, ...] | None = None
+    def standing(self, plan: list[str], intact: tuple[str, ...] | None = None, redo: tuple[str, ...] = ()
                  ) -> tuple[dict[str, dict], dict[str, list[str]]]:
         """(the manifest of each stage of `plan` that need not run, the outputs gone of those pruned).
         By its manifest, a stage need not run when it has the key that the config gives it now, and its
@@ -290,14 +290,14 @@ class Runner:
         stage that reads it has to run, unless all that is gone is its own (Stage.own: outputs that no other
         stage reads, e.g. the FAISS index once the neighbours are written). The stages in `intact` (default:
         the target, plan[-1]) must be intact: `run` passes none when --stop-before cut the target, since
-        then no stage was asked for by name. Stages after one that has to run are not judged here:
-        `ensure` decides them."""
+        then no stage was asked for by name. The stages in `redo` (--force's target) have to run. Stages after
+        one that has to run are not judged here: `ensure` decides them."""
         intact = (plan[-1],) if intact is None else intact
         done: dict[str, dict] = {}
         pruned: dict[str, list[str]] = {}  # stage -> its outputs that are gone
         for name in plan:
-            if any(dep not in done for dep in self.stages[name].needs(self.cfg)):
-                continue  # something it reads has to run first: its key is known only then
+            if name in redo or any(dep not in done for dep in self.stages[name].needs(self.cfg)):
+                continue  # asked to be redone, or something it reads has to run first: its key is known only then
             manifest = read_manifest(self.run_dir / name)
             if manifest is None or manifest["key"] not in self._accepted(name, self.run_dir / name, done):
                 continue
@@ -331,7 +331,8 @@ class Runner:
             print(f"[{name}] finished; {len(gone)} of its outputs are gone ({', '.join(gone[:2])}"
                   f"{', ...' if len(gone) > 2 else ''}), not needed: {why}", file=sys.stderr)
         else:
-            print(f"[{name}] up to date, skipped ({self.run_dir / name}); use --force to redo it", file=sys.stderr)
+            print(f"[{name}] up to date, skipped ({self.run_dir / name}); `mmsrarec {name} --force` redoes it",
+                  file=sys.stderr)
 
     def key(self, name: str, done: dict[str, dict] | None = None) -> tuple[str, dict]:
         """(the stage's key under the config and the finished stages it reads, what it holds of those)."""
@@ -398,6 +399,11 @@ class Runner:
         for name in self.plan(target):
             if any(dep not in self._done for dep in self.stages[name].needs(self.cfg)):
                 missing.append(name)
+                continue
+            with stage_lock(self.run_dir, name, shared=True):  # confirmed beside its readers, as in ensure
+                manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
+            if manifest is not None and not changed:
+                self._done[name] = manifest
                 continue
             with stage_lock(self.run_dir, name):
                 manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
