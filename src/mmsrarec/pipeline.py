@@ -359,21 +359,25 @@ class Runner:
         return sha256_json(keyed)
 
     def ensure(self, name: str, force: bool = False) -> dict:
-        if not force:  # a finished stage is confirmed beside the processes reading it (they lock it shared)
-            with stage_lock(self.run_dir, name, shared=True):
-                manifest, _ = self._finished(name)
-            if manifest is not None:
-                return manifest
+        if not force and (manifest := self._confirmed(name)) is not None:
+            return manifest
         with stage_lock(self.run_dir, name):  # decided and run by one process at a time
             return self._ensure(name, force)
 
-    def _finished(self, name: str) -> tuple[dict | None, list[str]]:
-        """(the stage's manifest if it is finished under one of its keys with its outputs intact, noted as done,
-        else None; the outputs changed since it was written)."""
+    def _confirmed(self, name: str, say: bool = True) -> dict | None:
+        """_finished under a shared lock: a finished stage is confirmed beside the processes reading it (they
+        lock it shared); one being run elsewhere stops this process with the lock's message."""
+        with stage_lock(self.run_dir, name, shared=True):
+            return self._finished(name, say)[0]
+
+    def _finished(self, name: str, say: bool = True) -> tuple[dict | None, list[str]]:
+        """(the stage's manifest if it is finished under one of its keys with its outputs intact, noted as done
+        and, with `say`, announced, else None; the outputs changed since it was written)."""
         manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
         if manifest is None or changed:
             return None, changed
-        self._say_standing(name, None)
+        if say:
+            self._say_standing(name, None)
         self._done[name] = manifest
         return manifest, []
 
@@ -400,16 +404,10 @@ class Runner:
             if any(dep not in self._done for dep in self.stages[name].needs(self.cfg)):
                 missing.append(name)
                 continue
-            with stage_lock(self.run_dir, name, shared=True):  # confirmed beside its readers, as in ensure
-                manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
-            if manifest is not None and not changed:
-                self._done[name] = manifest
+            if self._confirmed(name, say=False) is not None:
                 continue
             with stage_lock(self.run_dir, name):
-                manifest, changed = self._keyed(self.run_dir / name, self._accepted(name, self.run_dir / name))
-                if manifest is not None and not changed:
-                    self._done[name] = manifest
-                elif self._link_shared(name) is None:
+                if self._finished(name, say=False)[0] is None and self._link_shared(name) is None:
                     missing.append(name)
         return missing
 
